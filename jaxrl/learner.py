@@ -1,0 +1,225 @@
+"""The functional learner core: ``make_agent`` -> ``Agent`` of pure functions.
+
+All learner state is explicit data in ``LearnerState``; ``Agent.train_step``
+is one pure, jittable function that updates every field of it consistently:
+loss and gradient, global-norm clipping, the Adam update at the learning
+rate of the current step, ``step + 1``, the periodic target update and the
+epsilon of the new step.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import chex
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxrl import losses, networks
+from jaxrl.config import AgentConfig
+from jaxrl.replay import Transition
+
+Params = Any
+
+
+@flax.struct.dataclass
+class LearnerState:
+  """Everything a learner step reads and writes.
+
+  Attributes:
+    params: online network parameters.
+    target_params: target network parameters.
+    opt_state: ``agent.optimizer`` state built for ``params``.
+    epsilon: float32 [], exploration rate; always ``epsilon_schedule(step)``.
+    step: int32 [], number of train_steps applied.
+    rng: PRNG key, split inside train_step for stochastic losses (IQN taus).
+  """
+  params: Params
+  target_params: Params
+  opt_state: optax.OptState
+  epsilon: chex.Array
+  step: chex.Array
+  rng: chex.PRNGKey
+
+
+def _linear(start: float, end: float | None, steps: int):
+  """step -> float32 value, linear from start to end over steps, then constant."""
+  if end is None or steps == 0:
+    value = start if end is None else end
+    return lambda step: jnp.full((), value, jnp.float32)
+  schedule = optax.linear_schedule(start, end, steps)
+  return lambda step: jnp.asarray(schedule(step), jnp.float32)
+
+
+class Agent:
+  """DQN or IQN as pure functions over ``LearnerState`` (see ``make_agent``).
+
+  Attributes:
+    config: the AgentConfig.
+    obs_shape: shape of one observation.
+    num_actions: size of the discrete action space.
+    network: the flax module (QNetwork or IQNNetwork).
+    optimizer: the optax.GradientTransformation used by train_step
+      (global-norm clipping, then Adam; its learning rate is set from
+      ``state.step`` at every train_step).
+    epsilon_schedule, learning_rate_schedule: learner step -> float32 [].
+  """
+
+  def __init__(self, config: AgentConfig, obs_shape: Sequence[int], num_actions: int):
+    if not (isinstance(num_actions, (int, np.integer)) and num_actions >= 1):
+      raise ValueError(f"num_actions must be an integer >= 1, got {num_actions!r}")
+    self.config = config
+    self.obs_shape = tuple(int(d) for d in obs_shape)
+    self.num_actions = int(num_actions)
+    torso = networks.make_torso(self.obs_shape, config.hidden_sizes)
+    if config.algo == "dqn":
+      self.network = networks.QNetwork(torso, self.num_actions)
+    else:
+      self.network = networks.IQNNetwork(torso, self.num_actions, config.quantile_embedding_dim)
+    self.epsilon_schedule = _linear(config.epsilon_start, config.epsilon_end, config.epsilon_decay_steps)
+    self.learning_rate_schedule = _linear(config.learning_rate, config.lr_end, config.lr_decay_steps)
+    self.optimizer = optax.inject_hyperparams(self._clipped_adam)(learning_rate=config.learning_rate)
+
+  def _clipped_adam(self, learning_rate):
+    clip = [] if self.config.max_grad_norm is None else [optax.clip_by_global_norm(self.config.max_grad_norm)]
+    return optax.chain(*clip, optax.adam(learning_rate, eps=self.config.adam_eps))
+
+  # --- Networks -------------------------------------------------------------
+
+  def _taus(self, key: chex.PRNGKey, batch: int, num: int) -> chex.Array:
+    return jax.random.uniform(key, (batch, num), jnp.float32)
+
+  def q_values(self, params: Params, obs: chex.Array, key: chex.PRNGKey | None = None) -> chex.Array:
+    """Q(obs) float32 [B, A] for obs [B, *obs_shape].
+
+    IQN averages K = num_quantile_samples quantile values drawn with ``key``
+    (required for IQN, ignored by DQN).
+    """
+    obs = jnp.asarray(obs)
+    chex.assert_rank(obs, 1 + len(self.obs_shape))
+    if self.config.algo == "dqn":
+      return self.network.apply(params, obs)
+    if key is None:
+      raise ValueError("IQN q_values needs a PRNG key to sample quantile fractions")
+    taus = self._taus(key, obs.shape[0], self.config.num_quantile_samples)
+    return jnp.mean(self.network.apply(params, obs, taus), axis=1)
+
+  def act(self, params: Params, obs: chex.Array, epsilon: chex.Numeric, key: chex.PRNGKey) -> chex.Array:
+    """Epsilon-greedy actions int32 [B] for obs [B, *obs_shape].
+
+    With probability epsilon an action uniform over all actions, else the
+    argmax of q_values.
+    """
+    q_key, explore_key, action_key = jax.random.split(key, 3)
+    greedy = jnp.argmax(self.q_values(params, obs, q_key), axis=-1).astype(jnp.int32)
+    batch = greedy.shape[0]
+    explore = jax.random.uniform(explore_key, (batch,)) < epsilon
+    random_actions = jax.random.randint(action_key, (batch,), 0, self.num_actions, jnp.int32)
+    return jnp.where(explore, random_actions, greedy)
+
+  # --- Learner state --------------------------------------------------------
+
+  def init(self, key: chex.PRNGKey) -> LearnerState:
+    """A fresh state: random params, target = params, step 0, epsilon_start."""
+    params_key, rng = jax.random.split(key)
+    dummy_obs = jnp.zeros((1, *self.obs_shape), jnp.float32)
+    if self.config.algo == "dqn":
+      params = self.network.init(params_key, dummy_obs)
+    else:
+      params = self.network.init(params_key, dummy_obs, jnp.zeros((1, 1), jnp.float32))
+    step = jnp.zeros((), jnp.int32)
+    return LearnerState(params=params, target_params=params, opt_state=self.optimizer.init(params),
+                        epsilon=self.epsilon_schedule(step), step=step, rng=rng)
+
+  def load_params(self, state: LearnerState, params: Params) -> LearnerState:
+    """Replaces the weights: params and target_params become ``params`` and
+    opt_state is rebuilt for them; step, epsilon and rng are kept."""
+    params = jax.tree.map(jnp.asarray, params)
+    chex.assert_trees_all_equal_shapes_and_dtypes(params, state.params)
+    return state.replace(params=params, target_params=params, opt_state=self.optimizer.init(params))
+
+  # --- The learner step -----------------------------------------------------
+
+  def _loss(self, params: Params, target_params: Params, batch: Transition, key: chex.PRNGKey):
+    """Masked mean per-sample loss, and Q(obs, action) [B] for metrics."""
+    cfg = self.config
+    action = batch.action.astype(jnp.int32)
+    reward = batch.reward.astype(jnp.float32)
+    discount = batch.discount.astype(jnp.float32)
+    valid = batch.valid.astype(jnp.float32)
+    size = action.shape[0]
+    if cfg.algo == "dqn":
+      q_tm1 = self.network.apply(params, batch.obs)
+      q_t_value = self.network.apply(target_params, batch.next_obs)
+      q_t_selector = self.network.apply(params, batch.next_obs) if cfg.double_q else q_t_value
+      per_sample = jax.vmap(losses.dqn_loss, in_axes=(0, 0, 0, 0, 0, 0, None))(
+          q_tm1, action, reward, discount, q_t_value, q_t_selector, cfg.huber_delta)
+      q_taken = jnp.take_along_axis(q_tm1, action[:, None], axis=1)[:, 0]
+    else:
+      tau_key, tau_prime_key, selector_key = jax.random.split(key, 3)
+      tau_tm1 = self._taus(tau_key, size, cfg.num_tau_samples)
+      z_tm1 = self.network.apply(params, batch.obs, tau_tm1)
+      z_t_value = self.network.apply(target_params, batch.next_obs,
+                                     self._taus(tau_prime_key, size, cfg.num_tau_prime_samples))
+      selector_params = params if cfg.double_q else target_params
+      z_t_selector = self.network.apply(selector_params, batch.next_obs,
+                                        self._taus(selector_key, size, cfg.num_quantile_samples))
+      per_sample = jax.vmap(losses.iqn_loss, in_axes=(0, 0, 0, 0, 0, 0, 0, None))(
+          z_tm1, tau_tm1, action, reward, discount, z_t_value, z_t_selector, cfg.kappa)
+      q_taken = jnp.take_along_axis(jnp.mean(z_tm1, axis=1), action[:, None], axis=1)[:, 0]
+    return losses.masked_mean(per_sample, valid), q_taken
+
+  def train_step(self, state: LearnerState, batch: Transition) -> tuple[LearnerState, dict[str, chex.Array]]:
+    """One learner update; pure, so ``jax.jit(agent.train_step)`` works.
+
+    Args:
+      state: the LearnerState.
+      batch: a Transition batched on axis 0 (numpy or jax arrays).
+
+    Returns:
+      (new state, metrics): metrics are float32 scalars: ``loss`` (of the
+      params before the update), ``grad_norm`` (before clipping),
+      ``q_mean`` (mean Q(obs, action) over valid samples), ``epsilon`` and
+      ``learning_rate`` (of the new state / this update).
+    """
+    cfg = self.config
+    batch = jax.tree.map(jnp.asarray, batch)
+    rng, loss_key = jax.random.split(state.rng)
+    (loss, q_taken), grads = jax.value_and_grad(self._loss, has_aux=True)(
+        state.params, state.target_params, batch, loss_key)
+    learning_rate = self.learning_rate_schedule(state.step)
+    opt_state = state.opt_state._replace(
+        hyperparams={**state.opt_state.hyperparams, "learning_rate": learning_rate})
+    updates, opt_state = self.optimizer.update(grads, opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    step = state.step + 1
+    if cfg.target_tau == 1.0:
+      new_target = params
+    else:
+      new_target = optax.incremental_update(params, state.target_params, cfg.target_tau)
+    target_params = optax.periodic_update(new_target, state.target_params, step, cfg.target_update_period)
+    epsilon = self.epsilon_schedule(step)
+    metrics = {
+        "loss": loss,
+        "grad_norm": optax.global_norm(grads),
+        "q_mean": losses.masked_mean(q_taken, batch.valid.astype(jnp.float32)),
+        "epsilon": epsilon,
+        "learning_rate": learning_rate,
+    }
+    new_state = LearnerState(params=params, target_params=target_params, opt_state=opt_state,
+                             epsilon=epsilon, step=step, rng=rng)
+    return new_state, metrics
+
+
+def make_agent(config: AgentConfig, obs_shape: Sequence[int], num_actions: int) -> Agent:
+  """Builds the Agent for ``config`` and an environment's spaces.
+
+  Args:
+    config: AgentConfig (algo, network and learning hyperparameters).
+    obs_shape: one observation's shape: (D,) for vectors, (H, W, C) frames.
+    num_actions: number of discrete actions.
+  """
+  return Agent(config, obs_shape, num_actions)
