@@ -2,14 +2,25 @@
 
 Every config is a frozen dataclass whose docstring documents each field and
 whose ``__post_init__`` validates it: an invalid value raises ``ValueError``
-whose message starts with the field's name.
+whose message starts with the field's name. A run is described by a
+``RunConfig`` read from YAML (``load_config``) plus dotted overrides; every
+mistake in one is a ``ConfigError`` whose message is one line naming the key.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 import dataclasses
+import difflib
+import functools
 import math
+import os
+import re
+import types
+import typing
 from typing import Any
+
+import yaml
 
 
 def check(ok: bool, field: str, requirement: str, value: Any) -> None:
@@ -120,3 +131,478 @@ class AgentConfig:
     check_positive_int("num_quantile_samples", self.num_quantile_samples)
     check_positive_int("quantile_embedding_dim", self.quantile_embedding_dim)
     check_positive("kappa", self.kappa, allow_zero=True)
+
+
+def check_optional(field: str, value: Any, checker, **kwargs) -> None:
+  """Runs ``checker(field, value, **kwargs)`` unless value is None."""
+  if value is not None:
+    checker(field, value, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+  """The environment every actor and the evaluator builds.
+
+  Attributes:
+    id: gymnasium id given to ``gymnasium.make``, e.g. "CartPole-v1".
+    kwargs: keyword arguments of ``gymnasium.make`` (``max_episode_steps``,
+      the environment's own arguments, ...); string keys, YAML values.
+  """
+
+  id: str = "CartPole-v1"
+  kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    check(isinstance(self.id, str) and bool(self.id), "id", "a non-empty string", self.id)
+    check(isinstance(self.kwargs, Mapping) and all(isinstance(k, str) for k in self.kwargs),
+          "kwargs", "a mapping with string keys", self.kwargs)
+    object.__setattr__(self, "kwargs", dict(self.kwargs))
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayConfig:
+  """Experience replay and the rate limiter between actors and learner.
+
+  Attributes:
+    capacity: transitions held; the oldest are overwritten first.
+    min_size: transitions inserted before the learner samples its first batch.
+    n_step: k of the k-step return each stored transition carries (1 = one
+      step TD).
+    gamma: discount per environment step; a k-step transition has discount
+      gamma**k (0 where the episode terminated).
+    samples_per_insert: target ratio of transitions sampled by the learner
+      (``learner.batch_size`` per learner step) to transitions inserted by the
+      actors, enforced once ``min_size`` is reached; None = no rate limit
+      (actors and learner each run as fast as they can).
+    rate_tolerance: slack of the rate limiter, in inserted transitions: the
+      actors wait when they are more than this many inserts ahead of what
+      the learner's samples justify (``samples / samples_per_insert``), the
+      learner waits when it is more than this many behind. Any value >= 0
+      is deadlock-free (see ``SharedReplay``).
+  """
+
+  capacity: int = 100_000
+  min_size: int = 1_000
+  n_step: int = 1
+  gamma: float = 0.99
+  samples_per_insert: float | None = 8.0
+  rate_tolerance: int = 2_000
+
+  def __post_init__(self):
+    check_positive_int("capacity", self.capacity)
+    check_positive_int("min_size", self.min_size)
+    check_positive_int("n_step", self.n_step)
+    check_unit_interval("gamma", self.gamma)
+    check_optional("samples_per_insert", self.samples_per_insert, check_positive)
+    check_positive_int("rate_tolerance", self.rate_tolerance, allow_zero=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class ActorsConfig:
+  """The actor processes that step environments with published parameters.
+
+  Attributes:
+    num: actor processes (per learner).
+    envs_per_actor: environments each actor steps together as one batch.
+    max_restarts: times one actor process is restarted after it crashes
+      before the run is aborted.
+  """
+
+  num: int = 2
+  envs_per_actor: int = 8
+  max_restarts: int = 3
+
+  def __post_init__(self):
+    check_positive_int("num", self.num)
+    check_positive_int("envs_per_actor", self.envs_per_actor)
+    check_positive_int("max_restarts", self.max_restarts, allow_zero=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class LearnerConfig:
+  """The learner loop around ``Agent.train_step``.
+
+  Attributes:
+    batch_size: transitions per learner step (train_step).
+    publish_interval: learner steps between two publishes of the parameters
+      to the actors; checked between dispatches, so in effect rounded up to
+      a multiple of ``updates_per_call``.
+    updates_per_call: learner steps fused into one jitted ``lax.scan``
+      dispatch, each on its own batch.
+  """
+
+  batch_size: int = 128
+  publish_interval: int = 10
+  updates_per_call: int = 1
+
+  def __post_init__(self):
+    check_positive_int("batch_size", self.batch_size)
+    check_positive_int("publish_interval", self.publish_interval)
+    check_positive_int("updates_per_call", self.updates_per_call)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+  """Periodic evaluation episodes, reported as ``eval_return``.
+
+  Attributes:
+    interval: learner steps between evaluations; 0 = no evaluation.
+    episodes: episodes per evaluation; ``eval_return`` is their mean return.
+    epsilon: exploration rate while evaluating (0 = greedy).
+  """
+
+  interval: int = 2_000
+  episodes: int = 10
+  epsilon: float = 0.0
+
+  def __post_init__(self):
+    check_positive_int("interval", self.interval, allow_zero=True)
+    check_positive_int("episodes", self.episodes)
+    check_unit_interval("epsilon", self.epsilon)
+
+
+@dataclasses.dataclass(frozen=True)
+class StopConfig:
+  """When a run stops: whichever set condition is met first.
+
+  With none set, a run goes on until Ctrl-C or SIGTERM.
+
+  Attributes:
+    env_steps: environment steps, summed over all actors; None = no limit.
+    seconds: wall-clock seconds since the run was launched; None = no limit.
+    eval_return: stop once an evaluation's mean return is >= this (needs
+      ``eval.interval > 0``); None = never.
+  """
+
+  env_steps: int | None = None
+  seconds: float | None = None
+  eval_return: float | None = None
+
+  def __post_init__(self):
+    check_optional("env_steps", self.env_steps, check_positive_int)
+    check_optional("seconds", self.seconds, check_positive)
+    if self.eval_return is not None:
+      check(_is_real(self.eval_return), "eval_return", "a finite number", self.eval_return)
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+  """How the processes of a run are started and report.
+
+  Attributes:
+    mode: "async": actors and learner run concurrently in their own
+      processes; "sync": they take turns in lock-step (reproducible; for
+      debugging).
+    start_method: multiprocessing start method, "spawn" or "forkserver";
+      "fork" is refused (unsafe once JAX, which runs threads, is imported).
+    log_interval_seconds: wall-clock seconds between two metric records of
+      the learner's progress.
+    progress: show a live progress display on the console.
+  """
+
+  mode: str = "async"
+  start_method: str = "spawn"
+  log_interval_seconds: float = 2.0
+  progress: bool = True
+
+  def __post_init__(self):
+    check(self.mode in ("async", "sync"), "mode", 'one of "async", "sync"', self.mode)
+    check(self.start_method in ("spawn", "forkserver"), "start_method",
+          '"spawn" or "forkserver" ("fork" is unsafe once JAX is imported: a forked'
+          " child can deadlock on the threads JAX started)", self.start_method)
+    check_positive("log_interval_seconds", self.log_interval_seconds)
+    check(isinstance(self.progress, bool), "progress", "true or false", self.progress)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+  """Periodic checkpoints under ``<run_dir>/checkpoints/``.
+
+  Attributes:
+    interval_seconds: wall-clock seconds between checkpoints; a final one is
+      always written when the run stops.
+    keep: most recent checkpoints kept on disk.
+    replay: also save the replay contents (large), so a resumed run need not
+      refill it.
+  """
+
+  interval_seconds: float = 600.0
+  keep: int = 3
+  replay: bool = False
+
+  def __post_init__(self):
+    check_positive("interval_seconds", self.interval_seconds)
+    check_positive_int("keep", self.keep)
+    check(isinstance(self.replay, bool), "replay", "true or false", self.replay)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+  """Everything a training run needs; ``config.yaml`` of a run directory.
+
+  Attributes:
+    env: the environment.
+    agent: the learner's hyperparameters.
+    replay: experience replay and rate limiting.
+    actors: the actor processes.
+    learner: the learner loop.
+    eval: periodic evaluation.
+    stop: stop conditions.
+    runtime: processes and reporting.
+    checkpoint: checkpointing.
+    seed: seed of every random stream of the run (params, actors, envs).
+    run_dir: directory of the run's outputs; None = ``runs/<config>-<time>``.
+  """
+
+  env: EnvConfig = dataclasses.field(default_factory=EnvConfig)
+  agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)
+  replay: ReplayConfig = dataclasses.field(default_factory=ReplayConfig)
+  actors: ActorsConfig = dataclasses.field(default_factory=ActorsConfig)
+  learner: LearnerConfig = dataclasses.field(default_factory=LearnerConfig)
+  eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+  stop: StopConfig = dataclasses.field(default_factory=StopConfig)
+  runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
+  checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+  seed: int = 0
+  run_dir: str | None = None
+
+  def __post_init__(self):
+    for name, hint in _hints(RunConfig).items():
+      if dataclasses.is_dataclass(hint):
+        value = getattr(self, name)
+        check(isinstance(value, hint), name, f"a {hint.__name__}", value)
+    check_positive_int("seed", self.seed, allow_zero=True)
+    check(self.run_dir is None or isinstance(self.run_dir, str) and bool(self.run_dir),
+          "run_dir", "null or a non-empty string", self.run_dir)
+    replay, batch_size = self.replay, self.learner.batch_size
+    check(replay.min_size <= replay.capacity, "replay.min_size",
+          f"<= replay.capacity ({replay.capacity})", replay.min_size)
+    check(replay.min_size >= batch_size, "replay.min_size",
+          f">= learner.batch_size ({batch_size})", replay.min_size)
+    if self.stop.eval_return is not None:
+      check(self.eval.interval > 0, "stop.eval_return",
+            "null while evaluation is off (eval.interval = 0)", self.stop.eval_return)
+
+
+class ConfigError(ValueError):
+  """A mistake in a run configuration; ``str()`` is one line naming the key."""
+
+
+# YAML as users expect it (YAML 1.2 scalars): ``1e-3`` is a float and only
+# true/false are booleans (``yes``, ``on``, ``no`` stay strings).
+_BOOL_TAG = "tag:yaml.org,2002:bool"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+
+
+class _Loader(yaml.SafeLoader):
+  """``yaml.SafeLoader`` with YAML 1.2 scalars that rejects duplicate keys."""
+
+  def construct_mapping(self, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+      if key_node.tag == "tag:yaml.org,2002:merge":
+        continue
+      key = self.construct_object(key_node, deep=True)
+      if not isinstance(key, typing.Hashable):
+        continue  # super() reports it.
+      if key in seen:
+        raise yaml.constructor.ConstructorError(
+            "while constructing a mapping", node.start_mark,
+            f"found duplicate key {key!r}", key_node.start_mark)
+      seen.add(key)
+    return super().construct_mapping(node, deep)
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL_TAG]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    _BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver(_FLOAT_TAG, _EXPONENT_FLOAT, list("-+0123456789"))
+
+
+class _Dumper(yaml.SafeDumper):
+  """``yaml.SafeDumper`` that quotes every string ``_Loader`` reads as non-string."""
+
+
+_Dumper.add_implicit_resolver(_FLOAT_TAG, _EXPONENT_FLOAT, list("-+0123456789"))
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+  """One line locating a YAML error."""
+  mark = getattr(error, "problem_mark", None)
+  if mark is None:
+    return " ".join(str(error).split())
+  return f"line {mark.line + 1}, column {mark.column + 1}: {error.problem or error.context}"
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+  """Field name -> resolved type hint of the config dataclass ``cls``."""
+  hints = typing.get_type_hints(cls)
+  return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _join(prefix: str, name: Any) -> str:
+  """The dotted key of ``name`` in section ``prefix``, printable on one line."""
+  name = name if isinstance(name, str) and name.isprintable() else repr(name)
+  return f"{prefix}.{name}" if prefix else name
+
+
+def _mismatch(key: str, expected: str, value: Any, nullable: bool) -> ConfigError:
+  return ConfigError(f"{key}: expected {expected}{' or null' if nullable else ''}, got {value!r}")
+
+
+_SCALARS = {
+    bool: lambda v: isinstance(v, bool),
+    int: _is_int,
+    float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+    str: lambda v: isinstance(v, str),
+}
+
+
+def _coerce(value: Any, hint: Any, key: str, nullable: bool = False) -> Any:
+  """``value`` (YAML data) checked against the type ``hint`` and converted to it.
+
+  Supports config dataclasses, ``X | None``, ``tuple[X, ...]`` (from a list),
+  ``dict`` (from a mapping), ``Any`` and bool/int/float/str; a float accepts
+  an int.
+  """
+  if dataclasses.is_dataclass(hint):
+    return _build(hint, value, key)
+  origin, args = typing.get_origin(hint), typing.get_args(hint)
+  if origin in (typing.Union, types.UnionType):
+    (inner,) = [a for a in args if a is not type(None)]
+    return None if value is None else _coerce(value, inner, key, nullable=True)
+  if origin is tuple:
+    if not isinstance(value, (list, tuple)):
+      raise _mismatch(key, f"a list of {args[0].__name__}", value, nullable)
+    return tuple(_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
+  if hint is dict or origin is dict:
+    if not isinstance(value, Mapping):
+      raise _mismatch(key, "a mapping", value, nullable)
+    return dict(value)
+  if hint is Any:
+    return value
+  if not _SCALARS[hint](value):
+    raise _mismatch(key, hint.__name__, value, nullable)
+  try:
+    return hint(value)
+  except OverflowError:
+    raise _mismatch(key, hint.__name__, value, nullable) from None
+
+
+def _field_hint(cls: type, name: Any, key: str) -> Any:
+  """The type hint of field ``name`` of ``cls``, whose full dotted key is ``key``."""
+  hints = _hints(cls)
+  if name not in hints:
+    close = difflib.get_close_matches(str(name), list(hints), n=1)
+    parent = key.rpartition(".")[0]
+    hint = f"did you mean {_join(parent, close[0])}?" if close else f"expected one of: {', '.join(hints)}"
+    raise ConfigError(f"{key}: unknown key ({hint})")
+  return hints[name]
+
+
+def _build(cls: type, tree: Any, key: str) -> Any:
+  """The config dataclass ``cls`` from a mapping (None = all defaults)."""
+  if tree is None:
+    tree = {}
+  if not isinstance(tree, Mapping):
+    raise _mismatch(key or "config", "a mapping", tree, nullable=False)
+  kwargs = {name: _coerce(value, _field_hint(cls, name, _join(key, name)), _join(key, name))
+            for name, value in tree.items()}
+  try:
+    return cls(**kwargs)
+  except ValueError as e:  # "<field> must be ..." from __post_init__.
+    field, _, rest = str(e).partition(" ")
+    raise ConfigError(f"{_join(key, field)}: {rest}") from None
+
+
+def config_from_dict(tree: Mapping[str, Any]) -> RunConfig:
+  """The ``RunConfig`` described by nested plain data; missing keys keep defaults."""
+  return _build(RunConfig, tree, "")
+
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+  """``cfg`` as nested plain YAML data (tuples become lists)."""
+
+  def plain(x):
+    if isinstance(x, Mapping):
+      return {k: plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+      return [plain(v) for v in x]
+    return x
+
+  return plain(dataclasses.asdict(cfg))
+
+
+def _override(tree: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+  """Sets each ``dotted.key=value`` of ``overrides`` in ``tree``, in place."""
+  for text in overrides:
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not re.fullmatch(r"[^\s.]+(?:\.[^\s.]+)*", key):
+      raise ConfigError(f"bad override {text!r} (expected key=value)")
+    path = key.split(".")
+    try:
+      value = yaml.load(raw, _Loader)
+    except yaml.YAMLError as e:
+      raise ConfigError(f"bad override {text!r}: invalid YAML value, {_yaml_problem(e)}") from None
+    hint = RunConfig
+    for depth, part in enumerate(path):  # Check the key against the schema.
+      if dataclasses.is_dataclass(hint):
+        hint = _field_hint(hint, part, ".".join(path[:depth + 1]))
+      elif hint is dict or typing.get_origin(hint) is dict or hint is Any:
+        hint = Any
+      else:
+        raise ConfigError(f"{key}: unknown key ({'.'.join(path[:depth])} is not a section)")
+    node = tree
+    for depth, part in enumerate(path[:-1]):
+      if node.get(part) is None:
+        node[part] = {}
+      node = node[part]
+      if not isinstance(node, dict):
+        raise _mismatch(".".join(path[:depth + 1]), "a mapping", node, nullable=False)
+    node[path[-1]] = value
+  return tree
+
+
+def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> RunConfig:
+  """The ``RunConfig`` of a YAML file (None = all defaults) with ``overrides``.
+
+  Each override is ``dotted.key=value`` with a YAML value (``agent.learning_rate=1e-3``,
+  ``agent.hidden_sizes=[64,64]``, ``env.kwargs.max_episode_steps=200``,
+  ``seed=3``); they are applied in order, before validation.
+
+  Raises:
+    ConfigError: one line naming the file or the key at fault.
+  """
+  tree = {}
+  if path is not None:
+    try:
+      with open(path, encoding="utf-8") as f:
+        tree = yaml.load(f, _Loader)
+    except OSError as e:
+      raise ConfigError(f"{os.fspath(path)}: cannot read config ({e.strerror})") from None
+    except UnicodeDecodeError:
+      raise ConfigError(f"{os.fspath(path)}: not a UTF-8 text file") from None
+    except yaml.YAMLError as e:
+      raise ConfigError(f"{os.fspath(path)}: invalid YAML, {_yaml_problem(e)}") from None
+    if tree is None:
+      tree = {}
+    if not isinstance(tree, dict):
+      raise ConfigError(f"{os.fspath(path)}: expected a mapping of config sections, "
+                        f"got {type(tree).__name__}")
+  return config_from_dict(_override(tree, overrides))
+
+
+def apply_overrides(cfg: RunConfig, overrides: Sequence[str]) -> RunConfig:
+  """``cfg`` with ``dotted.key=value`` overrides applied (as in ``load_config``)."""
+  return config_from_dict(_override(config_to_dict(cfg), overrides))
+
+
+def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
+  """Writes ``cfg`` as YAML that ``load_config`` reads back equal."""
+  with open(path, "w", encoding="utf-8") as f:
+    yaml.dump(config_to_dict(cfg), f, Dumper=_Dumper, sort_keys=False)

@@ -204,7 +204,7 @@ class Agent:
     epsilon = self.epsilon_schedule(step)
     metrics = {
         "loss": loss,
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
         "q_mean": losses.masked_mean(q_taken, batch.valid.astype(jnp.float32)),
         "epsilon": epsilon,
         "learning_rate": learning_rate,

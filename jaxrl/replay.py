@@ -1,8 +1,18 @@
-"""Experience replay: the transition type and shared-memory replay."""
+"""Experience replay: the transition type, n-step accumulation in actors,
+and the shared-memory replay that actors write and the learner samples.
+
+Numpy only (no jax): actor processes import this module.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, NamedTuple
+
+import numpy as np
+
+from jaxrl.config import check, check_positive, check_positive_int, check_unit_interval
+from jaxrl.shm import BlockHandle, SharedBlock
 
 
 class Transition(NamedTuple):
@@ -27,3 +37,330 @@ class Transition(NamedTuple):
   discount: Any
   next_obs: Any
   valid: Any
+
+
+# Fields of a stored transition, as produced by ``NStepAccumulator.step`` and
+# consumed by ``ReplayWriter.add``.
+FIELDS = ("obs", "action", "reward", "discount", "next_obs", "policy_step")
+
+
+class NStepAccumulator:
+  """Turns the steps of a gymnasium vector env into n-step transitions.
+
+  Numpy only; one per actor. ``step`` takes one vector-env step of all
+  ``num_envs`` environments and returns the transitions it completed. A
+  transition that starts at step t and spans k <= n_step steps has
+  ``reward = sum_{i<k} gamma**i r_{t+i}``, ``next_obs`` = the observation
+  after step t+k-1, and ``discount = gamma**k``, or 0 if the episode
+  terminated at step t+k-1. A window that reaches n_step steps is emitted
+  at once; when an episode terminates or is truncated, every open window of
+  that env is emitted with its shorter horizon (after truncation,
+  ``next_obs`` is the real final observation, so the learner bootstraps
+  from it).
+
+  Gymnasium 1.x vector envs autoreset in ``AutoresetMode.NEXT_STEP`` mode:
+  the step after env i ended ignores its action and returns the reset
+  observation with reward 0. The accumulator remembers which envs ended and
+  drops their next step, so no transition spans an episode boundary; the
+  caller passes every step as it comes.
+  """
+
+  def __init__(self, num_envs: int, n_step: int, gamma: float, obs_shape: tuple[int, ...],
+               obs_dtype: Any):
+    check_positive_int("num_envs", num_envs)
+    check_positive_int("n_step", n_step)
+    check_unit_interval("gamma", gamma)
+    self.n_step = n_step
+    self.obs_dtype = np.dtype(obs_dtype)
+    self._gamma_powers = float(gamma) ** np.arange(n_step + 1)  # float64 [n_step + 1]
+    # Window buffers, [n_step, num_envs]: row t % n_step holds the window that
+    # began at step t, as long as that window is open.
+    self._obs = np.zeros((n_step, num_envs, *obs_shape), self.obs_dtype)
+    self._action = np.zeros((n_step, num_envs), np.int32)
+    self._policy_step = np.zeros((n_step, num_envs), np.int64)
+    self._return = np.zeros((n_step, num_envs), np.float64)
+    self._num_open = np.zeros(num_envs, np.int64)  # Open windows per env (< n_step between steps).
+    self._skip = np.zeros(num_envs, bool)  # Env ended last step: this step is its autoreset.
+    self._row = 0  # Step count mod n_step.
+
+  def step(self, obs, action, reward, terminated, truncated, next_obs,
+           policy_step) -> dict[str, np.ndarray]:
+    """Adds one vector-env step; returns the transitions it completed.
+
+    Args:
+      obs: [E, *obs_shape] observations the actions were taken in.
+      action: int [E] actions.
+      reward: float [E] rewards of this step.
+      terminated, truncated: bool [E], as returned by ``env.step``.
+      next_obs: [E, *obs_shape] observations ``env.step`` returned.
+      policy_step: int scalar or [E], the learner step of the params that
+        chose the actions.
+
+    Returns:
+      A dict with the keys of ``FIELDS``: obs and next_obs [N, *obs_shape]
+      (obs_dtype), action int32 [N], reward and discount float32 [N],
+      policy_step int64 [N] (that of the transition's first action), for the
+      N >= 0 transitions completed, ordered by env, then by start step.
+    """
+    n, row = self.n_step, self._row
+    live = ~self._skip
+    terminated = np.asarray(terminated, bool)
+    ended = live & (terminated | np.asarray(truncated, bool))
+    self._obs[row] = obs
+    self._action[row] = action
+    self._policy_step[row] = policy_step
+    self._return[row] = 0.0
+    self._num_open += live
+    age = (row - np.arange(n)) % n  # [n] steps since each row's window began.
+    is_open = age[:, None] < self._num_open[None, :]  # [n, E]
+    self._return += np.where(is_open, self._gamma_powers[age][:, None] * np.asarray(reward), 0.0)
+    full = live & ~ended & (self._num_open == n)
+    emit = is_open & (ended[None, :] | (full[None, :] & (age == n - 1)[:, None]))
+    by_age = (row - np.arange(n - 1, -1, -1)) % n  # Rows from the oldest window to the newest.
+    env, position = np.nonzero(emit[by_age].T)
+    rows = by_age[position]
+    length = age[rows] + 1
+    out = {
+        "obs": self._obs[rows, env],
+        "action": self._action[rows, env],
+        "reward": self._return[rows, env].astype(np.float32),
+        "discount": np.where(terminated[env], 0.0, self._gamma_powers[length]).astype(np.float32),
+        "next_obs": np.asarray(next_obs, self.obs_dtype)[env],
+        "policy_step": self._policy_step[rows, env],
+    }
+    self._num_open[ended] = 0
+    self._num_open[full] = n - 1
+    self._skip = ended
+    self._row = (row + 1) % n
+    return out
+
+
+def _obs_batch(obs: np.ndarray) -> np.ndarray:
+  """Observations as the learner takes them: uint8 (images) as stored, else float32."""
+  return obs if obs.dtype == np.uint8 else obs.astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayHandle:
+  """Picklable description of a ``SharedReplay``, for ``SharedReplay.attach``."""
+
+  block: BlockHandle
+  num_writers: int
+  min_size: int
+  samples_per_insert: float | None
+  rate_tolerance: float
+
+
+class SharedReplay:
+  """Uniform replay in shared memory: many writer processes, one sampler.
+
+  The capacity is split into ``num_writers`` disjoint ring partitions, one
+  per writer (actor), so writers never wait for each other or take a lock.
+  Writer w writes its k-th transition (k counts from 0 over the life of the
+  replay) into slot ``start_w + k % size_w`` of its partition.
+
+  Torn-slot protection (a seqlock per slot): slot versions are ``2k + 1``
+  while the transition with write index k is being written and ``2k + 2``
+  once it is complete; a partition's write counter (in shared memory) is
+  raised only after its slots are complete. ``sample`` reads the versions,
+  copies the rows, re-reads the versions, and marks a row invalid unless its
+  version was even and unchanged. Versions of a slot never decrease (see
+  ``ReplayWriter``), so a change is always seen. This relies on each process
+  making its stores, and its loads, visible in program order: true on x86-64
+  (TSO) with numpy's plain copies, each a separate C call; weaker memory
+  models (ARM) would need fences between the three phases.
+
+  Rate limiting (optional, ``samples_per_insert`` > 0): with I inserts, S
+  samples, the ratio r and the tolerance T (in inserted transitions), the
+  actors' lead ``L = (I - min_size) - S / r`` is how many inserts they are
+  ahead of what the learner has sampled. ``can_sample(B)`` requires
+  ``I >= min_size`` and ``L - B / r >= -T`` (or ``L >= 0``);
+  ``writer.can_insert(n)`` requires ``L + n <= T`` (or ``L <= 0``). Hence
+  ``-max(T, B / r) <= L <= max(T, n)`` for the largest B and n used, and
+  the two checks never block together: ``L <= 0`` allows inserts and
+  ``L > 0`` (which implies ``I >= min_size``) allows samples, for any T >= 0.
+  Both checks are non-blocking reads of a few integers; waiting is the
+  caller's job.
+  """
+
+  def __init__(self, block: SharedBlock, handle: ReplayHandle):
+    self._block = block
+    self.handle = handle
+    self._arrays = block.arrays
+    self.capacity = self._arrays["action"].shape[0]
+    self.num_writers = handle.num_writers
+    self.min_size = handle.min_size
+    self._bounds = np.arange(self.num_writers + 1) * self.capacity // self.num_writers
+    self._sizes = np.diff(self._bounds)  # Slots per partition.
+
+  @classmethod
+  def create(cls, obs_shape: tuple[int, ...], obs_dtype: Any, capacity: int, num_writers: int = 1,
+             min_size: int = 1, samples_per_insert: float | None = None,
+             rate_tolerance: float = 0.0) -> "SharedReplay":
+    """Creates an empty replay (owner).
+
+    Args:
+      obs_shape, obs_dtype: one observation's shape and dtype as stored.
+      capacity: transitions held in all; partition w holds slots
+        ``[w * capacity // num_writers, (w + 1) * capacity // num_writers)``.
+      num_writers: writer ids are 0 .. num_writers - 1.
+      min_size: transitions inserted before sampling may start; at most the
+        smallest partition, so that any one writer can reach it (then
+        ``inserts() >= min_size`` iff ``size() >= min_size``).
+      samples_per_insert: target ratio of sampled to inserted transitions
+        after min_size; None or <= 0 disables rate limiting.
+      rate_tolerance: T >= 0, inserted transitions by which actors may run
+        ahead of, or fall behind, the ratio (see the class docstring).
+    """
+    check_positive_int("num_writers", num_writers)
+    check_positive_int("capacity", capacity)
+    check(capacity >= num_writers, "capacity", f">= num_writers ({num_writers})", capacity)
+    check_positive_int("min_size", min_size)
+    check(min_size <= capacity // num_writers, "min_size",
+          f"<= capacity // num_writers ({capacity // num_writers})", min_size)
+    if samples_per_insert is not None and samples_per_insert <= 0:
+      samples_per_insert = None
+    if samples_per_insert is not None:
+      check_positive("samples_per_insert", samples_per_insert)
+      samples_per_insert = float(samples_per_insert)
+    check_positive("rate_tolerance", rate_tolerance, allow_zero=True)
+    obs_shape = tuple(obs_shape)
+    block = SharedBlock.create({
+        "obs": ((capacity, *obs_shape), obs_dtype),
+        "action": ((capacity,), np.int32),
+        "reward": ((capacity,), np.float32),
+        "discount": ((capacity,), np.float32),
+        "next_obs": ((capacity, *obs_shape), obs_dtype),
+        "policy_step": ((capacity,), np.int64),
+        "version": ((capacity,), np.int64),
+        "write_count": ((num_writers,), np.int64),
+        "samples": ((1,), np.int64),
+    })
+    handle = ReplayHandle(block.handle, num_writers, min_size, samples_per_insert,
+                          float(rate_tolerance))
+    return cls(block, handle)
+
+  @classmethod
+  def attach(cls, handle: ReplayHandle) -> "SharedReplay":
+    """Opens the replay in another process (never unlinks it)."""
+    return cls(SharedBlock.attach(handle.block), handle)
+
+  def close(self) -> None:
+    """Releases this process's mapping; the replay and its writers must not be used after."""
+    self._arrays = {}
+    self._block.close()
+
+  def unlink(self) -> None:
+    """Removes the segment from the system (owner only; idempotent)."""
+    self._block.unlink()
+
+  def writer(self, writer_id: int) -> "ReplayWriter":
+    """The writer of partition ``writer_id``; at most one may be live per id."""
+    return ReplayWriter(self, writer_id)
+
+  def size(self) -> int:
+    """Transitions stored (committed slots of all partitions)."""
+    return int(np.minimum(self._arrays["write_count"], self._sizes).sum())
+
+  def inserts(self) -> int:
+    """Transitions ever inserted, by all writers."""
+    return int(self._arrays["write_count"].sum())
+
+  def samples(self) -> int:
+    """Transitions ever sampled (counted by ``sample``)."""
+    return int(self._arrays["samples"][0])
+
+  def _lead(self) -> float:
+    """Inserts the actors are ahead of the learner's samples: (I - min_size) - S / r."""
+    return self.inserts() - self.min_size - self.samples() / self.handle.samples_per_insert
+
+  def can_sample(self, batch_size: int) -> bool:
+    """Whether the learner may sample ``batch_size`` transitions now."""
+    if self.inserts() < self.min_size:
+      return False
+    if self.handle.samples_per_insert is None:
+      return True
+    lead = self._lead()
+    tolerance, ratio = self.handle.rate_tolerance, self.handle.samples_per_insert
+    return lead >= 0 or lead - batch_size / ratio >= -tolerance
+
+  def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[Transition, np.ndarray]:
+    """Samples ``batch_size`` transitions uniformly (with replacement).
+
+    Returns:
+      ``(batch, policy_step)``: a Transition of numpy arrays, obs and
+      next_obs [B, *obs_shape] (float32, or uint8 if stored as uint8),
+      action int32 [B], reward, discount and valid float32 [B]; and
+      policy_step int64 [B]. A row whose slot was being written during the
+      copy has valid 0.0 and all its fields zeroed.
+    """
+    arrays = self._arrays
+    committed = np.minimum(arrays["write_count"], self._sizes)  # Read before the versions.
+    ends = np.cumsum(committed)
+    if ends[-1] == 0:
+      raise ValueError("cannot sample from an empty replay")
+    u = rng.integers(0, ends[-1], batch_size)
+    part = np.searchsorted(ends, u, side="right")
+    slots = self._bounds[part] + u - (ends - committed)[part]
+    version = arrays["version"][slots]
+    rows = {key: arrays[key][slots] for key in FIELDS}
+    valid = (version % 2 == 0) & (arrays["version"][slots] == version)
+    arrays["samples"][0] += batch_size
+    if not valid.all():
+      for value in rows.values():
+        value[~valid] = 0
+    batch = Transition(obs=_obs_batch(rows["obs"]), action=rows["action"], reward=rows["reward"],
+                       discount=rows["discount"], next_obs=_obs_batch(rows["next_obs"]),
+                       valid=valid.astype(np.float32))
+    return batch, rows["policy_step"]
+
+
+class ReplayWriter:
+  """Writes one actor's transitions into its partition of a ``SharedReplay``.
+
+  A writer may die at any point and a new one (same id, any process) carry
+  on: it resumes after the last transition whose slot is complete, which is
+  at or after the partition's write counter. A slot the dead writer left
+  half-written (odd version) is rewritten with the same index, or, if below
+  the resume point, stays invalid until the ring comes round to it; either
+  way its version never decreases.
+  """
+
+  def __init__(self, replay: SharedReplay, writer_id: int):
+    check(0 <= writer_id < replay.num_writers, "writer_id",
+          f"in [0, {replay.num_writers})", writer_id)
+    self._replay = replay
+    self.writer_id = writer_id
+    self._start = int(replay._bounds[writer_id])
+    self._size = int(replay._sizes[writer_id])
+    arrays = replay._arrays
+    version = arrays["version"][self._start:self._start + self._size]
+    completed = version[version % 2 == 0] // 2  # One past the write index of each complete slot.
+    resume = max(int(arrays["write_count"][writer_id]), int(completed.max(initial=0)))
+    arrays["write_count"][writer_id] = resume
+
+  def add(self, transitions: dict[str, np.ndarray]) -> None:
+    """Appends transitions (a dict with the keys of ``FIELDS``, each [N, ...]).
+
+    Overwrites the partition's oldest transitions once it is full; of more
+    than a partition's worth, only the last ones are kept.
+    """
+    arrays = self._replay._arrays
+    count = len(transitions["action"])
+    first = int(arrays["write_count"][self.writer_id])
+    keep = min(count, self._size)
+    index = np.arange(first + count - keep, first + count)  # Write indices k.
+    slots = self._start + index % self._size
+    arrays["version"][slots] = 2 * index + 1
+    for key in FIELDS:
+      arrays[key][slots] = transitions[key][count - keep:]
+    arrays["version"][slots] = 2 * index + 2
+    arrays["write_count"][self.writer_id] = first + count
+
+  def can_insert(self, n: int) -> bool:
+    """Whether the actor may insert ``n`` transitions now (rate limiting)."""
+    replay = self._replay
+    if replay.handle.samples_per_insert is None:
+      return True
+    lead = replay._lead()
+    return lead <= 0 or lead + n <= replay.handle.rate_tolerance

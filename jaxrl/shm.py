@@ -20,7 +20,9 @@ import dataclasses
 import os
 import secrets
 from multiprocessing import shared_memory
+from typing import Any, NamedTuple
 
+import jax
 import numpy as np
 
 _ALIGN = 64  # bytes; every array starts on a cache line.
@@ -84,12 +86,11 @@ class SharedBlock:
     return cls(shm, handle, owner=False)
 
   def close(self) -> None:
-    """Releases this process's mapping; the arrays must not be used after."""
+    """Unmaps the block in this process. Any numpy view taken from
+    ``arrays`` before must not be touched afterwards: numpy views do not pin
+    the mapping, so reading one after close is a segfault."""
     self.arrays = {}
-    try:
-      self._shm.close()
-    except BufferError:  # A view is still referenced; the mapping dies with it.
-      pass
+    self._shm.close()
 
   def unlink(self) -> None:
     """Removes the segment from the system (owner only; idempotent)."""
@@ -99,3 +100,165 @@ class SharedBlock:
       self._shm.unlink()
     except FileNotFoundError:
       pass
+
+
+_NUM_SLOTS = 3  # Triple buffer; see ParamStore.
+
+
+class ParamSnapshot(NamedTuple):
+  """One publish, copied out of shared memory into the reading process.
+
+  Attributes:
+    params: numpy tree with the template's structure, shapes and dtypes; fresh
+      arrays owned by the reader (no later publish changes them).
+    epsilon: exploration rate published with these params.
+    step: learner step published with these params.
+    version: what ``publish`` returned for these params (>= 1).
+  """
+
+  params: Any
+  epsilon: float
+  step: int
+  version: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamStoreHandle:
+  """Picklable description of a store: its block and the params' tree structure."""
+
+  block: BlockHandle
+  treedef: Any  # jax.tree_util.PyTreeDef; pickles with the node types it names.
+
+
+def _leaf_key(slot: int, index: int) -> str:
+  return f"slot{slot}/leaf{index}"
+
+
+def _shape_dtype(leaf: Any) -> tuple[tuple[int, ...], np.dtype]:
+  """Shape and dtype of an array, a jax.ShapeDtypeStruct or a scalar."""
+  if not (hasattr(leaf, "shape") and hasattr(leaf, "dtype")):
+    leaf = np.asarray(leaf)
+  return tuple(leaf.shape), np.dtype(leaf.dtype)
+
+
+class ParamStore:
+  """Latest parameters (with epsilon and step) for many readers, in one block.
+
+  One publisher (the owner or any one attached process at a time) writes;
+  any number of processes read. Versions count publishes: 0 means nothing
+  published yet, then 1, 2, ... ``read()`` before the first publish raises
+  ``RuntimeError``; poll ``latest_version()`` (one integer load, no copy)
+  to wait for it or to see whether a newer version exists.
+
+  Design: a seqlock over a triple buffer. Publish ``v`` writes slot
+  ``v % 3``: its sequence word goes to ``2v - 1`` (odd: being written), then
+  params, epsilon and step are copied in, then the word goes to ``2v``
+  (even: holds ``v``), and only then is ``latest`` set to ``v``. A reader
+  loads ``latest = v``, checks the slot's word is ``2v``, copies the slot
+  out, and re-checks the word; if it changed the copy may be torn and the
+  reader starts over from the newest ``latest``. Sequence words only grow,
+  so a changed slot never looks unchanged. The publisher never waits and
+  shares no lock with readers; a successful read is one copy of the params.
+  Three slots rather than two: with two, the slot a reader just chose can be
+  overwritten by the very next publish (which may start as soon as the
+  reader has loaded ``latest``), so a reader copying about as fast as the
+  publisher writes would retry often; with three, the publisher must finish
+  one whole publish before it touches that slot again, so a read that takes
+  less than one publish never retries. The cost is three copies of the
+  params in shared memory (12 MB for 1M float32 parameters).
+
+  Memory ordering: this relies on x86-64 TSO. Stores become visible to other
+  cores in program order and loads are not reordered with older loads; each
+  numpy statement below is an opaque C call, so the interpreter performs
+  them in program order, and the 8-byte words are aligned (single loads and
+  stores). A weakly ordered CPU (ARM) would need fences that Python does not
+  expose.
+  """
+
+  def __init__(self, block: SharedBlock, treedef: Any):
+    self._block = block
+    self.handle = ParamStoreHandle(block.handle, treedef)
+    self._keys = [[_leaf_key(s, i) for i in range(treedef.num_leaves)] for s in range(_NUM_SLOTS)]
+
+  @classmethod
+  def create(cls, template: Any) -> ParamStore:
+    """Creates a store (this process owns it) for trees shaped like ``template``.
+
+    ``template`` is any pytree of numpy or jax arrays (or jax.ShapeDtypeStruct);
+    only its structure, shapes and dtypes are used.
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    specs = {
+        "latest": ((1,), "int64"),
+        "seq": ((_NUM_SLOTS,), "int64"),
+        "epsilon": ((_NUM_SLOTS,), "float64"),
+        "step": ((_NUM_SLOTS,), "int64"),
+    }
+    for slot in range(_NUM_SLOTS):
+      for i, leaf in enumerate(leaves):
+        specs[_leaf_key(slot, i)] = _shape_dtype(leaf)
+    return cls(SharedBlock.create(specs), treedef)
+
+  @classmethod
+  def attach(cls, handle: ParamStoreHandle) -> ParamStore:
+    """Opens the store described by ``handle`` (from ``store.handle``) in this process."""
+    return cls(SharedBlock.attach(handle.block), handle.treedef)
+
+  def latest_version(self) -> int:
+    """Version of the newest complete publish; 0 if none. One integer load."""
+    return int(self._block.arrays["latest"][0])
+
+  def publish(self, params: Any, epsilon: float, step: int) -> int:
+    """Copies ``params`` (numpy or jax tree, template structure) in; returns its version.
+
+    Raises ValueError if the structure, a shape, or a dtype kind differs from
+    the template's. Never waits for readers; one publisher at a time.
+    """
+    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    if treedef != self.handle.treedef:
+      raise ValueError(f"params structure {treedef} differs from the template's {self.handle.treedef}")
+    leaves = [np.asarray(x) for x in jax.device_get([leaf for _, leaf in paths_leaves])]
+    arrays = self._block.arrays
+    for (path, _), src, dst in zip(paths_leaves, leaves, (arrays[k] for k in self._keys[0])):
+      if src.shape != dst.shape or not np.can_cast(src.dtype, dst.dtype, "same_kind"):
+        raise ValueError(
+            f"params{jax.tree_util.keystr(path)} is {src.dtype}{list(src.shape)}, "
+            f"the template has {dst.dtype}{list(dst.shape)}"
+        )
+    epsilon, step = float(epsilon), int(step)
+    version = self.latest_version() + 1
+    slot = version % _NUM_SLOTS
+    seq = arrays["seq"]
+    seq[slot] = 2 * version - 1
+    for src, key in zip(leaves, self._keys[slot]):
+      np.copyto(arrays[key], src, casting="same_kind")
+    arrays["epsilon"][slot] = epsilon
+    arrays["step"][slot] = step
+    seq[slot] = 2 * version
+    arrays["latest"][0] = version
+    return version
+
+  def read(self) -> ParamSnapshot:
+    """Copies out the newest publish; raises RuntimeError if nothing was published."""
+    arrays = self._block.arrays
+    seq = arrays["seq"]
+    while True:
+      version = self.latest_version()
+      if version == 0:
+        raise RuntimeError("ParamStore.read: nothing published yet (latest_version() == 0)")
+      slot = version % _NUM_SLOTS
+      if seq[slot] != 2 * version:
+        continue  # Already being overwritten by a newer publish.
+      leaves = [arrays[key].copy() for key in self._keys[slot]]
+      epsilon, step = float(arrays["epsilon"][slot]), int(arrays["step"][slot])
+      if seq[slot] == 2 * version:
+        params = jax.tree_util.tree_unflatten(self.handle.treedef, leaves)
+        return ParamSnapshot(params, epsilon, step, version)
+
+  def close(self) -> None:
+    """Releases this process's mapping; snapshots already read stay valid."""
+    self._block.close()
+
+  def unlink(self) -> None:
+    """Removes the segment (owner only, once every process is done; idempotent)."""
+    self._block.unlink()

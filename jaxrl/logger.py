@@ -1,0 +1,357 @@
+"""Run logging: metrics.jsonl, TensorBoard, learning curve, live progress, summary.
+
+Everything a run writes about itself into its run directory (design section
+3), plus the terminal display. A metrics record is a flat dict of scalars
+carrying ``env_steps`` and ``learner_steps``; the logger adds ``time``.
+Records of one agent carry its ``agent_id``; a finished training episode is
+a record with ``episode_return`` (and ``episode_length``).
+
+This module does not import JAX: JAX scalars are read through
+``np.asarray``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+from rich import console as rich_console
+from rich import live as rich_live
+from rich import progress as rich_progress
+from rich import text as rich_text
+from tensorboardX import SummaryWriter
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+CURVE_FILE = "learning_curve.png"
+SUMMARY_FIELDS = ("eval_return", "env_steps", "learner_steps", "wall_seconds", "stopped_because")
+RETURN_WINDOW = 20  # episodes in the "recent return" mean, on screen and in the plot.
+_TB_FLUSH_SECS = 10  # a killed run loses at most this much TensorBoard data.
+
+
+def _plain(key: str, value: Any) -> Any:
+  """Returns ``value`` as a JSON-ready Python scalar.
+
+  numpy and JAX scalars become int/float/bool; non-finite floats become None
+  (JSON null). Raises TypeError for arrays with more than one element.
+  """
+  if value is not None and not isinstance(value, str):
+    array = np.asarray(value)
+    if array.ndim != 0:
+      raise TypeError(f"{key} must be a scalar, got shape {array.shape}")
+    value = array.item()
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  return value
+
+
+def _plain_record(record: dict[str, Any]) -> dict[str, Any]:
+  return {key: _plain(key, value) for key, value in record.items()}
+
+
+def _is_number(value: Any) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@contextlib.contextmanager
+def _replaced_atomically(path: Path) -> Iterator[Path]:
+  """Yields a temporary path beside ``path``, moved onto ``path`` on success.
+
+  Readers see the old file or the new one, never a partial one; on error the
+  temporary file is removed.
+  """
+  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+  try:
+    yield tmp
+    os.replace(tmp, path)
+  finally:
+    tmp.unlink(missing_ok=True)
+
+
+def _complete_lines(data: bytes) -> list[bytes]:
+  """Lines of ``data`` that end in a newline (a crash may leave a partial last one)."""
+  return data.split(b"\n")[:-1]
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
+  """Reads ``run_dir/metrics.jsonl``; a trailing partial line is skipped."""
+  data = (Path(run_dir) / METRICS_FILE).read_bytes()
+  return [json.loads(line) for line in _complete_lines(data)]
+
+
+class MetricsLogger:
+  """Appends metrics records to ``metrics.jsonl`` and TensorBoard.
+
+  Each record is one JSON line written with one ``write`` call on an
+  unbuffered file, so a killed run keeps every record logged before it died
+  and never leaves half a line except on a write error (resume cuts such a
+  line away). Every numeric field except ``time``, ``env_steps`` and
+  ``agent_id`` also goes to TensorBoard at global step ``env_steps``:
+  ``episode_<x>`` fields under ``episode/<x>``, and with ``/agent_<id>``
+  appended when the record has an ``agent_id``.
+
+  ``time`` is seconds since ``launch_time``. With ``resume=True`` it
+  continues from the last record instead, so that ``time`` counts the
+  seconds the run has been running, across restarts, and stays monotonic.
+  Without ``resume``, an existing metrics.jsonl raises FileExistsError.
+  """
+
+  def __init__(self, run_dir: str | os.PathLike, launch_time: float, resume: bool = False):
+    self.run_dir = Path(run_dir)
+    self.run_dir.mkdir(parents=True, exist_ok=True)
+    self.path = self.run_dir / METRICS_FILE
+    self._launch_time = launch_time
+    self._time_offset = 0.0
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
+    if resume and self.path.exists():
+      self._time_offset = self._truncate_partial_line()
+    elif not resume:
+      flags |= os.O_EXCL
+    self._fd = os.open(self.path, flags, 0o644)
+    self._tb = SummaryWriter(str(self.run_dir), flush_secs=_TB_FLUSH_SECS)
+
+  def _truncate_partial_line(self) -> float:
+    """Cuts a crashed run's partial last line; returns the last record's time."""
+    data = self.path.read_bytes()
+    lines = _complete_lines(data)
+    os.truncate(self.path, sum(len(line) + 1 for line in lines))
+    return float(json.loads(lines[-1])["time"]) if lines else 0.0
+
+  def elapsed(self) -> float:
+    """The ``time`` (seconds) a record logged now gets."""
+    return self._time_offset + time.time() - self._launch_time
+
+  def log(self, record: dict[str, Any]) -> dict[str, Any]:
+    """Writes one record; returns it as written (with ``time``, plain scalars).
+
+    ``record`` must hold ``env_steps`` and ``learner_steps`` (ints) and no
+    ``time``; other values are scalars (Python, numpy or JAX) or strings.
+    """
+    for key in ("env_steps", "learner_steps"):
+      if key not in record:
+        raise ValueError(f"metrics record needs {key}, got keys {sorted(record)}")
+    if "time" in record:
+      raise ValueError("metrics record must not set time; the logger adds it")
+    line = {"time": self.elapsed(), **_plain_record(record)}
+    for key in ("env_steps", "learner_steps"):
+      if not isinstance(line[key], int) or isinstance(line[key], bool):
+        raise ValueError(f"{key} must be an integer, got {record[key]!r}")
+    data = (json.dumps(line, allow_nan=False, separators=(",", ":")) + "\n").encode()
+    view = memoryview(data)
+    while view:  # One write in practice; a short write is finished, not left half done.
+      view = view[os.write(self._fd, view):]
+    self._write_tensorboard(line)
+    return line
+
+  def _write_tensorboard(self, line: dict[str, Any]) -> None:
+    agent_id = line.get("agent_id")
+    suffix = "" if agent_id is None else f"/agent_{agent_id}"
+    for key, value in line.items():
+      if key in ("time", "env_steps", "agent_id") or not _is_number(value):
+        continue
+      tag = "episode/" + key.removeprefix("episode_") if key.startswith("episode_") else key
+      self._tb.add_scalar(tag + suffix, value, global_step=line["env_steps"])
+
+  def close(self) -> None:
+    """Closes metrics.jsonl and flushes TensorBoard; later calls do nothing."""
+    if self._fd is not None:
+      os.close(self._fd)
+      self._fd = None
+      self._tb.close()
+
+  def __enter__(self) -> MetricsLogger:
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    self.close()
+
+
+def trailing_mean(values: np.ndarray, window: int = RETURN_WINDOW) -> np.ndarray:
+  """out[i] = mean(values[max(0, i - window + 1) : i + 1]); float64 [N] -> [N]."""
+  sums = np.concatenate([[0.0], np.cumsum(values, dtype=np.float64)])
+  end = np.arange(1, len(values) + 1)
+  start = np.maximum(end - window, 0)
+  return (sums[end] - sums[start]) / (end - start)
+
+
+def plot_learning_curve(run_dir: str | os.PathLike, out_path: str | os.PathLike | None = None) -> Path:
+  """Plots returns against env steps and against wall time; returns the PNG path.
+
+  Training episodes are light points with their trailing mean over the last
+  ``RETURN_WINDOW`` episodes; ``eval_return`` is a line with markers; one
+  colour per ``agent_id``. Written atomically to ``out_path`` (default
+  ``run_dir/learning_curve.png``).
+  """
+  from matplotlib.figure import Figure  # Lazy: matplotlib takes ~0.5 s to import.
+
+  run_dir = Path(run_dir)
+  out_path = Path(out_path) if out_path is not None else run_dir / CURVE_FILE
+  records = read_metrics(run_dir)
+  series: dict[tuple[str, Any], list[dict[str, Any]]] = collections.defaultdict(list)
+  for record in records:
+    for kind in ("episode_return", "eval_return"):
+      if record.get(kind) is not None:
+        series[kind, record.get("agent_id")].append(record)
+  agents = sorted({agent for _, agent in series}, key=str)
+  colours = {agent: f"C{i}" for i, agent in enumerate(agents)}
+
+  fig = Figure(figsize=(12, 4.5), layout="constrained")
+  fig.suptitle(run_dir.resolve().name)
+  axes = fig.subplots(1, 2, sharey=True)
+  for ax, x_key, x_label in zip(axes, ("env_steps", "time"), ("environment steps", "wall time (s)")):
+    ax.set_xlabel(x_label)
+    ax.grid(alpha=0.3)
+    for (kind, agent), rows in sorted(series.items(), key=lambda item: (item[0][0], str(item[0][1]))):
+      x = np.array([row[x_key] for row in rows], dtype=np.float64)
+      y = np.array([row[kind] for row in rows], dtype=np.float64)
+      name = "" if agent is None else f"agent {agent} "
+      if kind == "episode_return":
+        ax.scatter(x, y, s=4, alpha=0.25, color=colours[agent], linewidths=0)
+        ax.plot(x, trailing_mean(y), color=colours[agent], label=f"{name}return (mean of last {RETURN_WINDOW})")
+      else:
+        ax.plot(x, y, marker="o", markersize=4, linestyle="--", color=colours[agent], label=f"{name}eval return")
+    if not series:
+      ax.text(0.5, 0.5, "no episodes or evaluations yet", transform=ax.transAxes, ha="center", va="center")
+  axes[0].set_ylabel("return")
+  if series:
+    axes[0].legend(loc="best", fontsize="small")
+  with _replaced_atomically(out_path) as tmp:
+    fig.savefig(tmp, format="png", dpi=100)
+  return out_path
+
+
+def write_summary(run_dir: str | os.PathLike, summary: dict[str, Any]) -> Path:
+  """Writes ``run_dir/summary.json`` atomically; returns its path.
+
+  ``summary`` must hold ``SUMMARY_FIELDS`` (``eval_return`` may be None when
+  there was no evaluation); values are converted as in ``MetricsLogger.log``.
+  """
+  missing = [key for key in SUMMARY_FIELDS if key not in summary]
+  if missing:
+    raise ValueError(f"summary needs {missing}, got keys {sorted(summary)}")
+  path = Path(run_dir) / SUMMARY_FILE
+  text = json.dumps(_plain_record(summary), allow_nan=False, indent=2) + "\n"
+  with _replaced_atomically(path) as tmp:
+    with open(tmp, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+  return path
+
+
+class ProgressDisplay:
+  """Live terminal status of a run.
+
+  ``update(stats)`` takes metrics records (the same dicts given to
+  ``MetricsLogger.log``, ``time`` optional): the display keeps the latest
+  value of each field per ``agent_id`` and the last ``RETURN_WINDOW``
+  episode returns per agent. On a terminal it is a rich progress bar with a
+  status line, redrawn by rich; when stdout is not a terminal it prints a
+  plain status line at most every ``plain_interval_s`` seconds, and once
+  more on ``close()``. ``enabled=False`` prints nothing.
+  """
+
+  _FIELDS = (  # (label, field, format spec)
+      ("sps", "sps", ",.0f"),
+      ("upd/s", "updates_per_s", ",.1f"),
+      ("return", "recent_return", ".1f"),
+      ("eval", "eval_return", ".1f"),
+      ("eps", "epsilon", ".3f"),
+      ("lag", "policy_lag", ".1f"),
+  )
+
+  def __init__(self, enabled: bool, stop_env_steps: int | None = None, stop_seconds: float | None = None,
+               plain_interval_s: float = 5.0):
+    self._enabled = enabled
+    self._stop_env_steps = stop_env_steps
+    self._stop_seconds = stop_seconds
+    self._plain_interval_s = plain_interval_s
+    self._start = time.monotonic()
+    self._last_print = -math.inf
+    self._latest: dict[str, dict[Any, Any]] = collections.defaultdict(dict)
+    self._returns: dict[Any, collections.deque] = collections.defaultdict(
+        lambda: collections.deque(maxlen=RETURN_WINDOW))
+    self._live = None
+    if enabled and sys.stdout.isatty():
+      self._bar = rich_progress.Progress(
+          rich_progress.BarColumn(), rich_progress.TaskProgressColumn(), rich_progress.TimeElapsedColumn())
+      known = stop_env_steps is not None or stop_seconds is not None
+      self._task = self._bar.add_task("", total=1.0 if known else None)
+      self._live = rich_live.Live(self._renderable(), refresh_per_second=4)
+      self._live.start()
+
+  def _renderable(self) -> rich_console.Group:
+    """The progress bar over the status line (which wraps on narrow terminals)."""
+    return rich_console.Group(self._bar, rich_text.Text(self.status_line()))
+
+  def _elapsed(self) -> float:
+    times = self._latest["time"]
+    return max(times.values()) if times else time.monotonic() - self._start
+
+  def _fraction(self) -> float | None:
+    """Progress towards the first stop condition to be met, in [0, 1]; None if none set."""
+    fractions = []
+    if self._stop_env_steps is not None:
+      fractions.append(max(self._latest["env_steps"].values(), default=0) / self._stop_env_steps)
+    if self._stop_seconds is not None:
+      fractions.append(self._elapsed() / self._stop_seconds)
+    return min(max(fractions), 1.0) if fractions else None
+
+  def status_line(self) -> str:
+    """One line: env steps and the latest sps, updates/s, returns, epsilon, policy lag."""
+    steps = f"steps {max(self._latest['env_steps'].values(), default=0):,.0f}"
+    if self._stop_env_steps is not None:
+      steps += f"/{self._stop_env_steps:,}"
+    parts = [steps]
+    for label, field, spec in self._FIELDS:
+      per_agent = {k: v for k, v in self._latest[field].items() if v is not None}
+      if len(per_agent) == 1:
+        text = format(next(iter(per_agent.values())), spec)
+      elif per_agent:
+        text = " ".join(f"{agent}:{value:{spec}}" for agent, value in sorted(per_agent.items(), key=str))
+      else:
+        text = "-"
+      parts.append(f"{label} {text}")
+    return " | ".join(parts)
+
+  def update(self, stats: dict[str, Any]) -> None:
+    """Takes in one metrics record; redraws (terminal) or prints if due (plain)."""
+    if not self._enabled:
+      return
+    stats = _plain_record(stats)
+    agent = stats.get("agent_id")
+    for key, value in stats.items():
+      if key != "agent_id":
+        self._latest[key][agent] = value
+    if stats.get("episode_return") is not None:
+      self._returns[agent].append(stats["episode_return"])
+      self._latest["recent_return"][agent] = float(np.mean(self._returns[agent]))
+    if self._live is not None:
+      self._bar.update(self._task, completed=self._fraction() or 0.0)
+      self._live.update(self._renderable())
+    elif time.monotonic() - self._last_print >= self._plain_interval_s:
+      self._print_plain()
+
+  def _print_plain(self) -> None:
+    self._last_print = time.monotonic()
+    fraction = self._fraction()
+    head = f"[{self._elapsed():.0f}s" + ("" if fraction is None else f" {fraction:4.0%}") + "]"
+    print(f"{head} {self.status_line()}", flush=True)
+
+  def close(self) -> None:
+    """Stops the live display (terminal) or prints a last status line (plain)."""
+    if not self._enabled:
+      return
+    self._enabled = False
+    if self._live is not None:
+      self._live.stop()
+    else:
+      self._print_plain()

@@ -1,0 +1,266 @@
+"""Tests of jaxrl.config: typed run configs, YAML, overrides and their errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+
+import gymnasium as gym
+from hypothesis import example, given, settings, strategies as st
+import pytest
+import yaml
+
+from jaxrl import config as C
+
+CONFIGS = sorted((pathlib.Path(__file__).parent.parent / "configs").glob("*.yaml"))
+TOP_KEYS = [f.name for f in dataclasses.fields(C.RunConfig)]
+LEAF_KEYS = [
+    f"{section}.{f.name}" for section in TOP_KEYS
+    if dataclasses.is_dataclass(C._hints(C.RunConfig)[section])
+    for f in dataclasses.fields(C._hints(C.RunConfig)[section])
+] + ["seed", "run_dir", "env.kwargs.max_episode_steps"]
+
+
+def config_error(fn, *args) -> str:
+  """The message of the ConfigError ``fn(*args)`` raises; checks it is one line."""
+  with pytest.raises(C.ConfigError) as info:
+    fn(*args)
+  message = str(info.value)
+  assert "\n" not in message and message.strip() == message, message
+  return message
+
+
+def test_defaults_are_valid():
+  cfg = C.RunConfig()
+  assert C.load_config(None) == cfg
+  assert C.config_from_dict({}) == cfg
+  assert C.config_from_dict({"agent": None}) == cfg  # empty YAML section
+  assert issubclass(C.ConfigError, ValueError)
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+  cfg = C.load_config(path)
+  assert gym.spec(cfg.env.id) is not None
+  assert cfg.agent.algo in path.stem
+  assert cfg.stop != C.StopConfig(), "a shipped config must stop by itself"
+
+
+def test_the_four_configs_exist():
+  assert {p.stem for p in CONFIGS} >= {
+      "cartpole_dqn", "cartpole_iqn", "acrobot_dqn", "acrobot_iqn"}
+
+
+@pytest.mark.parametrize("override, get, expected", [
+    ("agent.learning_rate=1e-3", lambda c: c.agent.learning_rate, 1e-3),
+    ("agent.learning_rate=2", lambda c: c.agent.learning_rate, 2.0),
+    ("agent.hidden_sizes=[64,64]", lambda c: c.agent.hidden_sizes, (64, 64)),
+    ("env.kwargs.max_episode_steps=200", lambda c: c.env.kwargs, {"max_episode_steps": 200}),
+    ("seed=3", lambda c: c.seed, 3),
+    ("stop.env_steps=1_000_000", lambda c: c.stop.env_steps, 1_000_000),
+    ("stop.seconds=60", lambda c: c.stop.seconds, 60.0),
+    ("agent.max_grad_norm=null", lambda c: c.agent.max_grad_norm, None),
+    ("runtime.progress=false", lambda c: c.runtime.progress, False),
+    ("env.id=Acrobot-v1", lambda c: c.env.id, "Acrobot-v1"),
+    (" run_dir = runs/a=b ", lambda c: c.run_dir, "runs/a=b"),
+    ("agent={algo: iqn}", lambda c: c.agent, C.AgentConfig(algo="iqn")),
+])
+def test_override_sets_one_typed_value(override, get, expected):
+  cfg = C.load_config(None, [override])
+  value = get(cfg)
+  assert value == expected and type(value) is type(expected)
+  changed = {k for k, v in C.config_to_dict(cfg).items() if v != C.config_to_dict(C.RunConfig())[k]}
+  assert len(changed) == 1
+
+
+def test_overrides_apply_in_order_then_validate(tmp_path):
+  path = tmp_path / "c.yaml"
+  path.write_text("agent: {algo: iqn, learning_rate: 0.1}\nreplay: {capacity: 5000}\n")
+  # min_size 2_000 > capacity 500 alone, valid once both are applied.
+  cfg = C.load_config(path, ["replay.capacity=500", "replay.min_size=200", "seed=1", "seed=2"])
+  assert (cfg.replay.capacity, cfg.replay.min_size, cfg.seed) == (500, 200, 2)
+  assert cfg.agent == C.AgentConfig(algo="iqn", learning_rate=0.1)
+  resumed = C.apply_overrides(cfg, ["agent.learning_rate=1e-3", "env.kwargs.max_episode_steps=9"])
+  assert resumed == dataclasses.replace(
+      cfg, agent=dataclasses.replace(cfg.agent, learning_rate=1e-3),
+      env=C.EnvConfig(kwargs={"max_episode_steps": 9}))
+  assert C.apply_overrides(cfg, []) == cfg
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["agent.learning_rate=-1"], "agent.learning_rate: must be a finite number > 0, got -1.0"),
+    (["agent.lerning_rate=1e-3"], "agent.lerning_rate: unknown key (did you mean agent.learning_rate?)"),
+    (["learner.batch_size=abc"], "learner.batch_size: expected int, got 'abc'"),
+    (["learner.batch_size=1.5"], "learner.batch_size: expected int, got 1.5"),
+    (["learner.batch_size=true"], "learner.batch_size: expected int, got True"),
+    (["stop.env_steps=x"], "stop.env_steps: expected int or null, got 'x'"),
+    (["agent.learning_rate=false"], "agent.learning_rate: expected float, got False"),
+    (["agent.learning_rate=1" + "0" * 400], "agent.learning_rate: expected float, got 1000"),
+    (["runtime.progress=yes"], "runtime.progress: expected bool, got 'yes'"),
+    (["runtime.progress=1"], "runtime.progress: expected bool, got 1"),
+    (["env.id=123"], "env.id: expected str, got 123"),
+    (["env.kwargs=3"], "env.kwargs: expected a mapping, got 3"),
+    (["env.kwargs={1: 2}"], "env.kwargs: must be a mapping with string keys"),
+    (["agent.hidden_sizes=64"], "agent.hidden_sizes: expected a list of int, got 64"),
+    (["agent.hidden_sizes=[64, x]"], "agent.hidden_sizes[1]: expected int, got 'x'"),
+    (["agent.hidden_sizes=[]"], "agent.hidden_sizes: must be a non-empty list"),
+    (["agent=3"], "agent: expected a mapping, got 3"),
+    (["agent.target_tau=0"], "agent.target_tau: must be in (0, 1], got 0.0"),
+    (["agent.algo=ppo"], "agent.algo: must be one of"),
+    (["runtime.start_method=fork"], 'runtime.start_method: must be "spawn" or "forkserver" ("fork" is unsafe'),
+    (["runtime.mode=parallel"], "runtime.mode: must be one of"),
+    (["replay.gamma=1.5"], "replay.gamma: must be in [0, 1], got 1.5"),
+    (["replay.min_size=200000"], "replay.min_size: must be <= replay.capacity (100000), got 200000"),
+    (["replay.min_size=64"], "replay.min_size: must be >= learner.batch_size (128), got 64"),
+    (["replay.rate_tolerance=-1"], "replay.rate_tolerance: must be an integer >= 0, got -1"),
+    (["stop.eval_return=100", "eval.interval=0"], "stop.eval_return: must be null while evaluation is off"),
+    (["seed=-1"], "seed: must be an integer >= 0, got -1"),
+    (["bogus.x=1"], "bogus: unknown key (expected one of: env, agent, replay,"),
+    (["seed.x=1"], "seed.x: unknown key (seed is not a section)"),
+    (["agent.hidden_sizes.x=1"], "agent.hidden_sizes.x: unknown key (agent.hidden_sizes is not a section)"),
+    (["foo"], "bad override 'foo' (expected key=value)"),
+    (["=3"], "bad override '=3' (expected key=value)"),
+    (["agent..algo=iqn"], "bad override 'agent..algo=iqn' (expected key=value)"),
+    (["agent.hidden_sizes=[1"], "bad override 'agent.hidden_sizes=[1': invalid YAML value, line"),
+])
+def test_mistake_is_one_line_naming_the_key(overrides, expected):
+  message = config_error(C.load_config, None, overrides)
+  assert message.startswith(expected), message
+  message = config_error(C.apply_overrides, C.RunConfig(), overrides)
+  assert message.startswith(expected), message
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("agent:\n  learning_rate: [1\n", "invalid YAML, line"),
+    ("agent: {algo: iqn}\nagent: {learning_rate: 1.0}\n", "invalid YAML, line 2, column 1: found duplicate key 'agent'"),
+    ("- env\n- agent\n", "expected a mapping of config sections, got list"),
+    (b"\xff\xfe\x00", "not a UTF-8 text file"),
+])
+def test_bad_file_is_one_line_naming_the_file(tmp_path, text, expected):
+  path = tmp_path / "bad.yaml"
+  path.write_bytes(text if isinstance(text, bytes) else text.encode())
+  assert config_error(C.load_config, path).startswith(f"{path}: {expected}")
+  missing = tmp_path / "missing.yaml"
+  assert config_error(C.load_config, missing).startswith(f"{missing}: cannot read config")
+
+
+def test_file_mistakes_name_the_dotted_key(tmp_path):
+  path = tmp_path / "c.yaml"
+  path.write_text("learner:\n  batch_size: 1e-3\n")
+  assert config_error(C.load_config, path) == "learner.batch_size: expected int, got 0.001"
+  path.write_text("env:\n  idd: Foo\n")
+  assert config_error(C.load_config, path) == "env.idd: unknown key (did you mean env.id?)"
+  path.write_text('env:\n  "i\\nd": Foo\n')
+  assert config_error(C.load_config, path).startswith("env.'i\\nd': unknown key")
+
+
+@settings(max_examples=300)
+@given(key=st.sampled_from(LEAF_KEYS) | st.text(max_size=20), value=st.text(max_size=30))
+def test_any_override_is_applied_or_a_one_line_config_error(key, value):
+  try:
+    cfg = C.apply_overrides(C.RunConfig(), [f"{key}={value}"])
+  except C.ConfigError as e:
+    assert "\n" not in str(e)
+  else:
+    assert C.config_from_dict(C.config_to_dict(cfg)) == cfg
+
+
+@st.composite
+def run_configs(draw):
+  """Valid RunConfigs varying fields of every kind (str, dict, tuple, optional, bool)."""
+  finite = dict(allow_nan=False, allow_infinity=False)
+  scalars = st.none() | st.booleans() | st.integers() | st.floats(**finite) | st.text()
+  kwargs = st.dictionaries(st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True),
+                           scalars | st.lists(scalars, max_size=3), max_size=4)
+  batch_size = draw(st.integers(1, 256))
+  capacity = draw(st.integers(batch_size, 10**7))
+  return C.RunConfig(
+      env=C.EnvConfig(id=draw(st.text(min_size=1)), kwargs=draw(kwargs)),
+      agent=C.AgentConfig(
+          algo=draw(st.sampled_from(["dqn", "iqn"])),
+          hidden_sizes=tuple(draw(st.lists(st.integers(1, 1024), min_size=1, max_size=4))),
+          learning_rate=draw(st.floats(1e-8, 1.0)),
+          max_grad_norm=draw(st.none() | st.floats(0.1, 100.0)),
+          double_q=draw(st.booleans()),
+          target_tau=draw(st.floats(0.0, 1.0, exclude_min=True))),
+      replay=C.ReplayConfig(
+          capacity=capacity, min_size=draw(st.integers(batch_size, capacity)),
+          gamma=draw(st.floats(0.0, 1.0)),
+          samples_per_insert=draw(st.none() | st.floats(1e-3, 1e3))),
+      learner=C.LearnerConfig(batch_size=batch_size),
+      stop=C.StopConfig(env_steps=draw(st.none() | st.integers(1, 10**12)),
+                        eval_return=draw(st.none() | st.floats(**finite))),
+      runtime=C.RuntimeConfig(mode=draw(st.sampled_from(["async", "sync"])),
+                              progress=draw(st.booleans())),
+      seed=draw(st.integers(0, 2**63)),
+      run_dir=draw(st.none() | st.text(min_size=1)))
+
+
+@settings(max_examples=60)
+@given(cfg=run_configs())
+@example(cfg=C.RunConfig(env=C.EnvConfig(id="1e3", kwargs={"a": "yes", "b": "1e-3", "c": "null"}),
+                         run_dir="true"))
+def test_round_trip_through_dict_and_yaml(tmp_path_factory, cfg):
+  tree = C.config_to_dict(cfg)
+  assert yaml.safe_load(yaml.safe_dump(tree)) == tree  # plain YAML types only
+  assert C.config_from_dict(tree) == cfg
+  path = tmp_path_factory.getbasetemp() / "round_trip.yaml"
+  C.save_config(cfg, path)
+  assert C.load_config(path) == cfg
+
+
+@given(lr=st.floats(max_value=0.0) | st.sampled_from([math.nan, math.inf]))
+def test_agent_rejects_learning_rate_not_positive(lr):
+  with pytest.raises(ValueError, match=r"^learning_rate must be"):
+    C.AgentConfig(learning_rate=lr)
+
+
+@given(tau=st.floats())
+def test_agent_accepts_target_tau_in_half_open_unit_interval_only(tau):
+  if 0.0 < tau <= 1.0:
+    assert C.AgentConfig(target_tau=tau).target_tau == tau
+  else:
+    with pytest.raises(ValueError, match=r"^target_tau must be in \(0, 1\]"):
+      C.AgentConfig(target_tau=tau)
+
+
+@given(algo=st.text().filter(lambda a: a not in ("dqn", "iqn")))
+def test_agent_rejects_unknown_algo(algo):
+  with pytest.raises(ValueError, match=r"^algo must be"):
+    C.AgentConfig(algo=algo)
+
+
+@pytest.mark.parametrize("cls, field, value", [
+    (C.EnvConfig, "id", ""),
+    (C.EnvConfig, "kwargs", [1]),
+    (C.ReplayConfig, "capacity", 0),
+    (C.ReplayConfig, "n_step", 0),
+    (C.ReplayConfig, "gamma", -0.1),
+    (C.ReplayConfig, "samples_per_insert", 0.0),
+    (C.ReplayConfig, "rate_tolerance", -5),
+    (C.ActorsConfig, "num", 0),
+    (C.ActorsConfig, "envs_per_actor", 2.0),
+    (C.ActorsConfig, "max_restarts", -1),
+    (C.LearnerConfig, "batch_size", 0),
+    (C.LearnerConfig, "publish_interval", 0),
+    (C.LearnerConfig, "updates_per_call", 0),
+    (C.EvalConfig, "interval", -1),
+    (C.EvalConfig, "episodes", 0),
+    (C.EvalConfig, "epsilon", 1.5),
+    (C.StopConfig, "env_steps", 0),
+    (C.StopConfig, "seconds", 0.0),
+    (C.StopConfig, "eval_return", math.nan),
+    (C.RuntimeConfig, "start_method", "fork"),
+    (C.RuntimeConfig, "log_interval_seconds", 0.0),
+    (C.RuntimeConfig, "progress", 1),
+    (C.CheckpointConfig, "interval_seconds", -1.0),
+    (C.CheckpointConfig, "keep", 0),
+    (C.CheckpointConfig, "replay", "no"),
+    (C.RunConfig, "seed", -1),
+    (C.RunConfig, "run_dir", ""),
+    (C.RunConfig, "agent", {"algo": "dqn"}),
+])
+def test_section_rejects_invalid_value_naming_the_field(cls, field, value):
+  with pytest.raises(ValueError, match=f"^{field} must be"):
+    cls(**{field: value})

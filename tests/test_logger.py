@@ -1,0 +1,229 @@
+"""Tests for jaxrl.logger: metrics.jsonl, TensorBoard, plot, summary, progress."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+from tensorboardX.proto import event_pb2
+
+from jaxrl import logger as logger_lib
+
+_SETTINGS = settings(max_examples=25, deadline=None)
+_values = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True, width=32),
+    st.integers(-2**31, 2**31),
+    st.floats(width=32).map(np.float32),
+    st.integers(-100, 100).map(np.int64),
+    st.booleans(),
+    st.text(max_size=5),
+)
+_records = st.lists(
+    st.fixed_dictionaries(
+        {"env_steps": st.integers(0, 10**9), "learner_steps": st.integers(0, 10**6).map(np.int32)},
+        optional={key: _values for key in ("loss", "epsilon", "sps", "note")}),
+    min_size=1, max_size=6)
+
+
+def _expected(value):
+  value = value.item() if isinstance(value, np.generic) else value
+  return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+  """Reads every scalar from the TFRecord event files in run_dir: tag -> [(step, value)]."""
+  scalars: dict[str, list[tuple[int, float]]] = {}
+  for path in sorted(run_dir.glob("events.out.tfevents.*")):
+    data, pos = path.read_bytes(), 0
+    while pos < len(data):
+      (length,) = struct.unpack_from("<Q", data, pos)
+      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+      pos += 12 + length + 4  # length, its crc, the event, its crc.
+      for value in event.summary.value:
+        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return scalars
+
+
+@_SETTINGS
+@given(records=_records)
+def test_metrics_lines_are_json_with_counters_time_and_converted_values(records):
+  with tempfile.TemporaryDirectory() as run_dir:
+    launch = time.time() - 100.0
+    with logger_lib.MetricsLogger(run_dir, launch) as log:
+      for record in records:
+        log.log(record)
+      read_before_close = logger_lib.read_metrics(run_dir)  # Every line is flushed as written.
+    lines = (Path(run_dir) / logger_lib.METRICS_FILE).read_text().splitlines()
+    read = [json.loads(line) for line in lines]  # Strict JSON: NaN/inf would be rejected below.
+    assert all("NaN" not in line and "Infinity" not in line for line in lines)
+    assert read == read_before_close == logger_lib.read_metrics(run_dir)
+    assert len(read) == len(records)
+    times = [line["time"] for line in read]
+    assert times == sorted(times) and times[0] >= 100.0
+    for line, record in zip(read, records):
+      assert {key: value for key, value in line.items() if key != "time"} == {
+          key: _expected(value) for key, value in record.items()}
+
+
+def test_log_rejects_records_without_counters_or_with_arrays(tmp_path):
+  with logger_lib.MetricsLogger(tmp_path, time.time()) as log:
+    with pytest.raises(ValueError, match="learner_steps"):
+      log.log({"env_steps": 1})
+    with pytest.raises(TypeError, match="loss"):
+      log.log({"env_steps": 1, "learner_steps": 0, "loss": np.zeros(3)})
+    with pytest.raises(ValueError, match="env_steps"):
+      log.log({"env_steps": 1.5, "learner_steps": 0})
+  assert logger_lib.read_metrics(tmp_path) == []
+
+
+def test_new_logger_refuses_to_overwrite_a_run(tmp_path):
+  logger_lib.MetricsLogger(tmp_path, time.time()).close()
+  with pytest.raises(FileExistsError):
+    logger_lib.MetricsLogger(tmp_path, time.time())
+
+
+@_SETTINGS
+@given(first=_records, second=_records, partial=st.binary(min_size=1, max_size=40).filter(lambda b: b"\n" not in b))
+def test_resume_appends_after_cutting_a_partial_line_and_keeps_time_monotonic(first, second, partial):
+  with tempfile.TemporaryDirectory() as run_dir:
+    with logger_lib.MetricsLogger(run_dir, time.time() - 50.0) as log:
+      for record in first:
+        log.log(record)
+    with open(Path(run_dir) / logger_lib.METRICS_FILE, "ab") as f:
+      f.write(partial)  # A crashed run's half-written line.
+    assert len(logger_lib.read_metrics(run_dir)) == len(first)
+    with logger_lib.MetricsLogger(run_dir, time.time(), resume=True) as log:
+      for record in second:
+        log.log(record)
+    read = logger_lib.read_metrics(run_dir)
+    lines = (Path(run_dir) / logger_lib.METRICS_FILE).read_text().splitlines()
+    assert [json.loads(line) for line in lines] == read  # The partial line is gone, not glued.
+    assert [line["env_steps"] for line in read] == [r["env_steps"] for r in first + second]
+    times = [line["time"] for line in read]
+    assert times == sorted(times) and times[len(first)] >= 50.0
+
+
+def test_tensorboard_gets_every_numeric_field_at_env_steps_with_episode_tags_per_agent(tmp_path):
+  with logger_lib.MetricsLogger(tmp_path, time.time()) as log:
+    log.log({"env_steps": 10, "learner_steps": 2, "loss": np.float32(0.5), "note": "x", "done": True})
+    log.log({"env_steps": 20, "learner_steps": 3, "loss": float("nan")})
+    for agent, ret in ((0, 1.5), (1, 7.0)):
+      log.log({"env_steps": 30, "learner_steps": 4, "episode_return": ret, "episode_length": 9, "agent_id": agent})
+  scalars = _tensorboard_scalars(tmp_path)
+  assert scalars["loss"] == [(10, 0.5)]  # NaN is null in JSON and left out of TensorBoard.
+  assert scalars["learner_steps"] == [(10, 2.0), (20, 3.0)]
+  assert scalars["episode/return/agent_0"] == [(30, 1.5)]
+  assert scalars["episode/return/agent_1"] == [(30, 7.0)]
+  assert scalars["episode/length/agent_1"] == [(30, 9.0)]
+  assert scalars["learner_steps/agent_0"] == [(30, 4.0)]
+  assert not {"time", "env_steps", "note", "done", "agent_id"} & set(scalars)
+
+
+@_SETTINGS
+@given(values=st.lists(st.floats(-1e6, 1e6), max_size=60), window=st.integers(1, 25))
+def test_trailing_mean_is_the_mean_of_the_last_window_values(values, window):
+  got = logger_lib.trailing_mean(np.array(values), window)
+  want = [np.mean(values[max(0, i - window + 1):i + 1]) for i in range(len(values))]
+  np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-6)
+
+
+def _assert_png(path: Path) -> None:
+  data = path.read_bytes()
+  assert data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR"
+  width, height = struct.unpack(">II", data[16:24])
+  assert width >= 600 and height >= 300
+
+
+@pytest.mark.parametrize("with_eval", [True, False])
+def test_plot_writes_a_png_for_runs_with_and_without_eval(tmp_path, with_eval):
+  rng = np.random.default_rng(0)
+  with logger_lib.MetricsLogger(tmp_path, time.time()) as log:
+    for step in range(1, 60):
+      log.log({"env_steps": step * 100, "learner_steps": step, "episode_return": float(rng.normal(step)),
+               "agent_id": step % 2})
+      if with_eval and step % 20 == 0:
+        log.log({"env_steps": step * 100, "learner_steps": step, "eval_return": float(step), "agent_id": 0})
+  path = logger_lib.plot_learning_curve(tmp_path)
+  assert path == tmp_path / logger_lib.CURVE_FILE
+  _assert_png(path)
+  assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_plot_of_a_run_with_no_episode_yet_is_still_a_png(tmp_path):
+  with logger_lib.MetricsLogger(tmp_path, time.time()) as log:
+    log.log({"env_steps": 0, "learner_steps": 0, "loss": 1.0})
+  _assert_png(logger_lib.plot_learning_curve(tmp_path, tmp_path / "other.png"))
+
+
+def test_summary_is_written_atomically_with_the_given_fields(tmp_path):
+  (tmp_path / logger_lib.SUMMARY_FILE).write_text("old")
+  summary = {"eval_return": np.float32(195.5), "env_steps": np.int64(50_000), "learner_steps": 12_000,
+             "wall_seconds": 61.25, "stopped_because": "eval_return", "extra": float("inf")}
+  logger_lib.write_summary(tmp_path, summary)
+  assert json.loads((tmp_path / logger_lib.SUMMARY_FILE).read_text()) == {
+      "eval_return": 195.5, "env_steps": 50_000, "learner_steps": 12_000, "wall_seconds": 61.25,
+      "stopped_because": "eval_return", "extra": None}
+  assert [p.name for p in tmp_path.iterdir()] == [logger_lib.SUMMARY_FILE]  # No temp file left.
+  with pytest.raises(ValueError, match="stopped_because"):
+    logger_lib.write_summary(tmp_path, {"eval_return": None, "env_steps": 0, "learner_steps": 0, "wall_seconds": 1.0})
+
+
+def test_progress_display_without_a_tty_prints_plain_lines_with_every_field(capsys):
+  display = logger_lib.ProgressDisplay(True, stop_env_steps=2000, plain_interval_s=3600.0)
+  for ret in range(30):  # Recent return is the mean of the last 20: 10..29 -> 19.5.
+    display.update({"env_steps": 1000, "learner_steps": 5, "episode_return": float(ret), "agent_id": 0})
+  display.update({"env_steps": 1000, "learner_steps": 5, "sps": 1234.4, "updates_per_s": 56.78,
+                  "eval_return": np.float32(150.0), "epsilon": 0.05, "policy_lag": 1.25, "time": 12.0})
+  first = capsys.readouterr().out.splitlines()
+  assert len(first) == 1  # Printed at the first update, then held back by the interval.
+  display.close()
+  display.close()
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 1
+  for text in ("steps 1,000/2,000", "50%", "sps 1,234", "upd/s 56.8", "return 19.5", "eval 150.0",
+               "eps 0.050", "lag 1.2", "12s"):
+    assert text in lines[0]
+
+
+def test_progress_display_shows_each_agents_return(capsys):
+  display = logger_lib.ProgressDisplay(True, stop_seconds=100.0, plain_interval_s=3600.0)
+  display.update({"env_steps": 5, "learner_steps": 0, "episode_return": 3.0, "agent_id": "a", "time": 25.0})
+  display.update({"env_steps": 6, "learner_steps": 0, "episode_return": 8.0, "agent_id": "b", "time": 25.0})
+  display.close()
+  last = capsys.readouterr().out.splitlines()[-1]
+  assert "return a:3.0 b:8.0" in last and "25%" in last and "steps 6 " in last
+
+
+def test_disabled_progress_display_prints_nothing(capsys):
+  display = logger_lib.ProgressDisplay(False, stop_env_steps=10)
+  display.update({"env_steps": 5, "learner_steps": 0, "sps": 3.0})
+  display.close()
+  assert capsys.readouterr().out == ""
+
+
+class _Terminal(io.StringIO):
+
+  def isatty(self) -> bool:
+    return True
+
+
+@pytest.mark.parametrize("stop_env_steps", [2000, None])
+def test_progress_display_on_a_terminal_renders_the_status_with_rich(monkeypatch, stop_env_steps):
+  terminal = _Terminal()
+  monkeypatch.setattr(sys, "stdout", terminal)
+  display = logger_lib.ProgressDisplay(True, stop_env_steps=stop_env_steps)
+  display.update({"env_steps": 1000, "learner_steps": 5, "sps": 321.0, "episode_return": 4.0})
+  display.close()
+  out = terminal.getvalue()
+  assert "\x1b[" in out  # Live rendering (cursor control), not plain lines.
+  assert "steps 1,000" in out and "sps 321" in out and "return 4.0" in out
+  assert ("50%" in out) == (stop_env_steps is not None)

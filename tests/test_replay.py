@@ -1,0 +1,391 @@
+"""Tests of jaxrl.replay: n-step accumulation, the shared replay, rate limiting."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing as mp
+import os
+
+import gymnasium as gym
+from hypothesis import given, settings, strategies as st
+import numpy as np
+import pytest
+
+from jaxrl.replay import NStepAccumulator, SharedReplay
+
+F32 = np.float32
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_segments():
+  yield
+  assert not [n for n in os.listdir("/dev/shm") if n.startswith(f"jaxrl_{os.getpid()}_")]
+
+
+@contextlib.contextmanager
+def shared_replay(capacity, num_writers=1, obs_shape=(3,), obs_dtype=F32, **kwargs):
+  replay = SharedReplay.create(obs_shape, obs_dtype, capacity, num_writers, **kwargs)
+  try:
+    yield replay
+  finally:
+    replay.close()
+    replay.unlink()
+
+
+def rows(ids, obs_shape=(3,)) -> dict[str, np.ndarray]:
+  """Transitions whose every field encodes its id (ids < 2**24, exact in float32)."""
+  ids = np.asarray(ids, np.int64)
+  obs = np.broadcast_to(ids.astype(F32).reshape(-1, *[1] * len(obs_shape)), (len(ids), *obs_shape))
+  return {"obs": obs, "action": ids.astype(np.int32), "reward": ids.astype(F32),
+          "discount": ids.astype(F32), "next_obs": obs, "policy_step": ids}
+
+
+def self_consistent(batch, policy_step) -> np.ndarray:
+  """bool [B]: every field of the row holds the same id."""
+  ids = batch.action
+  fields = [batch.obs, batch.next_obs, batch.reward, batch.discount, policy_step]
+  return np.logical_and.reduce([(f.reshape(len(ids), -1) == ids[:, None]).all(1) for f in fields])
+
+
+def partition(capacity, num_writers, w) -> tuple[int, int]:
+  """Start and size of writer w's slots, as documented by SharedReplay.create."""
+  start, end = (w * capacity // num_writers, (w + 1) * capacity // num_writers)
+  return start, end - start
+
+
+# ---------------------------------------------------------------- n-step
+
+def drive(acc, steps):
+  """Feeds (obs, action, reward, terminated, truncated, next_obs) steps, obs as [E] scalars.
+
+  Returns every emitted transition as (obs, action, reward, discount, next_obs,
+  policy_step); policy_step is 100 + the step's index.
+  """
+  out = []
+  for t, (obs, action, reward, terminated, truncated, next_obs) in enumerate(steps):
+    got = acc.step(np.asarray(obs, F32)[:, None], action, reward, terminated, truncated,
+                   np.asarray(next_obs, F32)[:, None], 100 + t)
+    out += zip(got["obs"][:, 0].tolist(), got["action"].tolist(), got["reward"].tolist(),
+               got["discount"].tolist(), got["next_obs"][:, 0].tolist(),
+               got["policy_step"].tolist())
+  return sorted(out)
+
+
+def test_one_step():
+  acc = NStepAccumulator(num_envs=1, n_step=1, gamma=0.5, obs_shape=(1,), obs_dtype=F32)
+  steps = [([1], [7], [1.0], [0], [0], [2]), ([2], [8], [2.0], [0], [0], [3]),
+           ([3], [9], [3.0], [0], [0], [4])]
+  assert drive(acc, steps) == [(1, 7, 1.0, 0.5, 2, 100), (2, 8, 2.0, 0.5, 3, 101),
+                               (3, 9, 3.0, 0.5, 4, 102)]
+
+
+def test_three_step():
+  acc = NStepAccumulator(num_envs=1, n_step=3, gamma=0.5, obs_shape=(1,), obs_dtype=F32)
+  steps = [([t], [t], [t + 1.0], [0], [0], [t + 1]) for t in range(5)]
+  # Rewards 1..5: 1 + 2/2 + 3/4 = 2.75, 2 + 3/2 + 4/4 = 4.5, 3 + 4/2 + 5/4 = 6.25.
+  assert drive(acc, steps) == [(0, 0, 2.75, 0.125, 3, 100), (1, 1, 4.5, 0.125, 4, 101),
+                               (2, 2, 6.25, 0.125, 5, 102)]
+
+
+@pytest.mark.parametrize("terminated, discounts", [(1, (0.0, 0.0)), (0, (0.25, 0.5))])
+def test_episode_end_flushes_open_windows(terminated, discounts):
+  """Episode ends at step 1 of a 3-step window: both open windows are emitted, shortened."""
+  acc = NStepAccumulator(num_envs=1, n_step=3, gamma=0.5, obs_shape=(1,), obs_dtype=F32)
+  steps = [([0], [0], [1.0], [0], [0], [1]),
+           ([1], [1], [2.0], [terminated], [1 - terminated], [2]),  # 2: the real final obs.
+           ([2], [9], [0.0], [0], [0], [50]),  # Autoreset step: 50 is the reset obs.
+           ([50], [3], [4.0], [0], [0], [51]),
+           ([51], [4], [4.0], [0], [0], [52]),
+           ([52], [5], [4.0], [0], [0], [53])]
+  d1, d2 = discounts
+  assert drive(acc, steps) == [(0, 0, 2.0, d1, 2, 100), (1, 1, 2.0, d2, 2, 101),
+                               (50, 3, 7.0, 0.125, 53, 103)]
+
+
+def test_vector_autoreset_never_spans_episodes():
+  """Two envs, n=2, gamma=0.5: env 0 terminates at step 1, env 1 is truncated at step 2.
+
+  env 0: 1 -> 2 -> 3 (terminal); autoreset returns 11; 11 -> 12 -> 13.
+  env 1: 21 -> 22 -> 23 -> 24 (truncated); autoreset returns 31; 31 -> 32.
+  """
+  acc = NStepAccumulator(num_envs=2, n_step=2, gamma=0.5, obs_shape=(1,), obs_dtype=F32)
+  steps = [([1, 21], [0, 10], [1.0, 1.0], [0, 0], [0, 0], [2, 22]),
+           ([2, 22], [1, 11], [2.0, 1.0], [1, 0], [0, 0], [3, 23]),
+           ([3, 23], [2, 12], [0.0, 1.0], [0, 0], [0, 1], [11, 24]),
+           ([11, 24], [3, 13], [3.0, 0.0], [0, 0], [0, 0], [12, 31]),
+           ([12, 31], [4, 14], [4.0, 5.0], [0, 0], [0, 0], [13, 32])]
+  assert drive(acc, steps) == sorted([
+      (1, 0, 2.0, 0.0, 3, 100), (2, 1, 2.0, 0.0, 3, 101),  # Terminated: discount 0.
+      (21, 10, 1.5, 0.25, 23, 100),  # Full 2-step window.
+      (22, 11, 1.5, 0.25, 24, 101), (23, 12, 1.0, 0.5, 24, 102),  # Truncated: bootstrap from 24.
+      (11, 3, 5.0, 0.25, 13, 103)])  # Starts at the reset obs; nothing ends at 11 or 31.
+
+
+@pytest.mark.parametrize("mode", ["vector_entry_point", "sync"])
+def test_cartpole_transitions_are_real_n_step_successors(mode):
+  num_envs, n, gamma = 4, 3, 0.9
+  env = gym.make_vec("CartPole-v1", num_envs=num_envs, vectorization_mode=mode,
+                     max_episode_steps=15)
+  acc = NStepAccumulator(num_envs, n, gamma, (4,), F32)
+  rng = np.random.default_rng(0)
+  obs, _ = env.reset(seed=0)
+  # Per env, its episodes: observations (the last one real final), the step
+  # each action was taken at, and how the episode ended.
+  episodes = [[{"obs": [o], "t": [], "terminated": False, "ended": False}] for o in obs]
+  transitions, ended = [], np.zeros(num_envs, bool)
+  for t in range(150):
+    action = rng.integers(0, 2, num_envs)
+    next_obs, reward, terminated, truncated, _ = env.step(action)
+    out = acc.step(obs, action, reward, terminated, truncated, next_obs, t)
+    transitions += [dict(zip(out, row)) for row in zip(*out.values())]
+    for i in range(num_envs):
+      if ended[i]:  # Gymnasium's NEXT_STEP autoreset: the action was ignored.
+        assert reward[i] == 0 and not terminated[i] and not truncated[i]
+        episodes[i].append({"obs": [next_obs[i]], "t": [], "terminated": False, "ended": False})
+      else:
+        episode = episodes[i][-1]
+        episode["obs"].append(next_obs[i])
+        episode["t"].append(t)
+        episode["terminated"], episode["ended"] = terminated[i], terminated[i] or truncated[i]
+    ended, obs = terminated | truncated, next_obs
+  env.close()
+
+  flat = [(i, e) for i in range(num_envs) for e in range(len(episodes[i]))]
+  assert any(episodes[i][e]["terminated"] for i, e in flat)
+  assert any(episodes[i][e]["ended"] and not episodes[i][e]["terminated"] for i, e in flat)
+  where = {episodes[i][e]["obs"][j].tobytes(): (i, e, j)
+           for i, e in flat for j in range(len(episodes[i][e]["t"]))}
+  assert len(where) == sum(len(episodes[i][e]["t"]) for i, e in flat)  # Observations are unique.
+
+  starts = []
+  for tr in transitions:
+    i, e, j = where[tr["obs"].tobytes()]  # KeyError: obs is not one an action was taken in.
+    episode = episodes[i][e]
+    last = len(episode["t"])  # Index of the episode's latest observation.
+    k = n if j + n <= last else last - j
+    assert k == n or episode["ended"]
+    np.testing.assert_array_equal(tr["next_obs"], episode["obs"][j + k])
+    np.testing.assert_allclose(tr["reward"], sum(gamma**u for u in range(k)), rtol=1e-6)
+    terminal = episode["terminated"] and j + k == last
+    np.testing.assert_allclose(tr["discount"], 0.0 if terminal else gamma**k, rtol=1e-6)
+    assert tr["policy_step"] == episode["t"][j]
+    starts.append((i, e, j))
+  expected = [(i, e, j) for i, e in flat
+              for j in range(len(episodes[i][e]["t"]) - (0 if episodes[i][e]["ended"] else n - 1))]
+  assert sorted(starts) == expected  # Exactly one transition per step, once its window closed.
+
+
+# ---------------------------------------------------------------- replay
+
+def test_ring_overwrites_oldest_and_samples_uniformly():
+  with shared_replay(capacity=10, num_writers=2) as replay:
+    first, second = replay.writer(0), replay.writer(1)
+    for ids in (range(0, 3), range(3, 7), range(7, 9)):
+      first.add(rows(ids))
+    second.add(rows([100]))
+    assert (replay.size(), replay.inserts()) == (6, 10)
+    batch, policy_step = replay.sample(60_000, np.random.default_rng(0))
+    assert batch.valid.all() and self_consistent(batch, policy_step).all()
+    ids, counts = np.unique(batch.action, return_counts=True)
+    assert ids.tolist() == [4, 5, 6, 7, 8, 100]
+    np.testing.assert_allclose(counts / 60_000, 1 / 6, atol=0.01)  # Uniform over slots.
+    assert replay.samples() == 60_000
+    first.add(rows(range(20, 32)))  # More than a partition: the last 5 are kept.
+    batch, _ = replay.sample(2_000, np.random.default_rng(1))
+    assert set(batch.action.tolist()) == {27, 28, 29, 30, 31, 100}
+
+
+@pytest.mark.parametrize("stored, served", [(F32, F32), (np.float64, F32), (np.uint8, np.uint8)])
+def test_sample_dtypes(stored, served):
+  with shared_replay(capacity=4, obs_dtype=stored) as replay:
+    replay.writer(0).add(rows([1, 2]))
+    batch, policy_step = replay.sample(5, np.random.default_rng(0))
+    assert [x.dtype for x in batch] == [served, np.int32, F32, F32, served, F32]
+    assert self_consistent(batch, policy_step).all()
+    assert batch.obs.shape == batch.next_obs.shape == (5, 3) and policy_step.dtype == np.int64
+
+
+def tear(replay, writer_id, count) -> list[int]:
+  """Leaves what a writer killed inside ``add`` of ``count`` rows leaves behind.
+
+  The next write indices' slots get their odd version and part of a new row
+  (obs = -1); the write counter is not raised. Returns the slots.
+  """
+  arrays = replay._arrays
+  start, size = partition(replay.capacity, replay.num_writers, writer_id)
+  index = arrays["write_count"][writer_id] + np.arange(min(count, size))
+  slots = start + index % size
+  arrays["version"][slots] = 2 * index + 1
+  arrays["obs"][slots] = -1.0
+  return slots.tolist()
+
+
+@settings(max_examples=60, deadline=None)
+@given(num_writers=st.integers(1, 3), extra=st.integers(0, 9),
+       ops=st.lists(st.tuples(st.sampled_from(["add", "add", "tear", "restart"]),
+                              st.integers(0, 2), st.integers(0, 9)), max_size=20))
+def test_samples_only_committed_complete_rows(num_writers, extra, ops):
+  capacity = num_writers + extra
+  rng = np.random.default_rng(0)
+  with shared_replay(capacity, num_writers) as replay:
+    writers = [replay.writer(w) for w in range(num_writers)]
+    held, count, next_id = {}, [0] * num_writers, 0  # held: slot -> id, or None if torn.
+    for op, w, m in ops:
+      w %= num_writers
+      start, size = partition(capacity, num_writers, w)
+      if op == "add":
+        writers[w].add(rows(range(next_id, next_id + m)))
+        for j in range(m):
+          held[start + (count[w] + j) % size] = next_id + j
+        count[w], next_id = count[w] + m, next_id + m
+      elif op == "tear":
+        held.update((slot, None) for slot in tear(replay, w, m))
+      else:
+        writers[w] = replay.writer(w)
+      committed = [partition(capacity, num_writers, v)[0] + j
+                   for v in range(num_writers)
+                   for j in range(min(count[v], partition(capacity, num_writers, v)[1]))]
+      assert replay.inserts() == sum(count) and replay.size() == len(committed)
+      if not committed:
+        continue
+      batch, policy_step = replay.sample(64, rng)
+      valid = batch.valid == 1
+      live = {held[s] for s in committed} - {None}
+      assert set(batch.action[valid].tolist()) <= live
+      assert self_consistent(batch, policy_step)[valid].all()
+      assert (batch.obs[~valid] == 0).all() and (batch.action[~valid] == 0).all()
+      if all(held[s] is not None for s in committed):
+        assert valid.all()
+
+
+def test_writer_restart_resumes_its_partition():
+  with shared_replay(capacity=4) as replay:
+    replay.writer(0).add(rows(range(4)))  # Slots 0..3 hold ids 0..3 (write indices 0..3).
+    torn = tear(replay, 0, 1)  # Died writing index 4 into slot 0.
+    assert torn == [0]
+    batch, policy_step = replay.sample(400, np.random.default_rng(0))
+    valid = batch.valid == 1
+    assert not valid.all() and set(batch.action[valid].tolist()) == {1, 2, 3}
+    assert self_consistent(batch, policy_step)[valid].all()
+
+    attached = SharedReplay.attach(replay.handle)  # As a new actor process would.
+    attached.writer(0).add(rows([10]))  # Rewrites index 4 in slot 0.
+    attached.close()
+    assert replay.inserts() == 5
+    batch, _ = replay.sample(400, np.random.default_rng(1))
+    assert batch.valid.all() and set(batch.action.tolist()) == {1, 2, 3, 10}
+
+    # Died after completing index 5 (slot 1) but before raising the counter:
+    # the next writer keeps that row and goes on at index 6 (slot 2), so no
+    # slot's version ever goes back.
+    version = replay._arrays["version"]
+    version[1] = 11
+    replay._arrays["obs"][1] = replay._arrays["next_obs"][1] = 11
+    for key in ("action", "reward", "discount", "policy_step"):
+      replay._arrays[key][1] = 11
+    version[1] = 12
+    replay.writer(0).add(rows([12]))
+    assert replay.inserts() == 7 and version.tolist() == [10, 12, 14, 8]
+    batch, _ = replay.sample(400, np.random.default_rng(2))
+    assert batch.valid.all() and set(batch.action.tolist()) == {3, 10, 11, 12}
+
+
+def _write(handle, writer_id, num_batches, seed, obs_shape):
+  """Writer process: batches of 16 rows with random ids, all fields equal to the id."""
+  replay = SharedReplay.attach(handle)
+  writer = replay.writer(writer_id)
+  rng = np.random.default_rng(seed)
+  for _ in range(num_batches):
+    writer.add(rows(rng.integers(0, 2**24, 16), obs_shape))
+  replay.close()
+
+
+def test_two_writer_processes_and_a_sampler():
+  ctx, obs_shape, rng = mp.get_context("spawn"), (512,), np.random.default_rng(0)
+  procs, checked = [], 0
+
+  def start(writer_id, num_batches, seed):
+    procs.append(ctx.Process(target=_write,
+                             args=(replay.handle, writer_id, num_batches, seed, obs_shape)))
+    procs[-1].start()
+    return procs[-1]
+
+  def sample_while(*running):
+    nonlocal checked
+    while any(p.is_alive() for p in running):
+      if replay.size():
+        batch, policy_step = replay.sample(64, rng)
+        assert self_consistent(batch, policy_step)[batch.valid == 1].all()
+        checked += int(batch.valid.sum())
+
+  with shared_replay(capacity=128, num_writers=2, obs_shape=obs_shape) as replay:
+    try:
+      writers = [start(0, 2_000, 0), start(1, 2_000, 1)]
+      sample_while(*writers)
+      assert [p.exitcode for p in writers] == [0, 0] and replay.inserts() == 2 * 2_000 * 16
+
+      doomed = start(1, 10**9, 2)
+      while doomed.is_alive() and replay.inserts() < 2 * 2_000 * 16 + 10 * 16:
+        pass
+      doomed.kill()  # SIGKILL, most likely inside add().
+      doomed.join()
+      killed_at = replay.inserts()
+      restarted = start(1, 8, 3)
+      sample_while(restarted)
+      assert restarted.exitcode == 0 and replay.inserts() >= killed_at + 8 * 16
+      batch, policy_step = replay.sample(4_096, rng)  # 8 batches rewrote partition 1 whole.
+      assert batch.valid.all() and self_consistent(batch, policy_step).all()
+    finally:
+      for p in procs:
+        p.kill()
+        p.join()
+  assert checked > 0
+
+
+# ---------------------------------------------------------------- rate limiting
+
+@settings(max_examples=40, deadline=None)
+@given(ratio=st.floats(0.25, 8.0), tolerance=st.floats(0.0, 40.0), min_size=st.integers(1, 16),
+       batch=st.integers(1, 32), insert_sizes=st.lists(st.integers(1, 12), min_size=1, max_size=4),
+       prefer_insert=st.lists(st.booleans(), min_size=1, max_size=40))
+def test_rate_limiter_bounds_the_ratio_and_never_deadlocks(ratio, tolerance, min_size, batch,
+                                                           insert_sizes, prefer_insert):
+  rng = np.random.default_rng(0)
+  with shared_replay(32, num_writers=2, min_size=min_size, samples_per_insert=ratio,
+                     rate_tolerance=tolerance) as replay:
+    writers = [replay.writer(0), replay.writer(1)]
+    for step in range(300):
+      n = insert_sizes[step % len(insert_sizes)]
+      may_insert, may_sample = writers[step % 2].can_insert(n), replay.can_sample(batch)
+      assert may_insert or may_sample
+      if may_insert and (prefer_insert[step % len(prefer_insert)] or not may_sample):
+        writers[step % 2].add(rows(np.zeros(n)))
+      else:
+        replay.sample(batch, rng)
+      inserts, samples = replay.inserts(), replay.samples()
+      assert inserts - min_size - samples / ratio <= max(tolerance, max(insert_sizes)) + 1e-9
+      learner_lead = max(tolerance, batch / ratio)
+      assert samples == 0 or samples <= ratio * (inserts - min_size + learner_lead) + 1e-9
+    assert replay.samples() > 0
+
+
+@pytest.mark.parametrize("ratio", [None, 0.0])
+def test_no_rate_limit(ratio):
+  with shared_replay(8, min_size=3, samples_per_insert=ratio) as replay:
+    writer = replay.writer(0)
+    writer.add(rows([1, 2]))
+    assert not replay.can_sample(1)
+    writer.add(rows([3]))
+    for _ in range(5):
+      assert replay.can_sample(1_000) and writer.can_insert(1_000)
+      replay.sample(1_000, np.random.default_rng(0))
+
+
+def test_invalid_arguments_name_the_field():
+  with pytest.raises(ValueError, match="^min_size"):
+    SharedReplay.create((3,), F32, capacity=10, num_writers=2, min_size=6)
+  with pytest.raises(ValueError, match="^gamma"):
+    NStepAccumulator(1, 3, 1.5, (3,), F32)
+  with shared_replay(4, num_writers=2) as replay:
+    with pytest.raises(ValueError, match="^writer_id"):
+      replay.writer(2)

@@ -1,0 +1,127 @@
+"""The runtime end to end: real processes, the CLI, the run directory."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from jaxrl import runtime
+from jaxrl.config import load_config
+from jaxrl.logger import read_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN = [sys.executable, str(ROOT / "scripts" / "train.py")]
+CARTPOLE = str(ROOT / "configs" / "cartpole_dqn.yaml")
+SHORT = ["replay.min_size=256", "learner.batch_size=32", "eval.interval=50", "eval.episodes=2",
+         "runtime.log_interval_seconds=0.5", "runtime.progress=false"]
+
+
+def segments_of(pid):
+  """Shared-memory segments created by process ``pid`` (named jaxrl_<pid>_...)."""
+  return [p for p in os.listdir("/dev/shm") if p.startswith(f"jaxrl_{pid}_")]
+
+
+def train_cli(*args, timeout=120):
+  proc = subprocess.Popen(TRAIN + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+  proc.stdout_text, proc.stderr = proc.communicate(timeout=timeout)
+  return proc
+
+
+def test_sync_run_writes_the_run_directory(tmp_path):
+  run_dir = tmp_path / "run"
+  proc = train_cli(CARTPOLE, "runtime.mode=sync", "stop.env_steps=3000", f"run_dir={run_dir}", *SHORT)
+  assert proc.returncode == 0, proc.stderr
+  for name in ("config.yaml", "metrics.jsonl", "summary.json", "learning_curve.png"):
+    assert (run_dir / name).stat().st_size > 0, name
+  assert list(run_dir.glob("events.out.tfevents.*"))
+  assert load_config(run_dir / "config.yaml").stop.env_steps == 3000   # the resolved config
+  records = read_metrics(run_dir)
+  assert all({"time", "env_steps", "learner_steps"} <= set(r) for r in records)
+  episodes = [r for r in records if "episode_return" in r]
+  assert episodes and all(r["agent_id"] == 0 and r["episode_return"] > 0 for r in episodes)
+  assert [r["env_steps"] for r in records] == sorted(r["env_steps"] for r in records)
+  assert any("eval_return" in r for r in records)
+  learner = [r for r in records if "loss" in r]
+  assert learner and all(r["learner_steps"] > 0 for r in learner)
+  summary = json.loads((run_dir / "summary.json").read_text())
+  assert summary["stopped_because"] == "env_steps"
+  assert summary["env_steps"] >= 3000 and summary["learner_steps"] > 0
+  assert {"eval_return", "wall_seconds"} <= set(summary)
+
+
+def test_sync_mode_is_deterministic(tmp_path):
+  def run(name):
+    cfg = load_config(CARTPOLE, ["runtime.mode=sync", "stop.env_steps=2500", *SHORT])
+    summary = runtime.train(cfg, tmp_path / name)
+    records = [{k: v for k, v in r.items() if k != "time"} for r in read_metrics(tmp_path / name)
+               if "episode_return" in r or "eval_return" in r]
+    return records, {k: summary[k] for k in ("env_steps", "learner_steps", "eval_return")}
+  first, second = run("a"), run("b")
+  assert len(first[0]) > 10
+  assert first == second
+
+
+def test_async_run_reports_progress_and_leaks_nothing(tmp_path):
+  run_dir = tmp_path / "run"
+  proc = train_cli(CARTPOLE, "stop.env_steps=6000", f"run_dir={run_dir}", "actors.num=2", *SHORT)
+  assert proc.returncode == 0, proc.stderr
+  assert "resource_tracker" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+  records = read_metrics(run_dir)
+  episodes = [r for r in records if "episode_return" in r]
+  assert {r["actor_id"] for r in episodes} == {0, 1}
+  assert all(r["policy_lag"] >= 0 for r in episodes)
+  learner = [r for r in records if "loss" in r]
+  assert learner and all(r["updates_per_s"] > 0 for r in learner)
+  assert max(r["learner_steps"] for r in records) > 0
+  assert not segments_of(proc.pid)
+
+
+def test_sigint_stops_the_run_cleanly(tmp_path):
+  run_dir = tmp_path / "run"
+  proc = subprocess.Popen(TRAIN + [CARTPOLE, f"run_dir={run_dir}", "stop.env_steps=10_000_000", *SHORT],
+                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 60
+  while time.time() < deadline and not ((run_dir / "metrics.jsonl").exists()
+                                        and any("loss" in r for r in read_metrics(run_dir))):
+    time.sleep(0.2)
+  children = psutil.Process(proc.pid).children(recursive=True)
+  proc.send_signal(signal.SIGINT)
+  sent = time.time()
+  _, err = proc.communicate(timeout=30)
+  assert time.time() - sent < 10
+  assert proc.returncode == 0, err
+  assert "Traceback" not in err and "resource_tracker" not in err, err
+  summary = json.loads((run_dir / "summary.json").read_text())
+  assert summary["stopped_because"] == "SIGINT"
+  assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
+  assert not segments_of(proc.pid)
+
+
+@pytest.mark.parametrize("args,message", [
+    ([CARTPOLE, "agent.lerning_rate=1e-3"], "agent.lerning_rate: unknown key (did you mean agent.learning_rate?)"),
+    ([CARTPOLE, "learner.batch_size=abc"], "learner.batch_size"),
+    ([CARTPOLE, "agent.learning_rate=-1"], "agent.learning_rate"),
+    ([CARTPOLE, "env.id=NoSuchEnv-v0"], "env.id"),
+    ([CARTPOLE, "env.id=Pendulum-v1"], "Discrete actions"),
+    (["no/such/config.yaml"], "no/such/config.yaml"),
+])
+def test_bad_input_is_a_one_line_error(tmp_path, args, message):
+  proc = train_cli(*args, f"run_dir={tmp_path / 'run'}" if len(args) > 1 else "seed=0", timeout=60)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and message in lines[0], proc.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_cartpole_dqn_reaches_475(tmp_path):
+  """End-to-end learning: the default CartPole config, sync mode (deterministic)."""
+  cfg = load_config(CARTPOLE, ["runtime.mode=sync", "stop.env_steps=100_000", "runtime.progress=false"])
+  summary = runtime.train(cfg, tmp_path / "run")
+  assert summary["eval_return"] >= 475, summary
+  assert summary["stopped_because"] == "eval_return"
