@@ -18,6 +18,7 @@ Actor and Learner objects in this process: deterministic for a seed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import multiprocessing as mp
 import os
@@ -150,18 +151,33 @@ def _episode_record(episode, actor_id: int) -> dict:
           "policy_lag": episode.policy_lag, "agent_id": 0, "actor_id": actor_id}
 
 
-def _actor_main(actor_id: int, cfg: RunConfig, shared: _Shared, messages, parent_pid: int) -> None:
+def _actor_seed(cfg: RunConfig, actor_id: int) -> int:
+  return cfg.seed * 1000 + 17 * (actor_id + 1)
+
+
+@contextlib.contextmanager
+def _child(role: str, shared: _Shared, messages):
+  """Sets up a child process and attaches (control, store, replay); detaches on exit."""
   signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the supervisor's to handle.
-  _configure_jax("actor")
-  from jaxrl.actor import Actor, make_vec_env  # pylint: disable=import-outside-toplevel
+  _configure_jax(role)
   messages.cancel_join_thread()
   control = SharedBlock.attach(shared.control)
   store = ParamStore.attach(shared.params)
   replay = SharedReplay.attach(shared.replay)
   try:
+    yield control, store, replay
+  finally:
+    replay.close()
+    store.close()
+    control.close()
+
+
+def _actor_main(actor_id: int, cfg: RunConfig, shared: _Shared, messages, parent_pid: int) -> None:
+  with _child("actor", shared, messages) as (control, store, replay):
+    from jaxrl.actor import Actor, make_vec_env  # pylint: disable=import-outside-toplevel
     writer = replay.writer(actor_id)
     envs = make_vec_env(cfg.env, cfg.actors.envs_per_actor)
-    actor = Actor(_make_agent(cfg), envs, seed=cfg.seed * 1000 + 17 * (actor_id + 1),
+    actor = Actor(_make_agent(cfg), envs, seed=_actor_seed(cfg, actor_id),
                   n_step=cfg.replay.n_step, gamma=cfg.replay.gamma)
     arrays = control.arrays
     while store.latest_version() == 0:
@@ -183,47 +199,39 @@ def _actor_main(actor_id: int, cfg: RunConfig, shared: _Shared, messages, parent
       for episode in episodes:
         messages.put(("episode", _episode_record(episode, actor_id)))
     envs.close()
-  finally:
-    replay.close()
-    store.close()
-    control.close()
 
 
 def _learner_main(cfg: RunConfig, shared: _Shared, messages, parent_pid: int) -> None:
-  signal.signal(signal.SIGINT, signal.SIG_IGN)
-  _configure_jax("learner")
+  with _child("learner", shared, messages) as (control, store, replay):
+    try:
+      _learn(cfg, control.arrays, store, replay, messages, parent_pid)
+    except Exception as e:  # the supervisor stops the run with this reason
+      messages.put(("error", f"learner: {type(e).__name__}: {e}"))
+      raise
+
+
+def _learn(cfg: RunConfig, arrays: dict, store: ParamStore, replay: SharedReplay, messages,
+           parent_pid: int) -> None:
+  """The learner process's loop: update when the rate limiter allows, report metrics."""
   import jax  # pylint: disable=import-outside-toplevel
-  messages.cancel_join_thread()
-  control = SharedBlock.attach(shared.control)
-  store = ParamStore.attach(shared.params)
-  replay = SharedReplay.attach(shared.replay)
-  try:
-    agent = _make_agent(cfg)
-    state = agent.init(jax.random.PRNGKey(cfg.seed))
-    learner = Learner(cfg, agent, replay, state, seed=cfg.seed + 1, publish=_publisher(store))
-    arrays = control.arrays
-    last_report = time.monotonic()
-    while not _watch_parent(parent_pid, arrays):
-      if learner.can_update():
-        learner.update()
-        arrays["learner_steps"][0] = learner.steps
-      else:
-        time.sleep(_POLL_S)
-      if time.monotonic() - last_report >= cfg.runtime.log_interval_seconds:
-        interval, last_report = time.monotonic() - last_report, time.monotonic()
-        steps_before = arrays["reported_steps"][0]
-        report = learner.report()
-        if report:
-          report["updates_per_s"] = (learner.steps - steps_before) / interval
-          arrays["reported_steps"][0] = learner.steps
-          messages.put(("learner", {"agent_id": 0, **report}))
-  except Exception as e:  # the supervisor stops the run with this reason
-    messages.put(("error", f"learner: {type(e).__name__}: {e}"))
-    raise
-  finally:
-    replay.close()
-    store.close()
-    control.close()
+  agent = _make_agent(cfg)
+  state = agent.init(jax.random.PRNGKey(cfg.seed))
+  learner = Learner(cfg, agent, replay, state, seed=cfg.seed + 1, publish=_publisher(store))
+  last_report = time.monotonic()
+  while not _watch_parent(parent_pid, arrays):
+    if learner.can_update():
+      learner.update()
+      arrays["learner_steps"][0] = learner.steps
+    else:
+      time.sleep(_POLL_S)
+    if time.monotonic() - last_report >= cfg.runtime.log_interval_seconds:
+      interval, last_report = time.monotonic() - last_report, time.monotonic()
+      steps_before = arrays["reported_steps"][0]
+      report = learner.report()
+      if report:
+        report["updates_per_s"] = (learner.steps - steps_before) / interval
+        arrays["reported_steps"][0] = learner.steps
+        messages.put(("learner", {"agent_id": 0, **report}))
 
 
 # --- The supervisor -------------------------------------------------------------
@@ -337,7 +345,7 @@ def _train_sync(cfg: RunConfig, run: _Run, interrupted: _Interrupted) -> dict:
   acting = learning = 0.0
   try:
     actors = [Actor(agent, make_vec_env(cfg.env, cfg.actors.envs_per_actor),
-                    seed=cfg.seed * 1000 + 17 * (i + 1), n_step=cfg.replay.n_step, gamma=cfg.replay.gamma)
+                    seed=_actor_seed(cfg, i), n_step=cfg.replay.n_step, gamma=cfg.replay.gamma)
               for i in range(cfg.actors.num)]
     writers = [replay.writer(i) for i in range(cfg.actors.num)]
 
