@@ -4,10 +4,19 @@
 evaluation; it never writes to replay itself (the caller does), so the same
 stepping code serves training and greedy evaluation.
 
-Inference runs with JAX on the CPU (``agent.act``, jitted). Measured on the
-2-core machine this project targets, a jitted act with async dispatch off
-costs 9-15 us at batch 1-32, close to a hand-written numpy forward pass,
-and it keeps one definition of the network.
+Inference, chosen by measurement (2-core CPU, one thread, async dispatch
+off, CartPole's 128-128 networks; an actor with its replay writes, fixed
+snapshot, against the bare vector env stepped with random actions):
+- DQN with an MLP torso runs a numpy forward pass (``numpy_q_values``):
+  9 us at batch 4, 20 us at 32. One actor keeps 0.54 / 0.42 of the raw
+  env rate at E = 4 / 32, against 0.43 / 0.35 with the jitted
+  ``agent.q_values`` (and 0.13 / 0.12 with a jitted ``agent.act`` and a
+  ``jax.random.split`` per step).
+- IQN (K quantile samples per env: K times the rows) and the conv torso
+  run the jitted ``agent.q_values``: XLA fuses the cosine embedding, and a
+  numpy IQN forward took 2-3x as long (45 against 25 us at batch 4, K=8).
+Exploration draws (and IQN's key) come from a numpy Generator seeded with
+the actor's seed, so acting is deterministic for a seed on both paths.
 """
 
 from __future__ import annotations
@@ -50,6 +59,44 @@ def make_vec_env(env: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
   return envs
 
 
+# --- Numpy inference ----------------------------------------------------------
+
+Dense = tuple[np.ndarray, np.ndarray]  # (kernel float32 [in, out], bias float32 [out])
+
+
+def mlp_params(params: Any) -> tuple[Dense, ...]:
+  """A numpy copy of the params (numpy or jax tree) of a ``networks.QNetwork``
+  with an ``MLPTorso``: its Dense layers in call order, the torso's
+  (``params["params"]["torso"]["Dense_<i>"]``) then the output layer
+  (``params["params"]["Dense_0"]``), shapes [D, H1], [H1, H2], ..., [H, A]."""
+  def dense_layers(tree) -> tuple[Dense, ...]:
+    names = sorted((name for name in tree if name.startswith("Dense_")), key=lambda s: int(s[6:]))
+    return tuple((np.array(tree[name]["kernel"], np.float32), np.array(tree[name]["bias"], np.float32))
+                 for name in names)
+  tree = params["params"]
+  return dense_layers(tree["torso"]) + dense_layers(tree)
+
+
+def numpy_q_values(layers: tuple[Dense, ...], obs: np.ndarray) -> np.ndarray:
+  """Q(obs) float32 [B, A] of a ``networks.QNetwork`` with an ``MLPTorso``,
+  in numpy: ReLU dense layers, then the linear output layer.
+
+  Args:
+    layers: ``mlp_params`` of the network's params.
+    obs: [B, D] observations.
+  """
+  *hidden, (kernel, bias) = layers
+  x = np.asarray(obs, np.float32)
+  for w, b in hidden:
+    x = np.maximum(x @ w + b, 0.0)
+  return x @ kernel + bias
+
+
+# --- Acting ------------------------------------------------------------------
+
+_DRAW_STEPS = 256  # Steps of exploration draws taken from the Generator at once.
+
+
 class Episode(NamedTuple):
   """A finished episode of env ``env``: its return, length (env steps) and
   ``policy_lag``: learner steps between the params that acted and the
@@ -66,29 +113,63 @@ class Actor:
   Call ``set_policy`` with each new snapshot; ``step`` advances every env
   once and returns the n-step transitions completed and the episodes that
   finished. Episode returns and lengths exclude gymnasium's autoreset step.
+  Deterministic for a given ``seed``, params and sequence of calls.
   """
 
   def __init__(self, agent, envs: gym.vector.VectorEnv, seed: int, n_step: int = 1, gamma: float = 0.99):
     self.envs = envs
     self.num_envs = envs.num_envs
-    self._act = jax.jit(agent.act)
+    self.num_actions = int(envs.single_action_space.n)
     space = envs.single_observation_space
+    # DQN with an MLP torso acts in numpy; IQN and the conv torso in JAX.
+    self._jax_q_values = (None if agent.config.algo == "dqn" and len(space.shape) == 1
+                          else jax.jit(agent.q_values))
     self._accumulator = NStepAccumulator(self.num_envs, n_step, gamma, space.shape, space.dtype)
+    self._rng = np.random.default_rng(seed)
+    # Exploration draws, float [S, E] uniforms and int [S, E] random actions,
+    # taken _DRAW_STEPS steps at a time; row self._draw is this step's.
+    self._explore_u = self._random_actions = np.zeros((0, self.num_envs))
+    self._draw = 0
     self.obs, _ = envs.reset(seed=seed)
-    self._key = jax.random.PRNGKey(seed)
+    # Episode bookkeeping: steps taken and the running sum of policy lags
+    # (both actor-wide), and per env the return so far and the values of
+    # those two counters when its episode began.
+    self._steps = 0
+    self._lag_sum = 0.0
     self._returns = np.zeros(self.num_envs)
-    self._lengths = np.zeros(self.num_envs, np.int64)
-    self._lag_sums = np.zeros(self.num_envs)
-    self._resetting = np.zeros(self.num_envs, bool)  # This step is env i's autoreset.
+    self._start_steps = np.zeros(self.num_envs, np.int64)
+    self._start_lag_sums = np.zeros(self.num_envs)
+    self._resetting = np.zeros(0, np.int64)  # Envs whose next step is their autoreset.
     self.params: Any = None
     self.epsilon = 1.0
     self.policy_step = 0
 
   def set_policy(self, params: Any, epsilon: float, step: int) -> None:
-    """Acts from now on with ``params`` (copied to the CPU device once)."""
-    self.params = jax.device_put(params)
-    self.epsilon = np.float32(epsilon)
+    """Acts from now on with a copy of ``params`` (numpy or jax tree), so
+    the caller may reuse or overwrite its buffers."""
+    if self._jax_q_values is None:
+      self.params = mlp_params(params)
+    else:  # Our own copy: JAX on the CPU may alias a numpy buffer.
+      self.params = jax.device_put(jax.tree.map(np.array, params))
+    self.epsilon = float(epsilon)
     self.policy_step = int(step)
+
+  def _act(self, obs: np.ndarray) -> np.ndarray:
+    """Epsilon-greedy actions int [E] for obs [E, *obs_shape]: with
+    probability epsilon uniform over all actions, else the argmax of Q."""
+    if self._draw == len(self._explore_u):
+      self._explore_u = self._rng.random((_DRAW_STEPS, self.num_envs))
+      self._random_actions = self._rng.integers(0, self.num_actions, (_DRAW_STEPS, self.num_envs))
+      self._draw = 0
+    explore = self._explore_u[self._draw] < self.epsilon
+    random_action = self._random_actions[self._draw]
+    self._draw += 1
+    if self._jax_q_values is None:
+      q = numpy_q_values(self.params, obs)
+    else:
+      key = self._rng.integers(0, 2**32, 2, np.uint32)  # A raw jax.random key.
+      q = np.asarray(self._jax_q_values(self.params, obs, key))
+    return np.where(explore, random_action, q.argmax(axis=1))
 
   def step(self, learner_step: int = 0) -> tuple[dict[str, np.ndarray], list[Episode]]:
     """One step of every env; ``learner_step`` is the learner's newest step.
@@ -97,23 +178,25 @@ class Actor:
       (transitions, episodes): the dict of NStepAccumulator.step, and an
       Episode for each episode that ended.
     """
-    self._key, key = jax.random.split(self._key)
-    action = np.asarray(self._act(self.params, self.obs, self.epsilon, key))
+    action = self._act(self.obs)
     next_obs, reward, terminated, truncated, _ = self.envs.step(action)
     transitions = self._accumulator.step(self.obs, action, reward, terminated, truncated, next_obs,
                                          self.policy_step)
-    live = ~self._resetting
-    self._returns += np.where(live, reward, 0.0)
-    self._lengths += live
-    self._lag_sums += np.where(live, learner_step - self.policy_step, 0)
-    ended = live & (terminated | truncated)
-    episodes = [Episode(int(i), float(self._returns[i]), int(self._lengths[i]),
-                        float(self._lag_sums[i] / self._lengths[i])) for i in np.flatnonzero(ended)]
-    self._returns[ended] = 0.0
-    self._lengths[ended] = 0
-    self._lag_sums[ended] = 0.0
-    self._resetting = ended
     self.obs = next_obs
+    self._steps += 1
+    self._lag_sum += learner_step - self.policy_step
+    self._returns += reward
+    if len(self._resetting):  # This was their autoreset step: new episodes start after it.
+      self._returns[self._resetting] = 0.0
+      self._start_steps[self._resetting] = self._steps
+      self._start_lag_sums[self._resetting] = self._lag_sum
+    # Gymnasium's autoreset step reports neither terminated nor truncated.
+    self._resetting = np.nonzero(terminated | truncated)[0]
+    episodes = []
+    for i in self._resetting.tolist():
+      length = self._steps - int(self._start_steps[i])
+      episodes.append(Episode(i, float(self._returns[i]), length,
+                              (self._lag_sum - float(self._start_lag_sums[i])) / length))
     return transitions, episodes
 
 

@@ -298,12 +298,16 @@ class RuntimeConfig:
     log_interval_seconds: wall-clock seconds between two metric records of
       the learner's progress.
     progress: show a live progress display on the console.
+    compilation_cache: directory of JAX's persistent compilation cache
+      (``~`` expands); a later run with the same shapes loads its XLA
+      programs instead of compiling them. null = no cache.
   """
 
   mode: str = "async"
   start_method: str = "spawn"
   log_interval_seconds: float = 2.0
   progress: bool = True
+  compilation_cache: str | None = "~/.cache/jaxrl/xla"
 
   def __post_init__(self):
     check(self.mode in ("async", "sync"), "mode", 'one of "async", "sync"', self.mode)
@@ -312,6 +316,8 @@ class RuntimeConfig:
           " child can deadlock on the threads JAX started)", self.start_method)
     check_positive("log_interval_seconds", self.log_interval_seconds)
     check(isinstance(self.progress, bool), "progress", "true or false", self.progress)
+    check(self.compilation_cache is None or bool(self.compilation_cache), "compilation_cache",
+          "null or a directory", self.compilation_cache)
 
 
 @dataclasses.dataclass(frozen=True)

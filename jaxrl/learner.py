@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxrl import losses, networks
+from jaxrl import networks
 from jaxrl.config import AgentConfig
 from jaxrl.replay import Transition
 
@@ -144,7 +144,10 @@ class Agent:
   # --- The learner step -----------------------------------------------------
 
   def _loss(self, params: Params, target_params: Params, batch: Transition, key: chex.PRNGKey):
-    """Masked mean per-sample loss, and Q(obs, action) [B] for metrics."""
+    """Masked mean per-sample loss, and the masked mean of Q(obs, action)."""
+    # rlax (with tensorflow-probability, ~0.35 s to import) loads on the first
+    # trace: actors and the supervisor build agents but never compute a loss.
+    from jaxrl import losses  # pylint: disable=import-outside-toplevel
     cfg = self.config
     action = batch.action.astype(jnp.int32)
     reward = batch.reward.astype(jnp.float32)
@@ -170,7 +173,7 @@ class Agent:
       per_sample = jax.vmap(losses.iqn_loss, in_axes=(0, 0, 0, 0, 0, 0, 0, None))(
           z_tm1, tau_tm1, action, reward, discount, z_t_value, z_t_selector, cfg.kappa)
       q_taken = jnp.take_along_axis(jnp.mean(z_tm1, axis=1), action[:, None], axis=1)[:, 0]
-    return losses.masked_mean(per_sample, valid), q_taken
+    return losses.masked_mean(per_sample, valid), losses.masked_mean(q_taken, valid)
 
   def train_step(self, state: LearnerState, batch: Transition) -> tuple[LearnerState, dict[str, chex.Array]]:
     """One learner update; pure, so ``jax.jit(agent.train_step)`` works.
@@ -188,7 +191,7 @@ class Agent:
     cfg = self.config
     batch = jax.tree.map(jnp.asarray, batch)
     rng, loss_key = jax.random.split(state.rng)
-    (loss, q_taken), grads = jax.value_and_grad(self._loss, has_aux=True)(
+    (loss, q_mean), grads = jax.value_and_grad(self._loss, has_aux=True)(
         state.params, state.target_params, batch, loss_key)
     learning_rate = self.learning_rate_schedule(state.step)
     opt_state = state.opt_state._replace(
@@ -205,7 +208,7 @@ class Agent:
     metrics = {
         "loss": loss,
         "grad_norm": optax.tree.norm(grads),
-        "q_mean": losses.masked_mean(q_taken, batch.valid.astype(jnp.float32)),
+        "q_mean": q_mean,
         "epsilon": epsilon,
         "learning_rate": learning_rate,
     }

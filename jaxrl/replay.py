@@ -63,6 +63,11 @@ class NStepAccumulator:
   observation with reward 0. The accumulator remembers which envs ended and
   drops their next step, so no transition spans an episode boundary; the
   caller passes every step as it comes.
+
+  Cost: a step is a fixed number of numpy calls, whatever n_step and however
+  many episodes end. The last n_step steps live in ring buffers; each env is
+  a small state machine whose transitions, and every window's ring position,
+  return weights and discount, are tables built once.
   """
 
   def __init__(self, num_envs: int, n_step: int, gamma: float, obs_shape: tuple[int, ...],
@@ -72,16 +77,39 @@ class NStepAccumulator:
     check_unit_interval("gamma", gamma)
     self.n_step = n_step
     self.obs_dtype = np.dtype(obs_dtype)
-    self._gamma_powers = float(gamma) ** np.arange(n_step + 1)  # float64 [n_step + 1]
-    # Window buffers, [n_step, num_envs]: row t % n_step holds the window that
-    # began at step t, as long as that window is open.
-    self._obs = np.zeros((n_step, num_envs, *obs_shape), self.obs_dtype)
-    self._action = np.zeros((n_step, num_envs), np.int32)
-    self._policy_step = np.zeros((n_step, num_envs), np.int64)
-    self._return = np.zeros((n_step, num_envs), np.float64)
-    self._num_open = np.zeros(num_envs, np.int64)  # Open windows per env (< n_step between steps).
-    self._skip = np.zeros(num_envs, bool)  # Env ended last step: this step is its autoreset.
-    self._row = 0  # Step count mod n_step.
+    n, e = n_step, num_envs
+    # Ring buffers: step t's inputs of env i at flat index (t % n) * num_envs + i.
+    self._obs = np.zeros((n * e, *obs_shape), self.obs_dtype)
+    self._action = np.zeros(n * e, np.int32)
+    self._policy_step = np.zeros(n * e, np.int64)
+    self._reward = np.zeros((n, e), np.float64)  # [t % n, i]
+    self._row = 0  # Step count mod n.
+    # Env i's state s: 0 <= s < n windows open, or s = n when this step is
+    # its autoreset. A step's code is 2 * s + done; self._code holds 2 * s.
+    # Windows are addressed by position p = n - 1 - age (age: steps since the
+    # window began, 0 = this step), oldest first. Tables:
+    #   _emit[code, p]: bool [2n + 2, n], emit window p this step;
+    #   _next_code[code]: int [2n + 2], 2 * the state after this step;
+    #   _start[row, p]: int [n, n], flat ring index of window p's start, env 0;
+    #   _weights[row, s, r]: float64 [n, n, n], for the window that began at
+    #     ring row s: gamma**j on ring row r = s + j (mod n), for j <= its age;
+    #   _discount[p]: float32 [n], gamma**(age + 1) (0 where terminated).
+    state, done = np.repeat(np.arange(n + 1), 2)[:, None], np.tile([False, True], n + 1)[:, None]
+    age = np.arange(n)[::-1]
+    live, num_open = state < n, state + 1  # Windows open this step, this one's included.
+    self._emit = live & np.where(done, age < num_open, (age == n - 1) & (num_open == n))
+    self._next_code = 2 * np.where(live, np.where(done, n, np.minimum(num_open, n - 1)), 0)[:, 0]
+    self._code = np.zeros(e, np.int64)
+    ring = np.arange(n)
+    self._start = (ring[:, None] - age) % n * e
+    lag = (ring - ring[:, None]) % n  # [s, r]: steps from ring row s to ring row r.
+    self._weights = np.where(lag <= lag.T[:, :, None], float(gamma) ** lag, 0.0)
+    self._discount = (float(gamma) ** (age + 1)).astype(np.float32)
+    # Steady: every env has n - 1 windows open, so unless one ends this step,
+    # each emits its oldest window: (env, position, flat ring index) [num_envs].
+    self._steady = False
+    self._every_env, self._oldest = np.arange(e), np.zeros(e, np.int64)
+    self._oldest_start = self._start[:, :1] + np.arange(e)
 
   def step(self, obs, action, reward, terminated, truncated, next_obs,
            policy_step) -> dict[str, np.ndarray]:
@@ -102,42 +130,47 @@ class NStepAccumulator:
       policy_step int64 [N] (that of the transition's first action), for the
       N >= 0 transitions completed, ordered by env, then by start step.
     """
-    n, row = self.n_step, self._row
-    live = ~self._skip
+    row, num_envs = self._row, len(self._code)
+    ring = slice(row * num_envs, (row + 1) * num_envs)
+    self._obs[ring] = obs
+    self._action[ring] = action
+    self._policy_step[ring] = policy_step
+    self._reward[row] = reward
     terminated = np.asarray(terminated, bool)
-    ended = live & (terminated | np.asarray(truncated, bool))
-    self._obs[row] = obs
-    self._action[row] = action
-    self._policy_step[row] = policy_step
-    self._return[row] = 0.0
-    self._num_open += live
-    age = (row - np.arange(n)) % n  # [n] steps since each row's window began.
-    is_open = age[:, None] < self._num_open[None, :]  # [n, E]
-    self._return += np.where(is_open, self._gamma_powers[age][:, None] * np.asarray(reward), 0.0)
-    full = live & ~ended & (self._num_open == n)
-    emit = is_open & (ended[None, :] | (full[None, :] & (age == n - 1)[:, None]))
-    by_age = (row - np.arange(n - 1, -1, -1)) % n  # Rows from the oldest window to the newest.
-    env, position = np.nonzero(emit[by_age].T)
-    rows = by_age[position]
-    length = age[rows] + 1
+    done = terminated | np.asarray(truncated, bool)
+    any_done = np.count_nonzero(done)
+    if self._steady and not any_done:
+      env, position, flat = self._every_env, self._oldest, self._oldest_start[row]
+    else:
+      code = self._code + done
+      env, position = np.nonzero(self._emit.take(code, axis=0))
+      flat = self._start[row].take(position) + env
+      self._code = self._next_code.take(code)
+      self._steady = not any_done and len(env) == num_envs
+    returns = self._weights[row] @ self._reward  # [n, E]: the return of every window, by its start.
+    discount = self._discount.take(position)
+    if any_done:
+      discount[terminated.take(env)] = 0.0
     out = {
-        "obs": self._obs[rows, env],
-        "action": self._action[rows, env],
-        "reward": self._return[rows, env].astype(np.float32),
-        "discount": np.where(terminated[env], 0.0, self._gamma_powers[length]).astype(np.float32),
-        "next_obs": np.asarray(next_obs, self.obs_dtype)[env],
-        "policy_step": self._policy_step[rows, env],
+        "obs": self._obs.take(flat, axis=0),
+        "action": self._action.take(flat),
+        "reward": returns.take(flat).astype(np.float32),
+        "discount": discount,
+        "next_obs": np.asarray(next_obs, self.obs_dtype).take(env, axis=0),
+        "policy_step": self._policy_step.take(flat),
     }
-    self._num_open[ended] = 0
-    self._num_open[full] = n - 1
-    self._skip = ended
-    self._row = (row + 1) % n
+    self._row = (row + 1) % self.n_step
     return out
 
 
-def _obs_batch(obs: np.ndarray) -> np.ndarray:
-  """Observations as the learner takes them: uint8 (images) as stored, else float32."""
-  return obs if obs.dtype == np.uint8 else obs.astype(np.float32)
+def _as_batch(rows: dict[str, np.ndarray], valid: np.ndarray) -> Transition:
+  """Stored rows as the learner takes them: observations uint8 (images) as
+  stored, else float32; valid as float32."""
+  def obs_batch(obs):
+    return obs if obs.dtype == np.uint8 else obs.astype(np.float32)
+  return Transition(obs=obs_batch(rows["obs"]), action=rows["action"], reward=rows["reward"],
+                    discount=rows["discount"], next_obs=obs_batch(rows["next_obs"]),
+                    valid=valid.astype(np.float32))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,6 +287,23 @@ class SharedReplay:
     """Removes the segment from the system (owner only; idempotent)."""
     self._block.unlink()
 
+  def contents(self) -> dict[str, np.ndarray]:
+    """A copy of every array of the replay (slots, versions, counters), for a
+    checkpoint; a slot being written meanwhile is copied with an odd version
+    and so stays invalid after ``restore``."""
+    return {key: array.copy() for key, array in self._arrays.items()}
+
+  def restore(self, contents: dict[str, np.ndarray]) -> None:
+    """Loads ``contents()`` of a replay of the same layout, before any writer
+    or sampler starts. Raises ValueError if the layout differs."""
+    for key, array in self._arrays.items():
+      saved = contents.get(key)
+      if saved is None or saved.shape != array.shape or saved.dtype != array.dtype:
+        found = "missing" if saved is None else f"{saved.dtype}{list(saved.shape)}"
+        raise ValueError(f"replay {key} is {found}, this replay's is {array.dtype}{list(array.shape)}")
+    for key, array in self._arrays.items():
+      array[...] = contents[key]
+
   def writer(self, writer_id: int) -> "ReplayWriter":
     """The writer of partition ``writer_id``; at most one may be live per id."""
     return ReplayWriter(self, writer_id)
@@ -284,6 +334,13 @@ class SharedReplay:
     tolerance, ratio = self.handle.rate_tolerance, self.handle.samples_per_insert
     return lead >= 0 or lead - batch_size / ratio >= -tolerance
 
+  def padding_batch(self, batch_size: int) -> Transition:
+    """A Transition of zeros with the shapes and dtypes of ``sample``'s batch,
+    all padding (valid 0.0): lets the learner compile before data arrives."""
+    rows = {key: np.zeros((batch_size, *self._arrays[key].shape[1:]), self._arrays[key].dtype)
+            for key in FIELDS}
+    return _as_batch(rows, np.zeros(batch_size))
+
   def sample(self, batch_size: int, rng: np.random.Generator) -> tuple[Transition, np.ndarray]:
     """Samples ``batch_size`` transitions uniformly (with replacement).
 
@@ -309,10 +366,7 @@ class SharedReplay:
     if not valid.all():
       for value in rows.values():
         value[~valid] = 0
-    batch = Transition(obs=_obs_batch(rows["obs"]), action=rows["action"], reward=rows["reward"],
-                       discount=rows["discount"], next_obs=_obs_batch(rows["next_obs"]),
-                       valid=valid.astype(np.float32))
-    return batch, rows["policy_step"]
+    return _as_batch(rows, valid), rows["policy_step"]
 
 
 class ReplayWriter:
@@ -347,15 +401,20 @@ class ReplayWriter:
     """
     arrays = self._replay._arrays
     count = len(transitions["action"])
-    first = int(arrays["write_count"][self.writer_id])
-    keep = min(count, self._size)
-    index = np.arange(first + count - keep, first + count)  # Write indices k.
-    slots = self._start + index % self._size
-    arrays["version"][slots] = 2 * index + 1
-    for key in FIELDS:
-      arrays[key][slots] = transitions[key][count - keep:]
-    arrays["version"][slots] = 2 * index + 2
-    arrays["write_count"][self.writer_id] = first + count
+    end = int(arrays["write_count"][self.writer_id]) + count  # One past the last write index.
+    index = end - min(count, self._size)  # Write index of the first row kept.
+    while index < end:  # One run of adjacent slots, two where the ring wraps.
+      slot = self._start + index % self._size
+      run = min(end - index, self._start + self._size - slot)
+      row = count - end + index
+      slots, rows = slice(slot, slot + run), slice(row, row + run)
+      version = np.arange(2 * index + 1, 2 * (index + run), 2)  # Odd: being written.
+      arrays["version"][slots] = version
+      for key in FIELDS:
+        arrays[key][slots] = transitions[key][rows]
+      arrays["version"][slots] = version + 1
+      index += run
+    arrays["write_count"][self.writer_id] = end
 
   def can_insert(self, n: int) -> bool:
     """Whether the actor may insert ``n`` transitions now (rate limiting)."""

@@ -3,17 +3,24 @@
 Processes (``runtime.mode = "async"``):
   supervisor (the caller of ``train``): owns every shared-memory segment,
     starts the children, drains their small messages into the run directory,
-    evaluates published params, checks stop conditions, stops everything.
+    evaluates published params, checks stop conditions, restarts crashed
+    actors, stops everything.
   learner (one per agent): samples replay, runs the jitted train_step (fused
     ``learner.updates_per_call`` at a time with ``lax.scan``; on the GPU when
-    there is one) and publishes params, epsilon and step to its ParamStore.
+    there is one), publishes params, epsilon and step to its ParamStore, and
+    writes the checkpoints.
   actors (``actors.num``): step ``actors.envs_per_actor`` environments with
     the newest snapshot (one integer read per step to notice a new version)
     and write n-step transitions to their partition of the agent's replay.
 
-Bulk data stays in shared memory; a multiprocessing queue carries episode
-returns and learner metrics. ``runtime.mode = "sync"`` interleaves the same
-Actor and Learner objects in this process: deterministic for a seed.
+Bulk data stays in shared memory; a pipe from each child carries its episode
+returns, learner metrics and errors. ``runtime.mode = "sync"`` interleaves
+the same Actor and Learner objects in this process: deterministic for a seed.
+
+Failures: a crashed actor is restarted up to ``actors.max_restarts`` times;
+a learner exception or a non-finite loss, gradient or state stops the run
+(``stopped_because = "error"``) without overwriting the last good
+checkpoint; children whose supervisor died exit and unlink the segments.
 """
 
 from __future__ import annotations
@@ -24,32 +31,44 @@ import multiprocessing as mp
 import os
 import queue as queue_lib
 import signal
+import sys
+import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from jaxrl.config import RunConfig, save_config
+from jaxrl.config import RunConfig, config_to_dict, save_config
 from jaxrl.logger import MetricsLogger, ProgressDisplay, plot_learning_curve, write_summary
 from jaxrl.replay import SharedReplay
-from jaxrl.shm import ParamStore, SharedBlock
+from jaxrl.shm import ParamStore, SharedBlock, unlink_orphaned
 
-_POLL_S = 0.0005  # back-off of a process waiting on the rate limiter or the supervisor
+_POLL_S = 0.0005      # back-off of a process waiting on the rate limiter or the supervisor
+_STOP_GRACE_S = 8.0   # seconds children get to save and exit before they are killed
+CHECKPOINT_DIR = "checkpoints"
+ERRORS_FILE = "errors.log"
 
 
-def _configure_jax(role: str) -> None:
+def configure_jax(role: str, compilation_cache: str | None = None) -> None:
   """Per-process JAX setup, before the first computation. Actors and the
   supervisor stay on one CPU thread and off any accelerator; the learner
-  takes the default backend (the GPU when there is one)."""
+  takes the default backend (the GPU when there is one). With
+  ``compilation_cache`` (a directory), compiled programs persist across runs."""
   import jax  # pylint: disable=import-outside-toplevel
   if role == "learner":
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   else:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+    import threadpoolctl  # pylint: disable=import-outside-toplevel
+    threadpoolctl.threadpool_limits(1)   # numpy's BLAS: the numpy forward pass at E >= 16
+    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_cpu_enable_async_dispatch", False)
+  if compilation_cache is not None:
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(compilation_cache))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 def env_spaces(cfg: RunConfig) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -68,16 +87,38 @@ def _make_agent(cfg: RunConfig):
   return make_agent(cfg.agent, obs_shape, num_actions)
 
 
+def _initial_state(agent, seed: int):
+  """agent.init(PRNGKey(seed)), jitted: one compile instead of one per op."""
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.jit(agent.init)(jax.random.PRNGKey(seed))
+
+
+def _seed(cfg: RunConfig, *keys: int) -> int:
+  """A uint32 seed for one stream of the run (actor envs, replay sampling,
+  evaluation), distinct per ``keys`` and reproducible for ``cfg.seed``."""
+  return int(np.random.SeedSequence([cfg.seed, *keys]).generate_state(1)[0])
+
+
+def _actor_seed(cfg: RunConfig, actor_id: int, env_steps: int) -> int:
+  """Seed of actor ``actor_id`` started when the run had ``env_steps``: a
+  restarted or resumed actor does not replay the episodes of its first life."""
+  return _seed(cfg, 1, actor_id, env_steps)
+
+
+class NonFiniteError(RuntimeError):
+  """The learner produced a non-finite loss, gradient or state."""
+
+
 class Learner:
   """Samples replay, applies fused train_steps, publishes params.
 
   ``update`` runs ``learner.updates_per_call`` train_steps in one jitted
   ``lax.scan`` dispatch; JAX's async dispatch lets the next batch be sampled
   and transferred while the device computes. Metrics stay on the device
-  until ``report`` averages them.
+  until ``report`` averages them (and checks they are finite).
   """
 
-  def __init__(self, cfg: RunConfig, agent, replay: SharedReplay, state, seed: int, publish):
+  def __init__(self, cfg: RunConfig, agent, replay: SharedReplay, state, publish):
     import jax  # pylint: disable=import-outside-toplevel
     self._jax = jax
     self.agent, self.replay, self.state = agent, replay, state
@@ -85,49 +126,107 @@ class Learner:
     self._batch = cfg.learner.batch_size
     self._fused = cfg.learner.updates_per_call
     self._publish_interval = cfg.learner.publish_interval
-    self._rng = np.random.default_rng(seed)
+    self.steps = int(state.step)
+    self._rng = np.random.default_rng(_seed(cfg, 2, self.steps))
 
     def fused_steps(state, batches):
       return jax.lax.scan(agent.train_step, state, batches)
     self._update = jax.jit(fused_steps)
-    self.steps = int(state.step)
     self._pending: list[Any] = []   # device metrics not yet reported
     self._lags: list[float] = []
-    self.publish()
-
-  def publish(self) -> None:
-    self._publish(self.state)
+    self._publish(state)
     self._published_at = self.steps
+    # Compile while the actors fill replay: the update is pure, so a padding
+    # batch compiles it without touching the state.
+    self._update(state, self._fused_batches(replay.padding_batch(self._batch * self._fused)))
 
   def can_update(self) -> bool:
     return self.replay.can_sample(self._batch * self._fused)
 
   def update(self) -> None:
+    """Samples and dispatches one fused update. A due publish sends the state
+    from before this update, which is ready (or nearly) while the device
+    computes the new one: publishing never leaves the device idle, at the
+    cost of ``updates_per_call`` steps of policy lag."""
     batch, policy_step = self.replay.sample(self._batch * self._fused, self._rng)
-    batches = self._jax.tree.map(lambda x: x.reshape(self._fused, self._batch, *x.shape[1:]), batch)
     self._lags.append(float(self.steps - policy_step.mean()))
-    self.state, metrics = self._update(self.state, batches)
+    previous, previous_steps = self.state, self.steps
+    self.state, metrics = self._update(previous, self._fused_batches(batch))
     self._pending.append(metrics)
     self.steps += self._fused
-    if self.steps - self._published_at >= self._publish_interval:
-      self.publish()
+    if previous_steps - self._published_at >= self._publish_interval:
+      self._publish(previous)
+      self._published_at = previous_steps
+
+  def _fused_batches(self, batch):
+    """[F * B, ...] -> [F, B, ...]: one batch per fused update."""
+    return self._jax.tree.map(lambda x: x.reshape(self._fused, self._batch, *x.shape[1:]), batch)
 
   def report(self) -> dict[str, float]:
     """Means of the metrics since the last report, and ``sample_age``: learner
-    steps between the params that acted and the learner step that sampled."""
+    steps between the params that acted and the learner step that sampled.
+
+    Raises:
+      NonFiniteError: a loss or gradient norm since the last report was not finite.
+    """
     if not self._pending:
       return {}
     metrics = self._jax.device_get(self._pending)
-    out = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
+    self._pending = []
+    for key in ("loss", "grad_norm"):
+      values = np.concatenate([np.ravel(m[key]) for m in metrics])
+      if not np.isfinite(values).all():
+        raise NonFiniteError(f"non-finite {key} ({values[~np.isfinite(values)][0]}) "
+                             f"before learner step {self.steps}")
+    out = {k: float(np.mean(np.concatenate([np.ravel(m[k]) for m in metrics]))) for k in metrics[0]}
     out["sample_age"] = float(np.mean(self._lags))
-    self._pending, self._lags = [], []
+    self._lags = []
     return out
 
 
-def _publisher(store: ParamStore):
+def param_publisher(store: ParamStore):
+  """A Learner ``publish`` callback that publishes to ``store``."""
   def publish(state) -> None:
-    store.publish(state.params, epsilon=float(state.epsilon), step=int(state.step))
+    import jax  # pylint: disable=import-outside-toplevel
+    params, epsilon, step = jax.device_get((state.params, state.epsilon, state.step))
+    store.publish(params, epsilon=float(epsilon), step=int(step))
   return publish
+
+
+class _Checkpointer:
+  """Writes ``<run_dir>/checkpoints/step_<n>.ckpt`` every
+  ``checkpoint.interval_seconds`` and on request. A state with a non-finite
+  leaf is never written, so the last checkpoint stays a good one."""
+
+  def __init__(self, cfg: RunConfig, run_dir: Path, replay: SharedReplay):
+    self._cfg, self._directory, self._replay = cfg, run_dir / CHECKPOINT_DIR, replay
+    self._config = config_to_dict(cfg)
+    self._last = time.monotonic()
+
+  def due(self) -> bool:
+    return time.monotonic() - self._last >= self._cfg.checkpoint.interval_seconds
+
+  def save(self, state, counters: dict[str, int]) -> Path:
+    import jax  # pylint: disable=import-outside-toplevel
+    from jaxrl.checkpoint import save_checkpoint  # pylint: disable=import-outside-toplevel
+    state = jax.device_get(state)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+      if np.issubdtype(np.asarray(leaf).dtype, np.floating) and not np.isfinite(leaf).all():
+        raise NonFiniteError(f"non-finite state{jax.tree_util.keystr(path)} at learner step "
+                             f"{counters['learner_steps']}; last good checkpoint kept")
+    extra = ({f"replay.{k}": v for k, v in self._replay.contents().items()}
+             if self._cfg.checkpoint.replay else None)
+    self._last = time.monotonic()
+    return save_checkpoint(self._directory, state, counters, self._config, self._cfg.checkpoint.keep, extra)
+
+
+def _restored_state(agent, cfg: RunConfig, checkpoint: Path | None):
+  """The learner's first state: fresh for ``cfg.seed``, or the checkpoint's."""
+  state = _initial_state(agent, cfg.seed)
+  if checkpoint is not None:
+    from jaxrl.checkpoint import restore_checkpoint  # pylint: disable=import-outside-toplevel
+    state, _, _ = restore_checkpoint(checkpoint, state)
+  return state
 
 
 # --- Child processes -----------------------------------------------------------
@@ -135,15 +234,44 @@ def _publisher(store: ParamStore):
 
 @dataclasses.dataclass(frozen=True)
 class _Shared:
-  """Picklable handles a child attaches to."""
-  control: Any          # BlockHandle: stop flag and counters
+  """What a child needs: picklable segment handles, the run's files, the parent."""
+  control: Any          # BlockHandle: stop flag and counters (see _control_specs)
   params: Any           # ParamStoreHandle of agent 0
   replay: Any           # ReplayHandle of agent 0
+  run_dir: Path
+  checkpoint: Path | None   # checkpoint the learner resumes from
+  parent_pid: int
+  compilation_cache: str | None
 
 
-def _watch_parent(parent_pid: int, control: dict) -> bool:
-  """True when the run should stop: stop flag set, or the supervisor died."""
-  return bool(control["stop"][0]) or os.getppid() != parent_pid
+def _control_specs(num_actors: int) -> dict:
+  """The control block: ``stop`` (0 = run, _STOP_ACTORS, _STOP_ALL); per-actor ``env_steps`` and
+  ``episodes`` since launch; counts ``restored`` from a checkpoint (env
+  steps, episodes); the learner's ``learner_steps`` and ``reported_steps``."""
+  return {"stop": ((1,), "int64"), "env_steps": ((num_actors,), "int64"),
+          "episodes": ((num_actors,), "int64"), "restored": ((2,), "int64"),
+          "learner_steps": ((1,), "int64"), "reported_steps": ((1,), "int64")}
+
+
+def _counters(arrays: dict) -> dict[str, int]:
+  """The run's env_steps, episodes and learner_steps from the control block."""
+  return {"env_steps": int(arrays["restored"][0] + arrays["env_steps"].sum()),
+          "episodes": int(arrays["restored"][1] + arrays["episodes"].sum()),
+          "learner_steps": int(arrays["learner_steps"][0])}
+
+
+def _orphaned(shared: _Shared) -> bool:
+  return os.getppid() != shared.parent_pid
+
+
+# A run stops in two phases, so that the learner's final checkpoint counts
+# every env step: the actors first, then the learner.
+_STOP_ACTORS, _STOP_ALL = 1, 2
+
+
+def _should_stop(shared: _Shared, arrays: dict, phase: int = _STOP_ACTORS) -> bool:
+  """True when this process should stop: the supervisor asked for ``phase``, or it died."""
+  return arrays["stop"][0] >= phase or _orphaned(shared)
 
 
 def _episode_record(episode, actor_id: int) -> dict:
@@ -151,128 +279,234 @@ def _episode_record(episode, actor_id: int) -> dict:
           "policy_lag": episode.policy_lag, "agent_id": 0, "actor_id": actor_id}
 
 
-def _actor_seed(cfg: RunConfig, actor_id: int) -> int:
-  return cfg.seed * 1000 + 17 * (actor_id + 1)
+def _error_message(process: str, error: BaseException) -> tuple[str, dict]:
+  reason = " ".join(f"{type(error).__name__}: {error}".split())
+  return ("error", {"process": process, "reason": reason, "traceback": traceback.format_exc()})
+
+
+class _Outbox:
+  """A child's messages to the supervisor, over a pipe of its own.
+
+  ``put`` never blocks: a daemon thread sends, so a supervisor busy
+  evaluating only delays the messages. Unlike a multiprocessing.Queue, a
+  pipe involves no named semaphore, so a SIGKILLed supervisor leaks nothing.
+  """
+
+  def __init__(self, connection):
+    self._connection = connection
+    self._pending: queue_lib.SimpleQueue = queue_lib.SimpleQueue()
+    self._thread = threading.Thread(target=self._send_all, name="jaxrl-outbox", daemon=True)
+    self._thread.start()
+
+  def put(self, message: tuple[str, Any]) -> None:
+    self._pending.put(message)
+
+  def _send_all(self) -> None:
+    while (message := self._pending.get()) is not None:
+      try:
+        self._connection.send(message)
+      except OSError:   # the supervisor is gone
+        return
+
+  def close(self, flush: bool) -> None:
+    """Sends what is pending first if ``flush`` (the supervisor must be reading)."""
+    if flush:
+      self._pending.put(None)
+      self._thread.join()
+
+
+def _inbox(connections: dict[str, Any]):
+  """Yields the messages the children have sent so far (``connections``:
+  process -> receiving end); forgets a connection its child closed."""
+  from multiprocessing.connection import wait  # pylint: disable=import-outside-toplevel
+  for connection in wait(list(connections.values()), timeout=0):
+    try:
+      while connection.poll():
+        yield connection.recv()
+    except (EOFError, OSError):
+      for name in [k for k, c in connections.items() if c is connection]:
+        del connections[name]
+      connection.close()
 
 
 @contextlib.contextmanager
-def _child(role: str, shared: _Shared, messages):
-  """Sets up a child process and attaches (control, store, replay); detaches on exit."""
+def _child(role: str, process: str, shared: _Shared, connection):
+  """Runs the body of child ``process``: sets it up, attaches (control,
+  store, replay), reports an exception as an "error" message (exit status 1,
+  no traceback on the console), and detaches. The learner of a dead
+  supervisor also unlinks the segments."""
   signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the supervisor's to handle.
-  _configure_jax(role)
-  messages.cancel_join_thread()
+  signal.signal(signal.SIGTERM, signal.SIG_DFL)
+  outbox = _Outbox(connection)
+  configure_jax(role, shared.compilation_cache)
   control = SharedBlock.attach(shared.control)
   store = ParamStore.attach(shared.params)
   replay = SharedReplay.attach(shared.replay)
+  failed = False
   try:
-    yield control, store, replay
+    yield control, store, replay, outbox
+  except Exception as e:  # pylint: disable=broad-except
+    outbox.put(_error_message(process, e))
+    failed = True
   finally:
     replay.close()
     store.close()
     control.close()
+    orphaned = _orphaned(shared)
+    outbox.close(flush=not orphaned)
+    if orphaned and role == "learner":
+      for handle in (shared.control, shared.params.block, shared.replay.block):
+        unlink_orphaned(handle)
+  if failed:
+    sys.exit(1)
 
 
-def _actor_main(actor_id: int, cfg: RunConfig, shared: _Shared, messages, parent_pid: int) -> None:
-  with _child("actor", shared, messages) as (control, store, replay):
+def _actor_main(actor_id: int, cfg: RunConfig, shared: _Shared, seed: int, connection) -> None:
+  with _child("actor", f"actor {actor_id}", shared, connection) as (control, store, replay, outbox):
     from jaxrl.actor import Actor, make_vec_env  # pylint: disable=import-outside-toplevel
     writer = replay.writer(actor_id)
     envs = make_vec_env(cfg.env, cfg.actors.envs_per_actor)
-    actor = Actor(_make_agent(cfg), envs, seed=_actor_seed(cfg, actor_id),
-                  n_step=cfg.replay.n_step, gamma=cfg.replay.gamma)
+    actor = Actor(_make_agent(cfg), envs, seed=seed, n_step=cfg.replay.n_step, gamma=cfg.replay.gamma)
     arrays = control.arrays
     while store.latest_version() == 0:
-      if _watch_parent(parent_pid, arrays):
+      if _should_stop(shared, arrays):
         return
       time.sleep(_POLL_S)
     version = 0
-    while not _watch_parent(parent_pid, arrays):
+    while not _should_stop(shared, arrays):
       if store.latest_version() != version:
         snap = store.read()
         actor.set_policy(snap.params, snap.epsilon, snap.step)
         version = snap.version
       transitions, episodes = actor.step(int(arrays["learner_steps"][0]))
       n = len(transitions["action"])
-      while not writer.can_insert(n) and not _watch_parent(parent_pid, arrays):
+      while not writer.can_insert(n) and not _should_stop(shared, arrays):
         time.sleep(_POLL_S)
       writer.add(transitions)
       arrays["env_steps"][actor_id] += actor.num_envs
+      arrays["episodes"][actor_id] += len(episodes)
       for episode in episodes:
-        messages.put(("episode", _episode_record(episode, actor_id)))
+        outbox.put(("episode", _episode_record(episode, actor_id)))
     envs.close()
 
 
-def _learner_main(cfg: RunConfig, shared: _Shared, messages, parent_pid: int) -> None:
-  with _child("learner", shared, messages) as (control, store, replay):
-    try:
-      _learn(cfg, control.arrays, store, replay, messages, parent_pid)
-    except Exception as e:  # the supervisor stops the run with this reason
-      messages.put(("error", f"learner: {type(e).__name__}: {e}"))
-      raise
+def _learner_main(cfg: RunConfig, shared: _Shared, connection) -> None:
+  """The learner process's loop: update when the rate limiter allows, report
+  metrics, checkpoint periodically and once more when the run stops."""
+  with _child("learner", "learner", shared, connection) as (control, store, replay, outbox):
+    arrays = control.arrays
+    agent = _make_agent(cfg)
+    learner = Learner(cfg, agent, replay, _restored_state(agent, cfg, shared.checkpoint), param_publisher(store))
+    checkpointer = _Checkpointer(cfg, shared.run_dir, replay)
+    last_report = time.monotonic()
 
-
-def _learn(cfg: RunConfig, arrays: dict, store: ParamStore, replay: SharedReplay, messages,
-           parent_pid: int) -> None:
-  """The learner process's loop: update when the rate limiter allows, report metrics."""
-  import jax  # pylint: disable=import-outside-toplevel
-  agent = _make_agent(cfg)
-  state = agent.init(jax.random.PRNGKey(cfg.seed))
-  learner = Learner(cfg, agent, replay, state, seed=cfg.seed + 1, publish=_publisher(store))
-  last_report = time.monotonic()
-  while not _watch_parent(parent_pid, arrays):
-    if learner.can_update():
-      learner.update()
-      arrays["learner_steps"][0] = learner.steps
-    else:
-      time.sleep(_POLL_S)
-    if time.monotonic() - last_report >= cfg.runtime.log_interval_seconds:
+    def report() -> None:
+      nonlocal last_report
       interval, last_report = time.monotonic() - last_report, time.monotonic()
-      steps_before = arrays["reported_steps"][0]
-      report = learner.report()
-      if report:
-        report["updates_per_s"] = (learner.steps - steps_before) / interval
+      metrics = learner.report()
+      if metrics:
+        metrics["updates_per_s"] = (learner.steps - arrays["reported_steps"][0]) / interval
         arrays["reported_steps"][0] = learner.steps
-        messages.put(("learner", {"agent_id": 0, **report}))
+        outbox.put(("learner", {"agent_id": 0, **metrics}))
+
+    while not _should_stop(shared, arrays, _STOP_ALL):
+      if learner.can_update():
+        learner.update()
+        arrays["learner_steps"][0] = learner.steps
+      else:
+        time.sleep(_POLL_S)
+      if time.monotonic() - last_report >= cfg.runtime.log_interval_seconds:
+        report()
+      if checkpointer.due():
+        report()
+        checkpointer.save(learner.state, _counters(arrays))
+    report()
+    checkpointer.save(learner.state, _counters(arrays))
 
 
 # --- The supervisor -------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class Resume:
+  """What ``train`` resumes from: the checkpoint and the counters in it."""
+  checkpoint: Path
+  counters: dict[str, int]
+  replay: dict[str, np.ndarray] | None   # replay contents, if the checkpoint has them
+
+
+def load_resume(cfg: RunConfig, run_dir: str | os.PathLike) -> Resume:
+  """Checks that ``run_dir``'s latest checkpoint restores into ``cfg``'s agent.
+
+  Raises:
+    CheckpointError: no checkpoint, a corrupt one, or one of another agent.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  from jaxrl import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
+  directory = Path(run_dir) / CHECKPOINT_DIR
+  path = ckpt.latest_checkpoint(directory)
+  if path is None:
+    raise ckpt.CheckpointError(f"{directory}: no checkpoint to resume from")
+  agent = _make_agent(cfg)
+  _, counters, _ = ckpt.restore_checkpoint(path, jax.eval_shape(agent.init, jax.random.PRNGKey(0)))
+  extra = ckpt.load_extra_arrays(path)
+  replay = {k.removeprefix("replay."): v for k, v in extra.items() if k.startswith("replay.")}
+  return Resume(path, {k: int(counters[k]) for k in ("env_steps", "episodes", "learner_steps")},
+                replay or None)
+
+
 class _Run:
   """Run-directory bookkeeping shared by sync and async mode."""
 
-  def __init__(self, cfg: RunConfig, run_dir: Path, launch_time: float):
+  def __init__(self, cfg: RunConfig, run_dir: Path, launch_time: float, resume: Resume | None):
     self.cfg, self.run_dir, self.launch_time = cfg, run_dir, launch_time
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    self.logger = MetricsLogger(run_dir, launch_time)
+    self.logger = MetricsLogger(run_dir, launch_time, resume=resume is not None)
     self.progress = ProgressDisplay(cfg.runtime.progress, stop_env_steps=cfg.stop.env_steps,
                                     stop_seconds=cfg.stop.seconds)
-    self.env_steps = self.learner_steps = 0
+    counters = resume.counters if resume else {}
+    self.env_steps = counters.get("env_steps", 0)
+    self.episodes = counters.get("episodes", 0)
+    self.learner_steps = counters.get("learner_steps", 0)
     self.eval_return: float | None = None
     self.stopped_because: str | None = None
+    self.error: str | None = None
+    self.actor_restarts = 0
 
   def log(self, record: dict) -> None:
     record = self.logger.log({"env_steps": int(self.env_steps), "learner_steps": int(self.learner_steps),
                               **record})
     self.progress.update(record)
 
+  def fail(self, process: str, reason: str, trace: str | None = None) -> None:
+    """Records a failure: one line on stderr, the traceback in errors.log."""
+    print(f"jaxrl: {process} failed: {reason}", file=sys.stderr, flush=True)
+    with open(self.run_dir / ERRORS_FILE, "a") as f:
+      f.write(f"[{self.logger.elapsed():.1f}s] {process}: {reason}\n{trace or ''}\n")
+
   def check_stop(self) -> bool:
     stop = self.cfg.stop
-    if stop.env_steps is not None and self.env_steps >= stop.env_steps:
+    if self.error is not None:
+      self.stopped_because = "error"
+    elif stop.env_steps is not None and self.env_steps >= stop.env_steps:
       self.stopped_because = "env_steps"
-    elif stop.seconds is not None and time.time() - self.launch_time >= stop.seconds:
+    elif stop.seconds is not None and self.logger.elapsed() >= stop.seconds:
       self.stopped_because = "seconds"
     elif stop.eval_return is not None and self.eval_return is not None and self.eval_return >= stop.eval_return:
       self.stopped_because = "eval_return"
     return self.stopped_because is not None
 
-  def finish(self, extra: dict | None = None) -> dict:
+  def finish(self, extra: dict) -> dict:
     self.progress.close()
-    self.logger.close()
     summary = {"eval_return": self.eval_return, "env_steps": int(self.env_steps),
-               "learner_steps": int(self.learner_steps),
-               "wall_seconds": time.time() - self.launch_time,
-               "stopped_because": self.stopped_because or "interrupted", **(extra or {})}
+               "learner_steps": int(self.learner_steps), "episodes": int(self.episodes),
+               "wall_seconds": self.logger.elapsed(), "launch_time": self.launch_time,
+               "stopped_because": self.stopped_because or "interrupted",
+               "actor_restarts": self.actor_restarts, **extra}
+    if self.error is not None:
+      summary["error"] = self.error
+    self.logger.close()
     write_summary(self.run_dir, summary)
     plot_learning_curve(self.run_dir)
     return summary
@@ -281,33 +515,36 @@ class _Run:
 class _Evaluator:
   """Greedy evaluation every ``eval.interval`` learner steps on its own envs."""
 
-  def __init__(self, cfg: RunConfig, agent):
+  def __init__(self, cfg: RunConfig, agent, learner_steps: int):
     from jaxrl.actor import make_vec_env  # pylint: disable=import-outside-toplevel
     self.cfg, self.agent = cfg, agent
     self.envs = make_vec_env(cfg.env, cfg.eval.episodes) if cfg.eval.interval > 0 else None
-    self.next_step = cfg.eval.interval
-    self.count = 0
+    self._schedule(learner_steps)
+
+  def _schedule(self, learner_steps: int) -> None:
+    if self.envs is not None:
+      self.next_step = (learner_steps // self.cfg.eval.interval + 1) * self.cfg.eval.interval
 
   def due(self, learner_steps: int) -> bool:
     return self.envs is not None and learner_steps >= self.next_step
 
   def __call__(self, params, learner_steps: int) -> float:
     from jaxrl.actor import evaluate  # pylint: disable=import-outside-toplevel
-    self.count += 1
-    self.next_step = (learner_steps // self.cfg.eval.interval + 1) * self.cfg.eval.interval
+    self._schedule(learner_steps)
     return evaluate(self.agent, params, self.envs, self.cfg.eval.epsilon,
-                    seed=self.cfg.seed * 1000 + 999 + self.count)
+                    seed=_seed(self.cfg, 3, learner_steps))
 
 
 class _Interrupted:
-  """SIGINT/SIGTERM set a flag that the supervisor's loop checks."""
+  """SIGINT/SIGTERM set a flag that the supervisor's loop checks; a second
+  one raises KeyboardInterrupt, which stops the run at once."""
 
   def __init__(self):
     self.signum: int | None = None
     self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
 
   def _handle(self, signum, _frame):
-    if self.signum is not None:   # a second Ctrl-C: stop at once (cleanup still runs)
+    if self.signum is not None:
       raise KeyboardInterrupt
     self.signum = signum
 
@@ -316,36 +553,54 @@ class _Interrupted:
       signal.signal(s, handler)
 
 
-def train(cfg: RunConfig, run_dir: str | os.PathLike, launch_time: float | None = None) -> dict:
-  """Runs training to a stop condition; returns the summary (also in summary.json)."""
+def train(cfg: RunConfig, run_dir: str | os.PathLike, launch_time: float | None = None,
+          resume: Resume | None = None) -> dict:
+  """Runs training to a stop condition; returns the summary (also in summary.json).
+
+  With ``resume`` (from ``load_resume``), the learner state, counters,
+  metrics.jsonl and (if saved) replay continue from the checkpoint. A second
+  SIGINT/SIGTERM raises KeyboardInterrupt after killing the children and
+  unlinking the segments, without a final checkpoint or summary.
+  """
   launch_time = time.time() if launch_time is None else launch_time
-  run = _Run(cfg, Path(run_dir), launch_time)
+  run = _Run(cfg, Path(run_dir), launch_time, resume)
   interrupted = _Interrupted()
   try:
     if cfg.runtime.mode == "sync":
-      extra = _train_sync(cfg, run, interrupted)
+      extra = _train_sync(cfg, run, interrupted, resume)
     else:
-      extra = _train_async(cfg, run, interrupted)
+      extra = _train_async(cfg, run, interrupted, resume)
   finally:
     interrupted.restore()
-  if interrupted.signum is not None:
+  if interrupted.signum is not None and run.stopped_because is None:
     run.stopped_because = signal.Signals(interrupted.signum).name
   return run.finish(extra)
 
 
-def _train_sync(cfg: RunConfig, run: _Run, interrupted: _Interrupted) -> dict:
-  """Actors and learner interleaved in this process; deterministic for a seed."""
-  _configure_jax("actor")
-  import jax  # pylint: disable=import-outside-toplevel
-  from jaxrl.actor import Actor, make_vec_env  # pylint: disable=import-outside-toplevel
+def _make_replay(cfg: RunConfig, run: _Run, resume: Resume | None) -> SharedReplay:
+  """The agent's replay, filled from the checkpoint when it holds a replay of this layout."""
   obs_shape, obs_dtype, _ = env_spaces(cfg)
-  agent = _make_agent(cfg)
   replay = SharedReplay.create(obs_shape, obs_dtype, cfg.replay.capacity, cfg.actors.num,
                                cfg.replay.min_size, cfg.replay.samples_per_insert, cfg.replay.rate_tolerance)
+  if resume is not None and resume.replay is not None:
+    try:
+      replay.restore(resume.replay)
+    except ValueError as e:
+      print(f"jaxrl: replay not restored, starting empty: {e}", file=sys.stderr)
+  return replay
+
+
+def _train_sync(cfg: RunConfig, run: _Run, interrupted: _Interrupted, resume: Resume | None) -> dict:
+  """Actors and learner interleaved in this process; deterministic for a seed."""
+  configure_jax("actor", cfg.runtime.compilation_cache)
+  import jax  # pylint: disable=import-outside-toplevel
+  from jaxrl.actor import Actor, make_vec_env  # pylint: disable=import-outside-toplevel
+  agent = _make_agent(cfg)
+  replay = _make_replay(cfg, run, resume)
   acting = learning = 0.0
   try:
     actors = [Actor(agent, make_vec_env(cfg.env, cfg.actors.envs_per_actor),
-                    seed=_actor_seed(cfg, i), n_step=cfg.replay.n_step, gamma=cfg.replay.gamma)
+                    seed=_actor_seed(cfg, i, run.env_steps), n_step=cfg.replay.n_step, gamma=cfg.replay.gamma)
               for i in range(cfg.actors.num)]
     writers = [replay.writer(i) for i in range(cfg.actors.num)]
 
@@ -353,9 +608,13 @@ def _train_sync(cfg: RunConfig, run: _Run, interrupted: _Interrupted) -> dict:
       for actor in actors:
         actor.set_policy(state.params, float(state.epsilon), int(state.step))
 
-    learner = Learner(cfg, agent, replay, agent.init(jax.random.PRNGKey(cfg.seed)), cfg.seed + 1, publish)
-    evaluator = _Evaluator(cfg, agent)
+    learner = Learner(cfg, agent, replay, _restored_state(agent, cfg, resume and resume.checkpoint), publish)
+    checkpointer = _Checkpointer(cfg, run.run_dir, replay)
+    evaluator = _Evaluator(cfg, agent, learner.steps)
     last_report = time.monotonic()
+
+    def counters():
+      return {"env_steps": run.env_steps, "episodes": run.episodes, "learner_steps": learner.steps}
 
     def learn():
       nonlocal learning
@@ -365,101 +624,172 @@ def _train_sync(cfg: RunConfig, run: _Run, interrupted: _Interrupted) -> dict:
       learning += time.perf_counter() - start
       run.learner_steps = learner.steps
 
-    while interrupted.signum is None and not run.check_stop():
-      for i, (actor, writer) in enumerate(zip(actors, writers)):
-        start = time.perf_counter()
-        transitions, episodes = actor.step(learner.steps)
-        acting += time.perf_counter() - start
-        while not writer.can_insert(len(transitions["action"])):
+    def report():
+      metrics = learner.report()
+      if metrics:
+        run.log({"agent_id": 0, **metrics})
+
+    try:
+      while interrupted.signum is None and not run.check_stop():
+        for i, (actor, writer) in enumerate(zip(actors, writers)):
+          start = time.perf_counter()
+          transitions, episodes = actor.step(learner.steps)
+          acting += time.perf_counter() - start
+          while not writer.can_insert(len(transitions["action"])):
+            learn()
+          writer.add(transitions)
+          run.env_steps += actor.num_envs
+          run.episodes += len(episodes)
+          for episode in episodes:
+            run.log(_episode_record(episode, i))
+        while learner.can_update():
           learn()
-        writer.add(transitions)
-        run.env_steps += actor.num_envs
-        for episode in episodes:
-          run.log(_episode_record(episode, i))
-      while learner.can_update():
-        learn()
-      if evaluator.due(learner.steps):
-        run.eval_return = evaluator(learner.state.params, learner.steps)
-        run.log({"eval_return": run.eval_return, "agent_id": 0})
-      if time.monotonic() - last_report >= cfg.runtime.log_interval_seconds:
-        last_report = time.monotonic()
-        report = learner.report()
-        if report:
-          run.log({"agent_id": 0, **report})
+        if evaluator.due(learner.steps):
+          run.eval_return = evaluator(learner.state.params, learner.steps)
+          run.log({"eval_return": run.eval_return, "agent_id": 0})
+        if time.monotonic() - last_report >= cfg.runtime.log_interval_seconds:
+          last_report = time.monotonic()
+          report()
+        if checkpointer.due():
+          report()
+          checkpointer.save(learner.state, counters())
+      report()
+      checkpointer.save(learner.state, counters())
+    except Exception as e:  # pylint: disable=broad-except
+      _, payload = _error_message("learner", e)
+      run.error = payload["reason"]
+      run.stopped_because = "error"
+      run.fail("learner", payload["reason"], payload["traceback"])
   finally:
     replay.close()
     replay.unlink()
   return {"acting_seconds": acting, "learning_seconds": learning}
 
 
-def _train_async(cfg: RunConfig, run: _Run, interrupted: _Interrupted) -> dict:
-  obs_shape, obs_dtype, _ = env_spaces(cfg)
+def _describe_exit(process) -> str:
+  code = process.exitcode
+  if code is not None and code < 0:
+    return f"killed by {signal.Signals(-code).name}"
+  return f"exited with status {code}"
+
+
+def _train_async(cfg: RunConfig, run: _Run, interrupted: _Interrupted, resume: Resume | None) -> dict:
   ctx = mp.get_context(cfg.runtime.start_method)
   owned: list[Any] = []
-  children: list[Any] = []
-  messages = ctx.Queue()
+  actors: list[Any] = []
+  learner: Any = None
+  connections: dict[str, Any] = {}   # process -> receiving end of its pipe
+  errors: dict[str, dict] = {}   # process -> its "error" message, until handled
+
+  def drain() -> None:
+    for kind, payload in _inbox(connections):
+      if kind == "error":
+        errors[payload["process"]] = payload
+      else:
+        run.log(payload)
+
+  def start(process: str, target, *args):
+    receiver, sender = ctx.Pipe(duplex=False)
+    child = ctx.Process(target=target, args=(*args, sender), name=f"jaxrl-{process.replace(' ', '-')}",
+                        daemon=True)
+    child.start()
+    sender.close()
+    connections[process] = receiver
+    return child
+
+  hurry = False
   try:
-    control = SharedBlock.create({"stop": ((1,), "int64"), "env_steps": ((cfg.actors.num,), "int64"),
-                                  "learner_steps": ((1,), "int64"), "reported_steps": ((1,), "int64")})
+    control = SharedBlock.create(_control_specs(cfg.actors.num))
     owned.append(control)
-    replay = SharedReplay.create(obs_shape, obs_dtype, cfg.replay.capacity, cfg.actors.num,
-                                 cfg.replay.min_size, cfg.replay.samples_per_insert, cfg.replay.rate_tolerance)
+    arrays = control.arrays
+    arrays["restored"][:] = (run.env_steps, run.episodes)
+    arrays["learner_steps"][0] = arrays["reported_steps"][0] = run.learner_steps
+    replay = _make_replay(cfg, run, resume)
     owned.append(replay)
-    # The store's template: the agent's param shapes (initialised on the CPU here).
-    _configure_jax("supervisor")
+    configure_jax("supervisor", cfg.runtime.compilation_cache)
     import jax  # pylint: disable=import-outside-toplevel
     agent = _make_agent(cfg)
-    store = ParamStore.create(agent.init(jax.random.PRNGKey(0)).params)
+    store = ParamStore.create(jax.eval_shape(agent.init, jax.random.PRNGKey(0)).params)
     owned.append(store)
-    shared = _Shared(control.handle, store.handle, replay.handle)
-    parent = os.getpid()
-    children.append(ctx.Process(target=_learner_main, args=(cfg, shared, messages, parent),
-                                name="jaxrl-learner", daemon=True))
-    for i in range(cfg.actors.num):
-      children.append(ctx.Process(target=_actor_main, args=(i, cfg, shared, messages, parent),
-                                  name=f"jaxrl-actor-{i}", daemon=True))
-    for child in children:
-      child.start()
-    evaluator = _Evaluator(cfg, agent)
-    arrays = control.arrays
-    error = None
-    while interrupted.signum is None and error is None:
-      run.env_steps = int(arrays["env_steps"].sum())
-      run.learner_steps = int(arrays["learner_steps"][0])
-      try:
-        while True:
-          kind, payload = messages.get_nowait()
-          if kind == "error":
-            error = payload
-          else:
-            run.log(payload)
-      except queue_lib.Empty:
-        pass
+    shared = _Shared(control.handle, store.handle, replay.handle, run.run_dir,
+                     resume and resume.checkpoint, os.getpid(), cfg.runtime.compilation_cache)
+
+    def start_actor(i: int):
+      return start(f"actor {i}", _actor_main, i, cfg, shared, _actor_seed(cfg, i, _counters(arrays)["env_steps"]))
+
+    learner = start("learner", _learner_main, cfg, shared)
+    actors = [start_actor(i) for i in range(cfg.actors.num)]
+    restarts = [0] * cfg.actors.num
+    evaluator = _Evaluator(cfg, agent, run.learner_steps)
+    while interrupted.signum is None:
+      counters = _counters(arrays)
+      run.env_steps, run.episodes, run.learner_steps = (
+          counters["env_steps"], counters["episodes"], counters["learner_steps"])
+      drain()
+      if not learner.is_alive():
+        drain()   # its last message may have come after the drain above
+        error = errors.pop("learner", None)
+        reason = error["reason"] if error else f"exited unexpectedly ({_describe_exit(learner)})"
+        run.error = f"learner: {reason}"
+        run.fail("learner", reason, error and error["traceback"])
+      for i, actor in enumerate(actors):
+        if actor.is_alive() or run.error is not None:
+          continue
+        drain()
+        error = errors.pop(f"actor {i}", None)
+        reason = error["reason"] if error else _describe_exit(actor)
+        run.fail(f"actor {i}", reason, error and error["traceback"])
+        if restarts[i] >= cfg.actors.max_restarts:
+          run.error = f"actor {i}: {reason} (after {restarts[i]} restarts)"
+          break
+        restarts[i] += 1
+        run.actor_restarts += 1
+        run.log({"actor_restarts": run.actor_restarts, "actor_id": i, "agent_id": 0})
+        actors[i] = start_actor(i)
       if run.check_stop():
         break
-      dead = [c.name for c in children if not c.is_alive()]
-      if dead and error is None:
-        error = f"{', '.join(dead)} exited unexpectedly"
       if evaluator.due(run.learner_steps) and store.latest_version() > 0:
         snap = store.read()
         run.eval_return = evaluator(snap.params, snap.step)
         run.log({"eval_return": run.eval_return, "agent_id": 0, "eval_learner_steps": snap.step})
       else:
         time.sleep(0.02)
-    if error is not None:
-      run.stopped_because = "error"
-      print(f"jaxrl: stopping: {error}", flush=True)
+  except KeyboardInterrupt:
+    hurry = True
+    raise
   finally:
-    if owned:
-      owned[0].arrays["stop"][0] = 1
-    for child in children:
-      child.join(timeout=5)
-    for child in children:
-      if child.is_alive():
-        child.kill()
-        child.join()
-    messages.close()
-    for segment in owned:
-      segment.close()
-      segment.unlink()
+    children = [p for p in [learner, *actors] if p is not None]
+    try:
+      deadline = time.monotonic() + (0 if hurry else _STOP_GRACE_S)
+      for phase, stopping in ((_STOP_ACTORS, actors), (_STOP_ALL, children)):
+        if owned:
+          owned[0].arrays["stop"][0] = phase
+        while any(p.is_alive() for p in stopping) and time.monotonic() < deadline:
+          drain()   # children flush their queued messages before they exit
+          time.sleep(0.01)
+      drain()
+    finally:
+      # Nothing interrupts the rest: a late Ctrl-C must not leave a segment behind.
+      signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+      try:
+        for p in children:
+          if p.is_alive():
+            p.kill()
+          p.join()
+        if owned:
+          counters = _counters(owned[0].arrays)
+          run.env_steps, run.episodes, run.learner_steps = (
+              counters["env_steps"], counters["episodes"], counters["learner_steps"])
+        for connection in connections.values():
+          connection.close()
+        for segment in owned:
+          segment.close()
+          segment.unlink()
+      finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+  error = errors.pop("learner", None)
+  if error is not None and run.error is None:   # it failed saving the final checkpoint
+    run.error = f"learner: {error['reason']}"
+    run.stopped_because = "error"
+    run.fail("learner", error["reason"], error["traceback"])
   return {}

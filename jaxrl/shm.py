@@ -102,6 +102,22 @@ class SharedBlock:
       pass
 
 
+def unlink_orphaned(handle: BlockHandle) -> None:
+  """Removes the segment of ``handle`` from a process that attached it, for
+  when its owner died without unlinking (idempotent). Exactly one process
+  should do this, since each unlink also unregisters the name from the
+  shared resource tracker."""
+  try:
+    segment = shared_memory.SharedMemory(name=handle.name, create=False)
+  except FileNotFoundError:
+    return
+  segment.close()
+  try:
+    segment.unlink()
+  except FileNotFoundError:
+    pass
+
+
 _NUM_SLOTS = 3  # Triple buffer; see ParamStore.
 
 

@@ -1,75 +1,348 @@
 """jaxrl benchmarks: prints a table and writes JSON.
 
-  python scripts/benchmark.py [--sections train_step] [--out benchmark.json]
+  python scripts/benchmark.py [--config configs/cartpole_dqn.yaml] [--sections env actor ...]
+                              [--out benchmark.json] [--quick] [--seeds 3]
 
-Each figure is the median of repeats; ratios are against a baseline measured
-in the same run.
+Each section runs in its own spawned process, so that it sets JAX up as the
+runtime process it stands for does (actor: one CPU thread, no async
+dispatch; learner: the default backend). Sections, with the config's
+actor, replay, agent and learner settings:
+
+  env          raw env steps/s: ``make_vec_env(cfg.env, actors.envs_per_actor)``
+               (the fastest vector mode), random actions.
+  actor        one ``Actor`` with a fixed snapshot (``set_policy`` once), its
+               transitions written to a ``SharedReplay`` without rate limiting
+               (the actor process's per-step version read and episode
+               messages are left out).
+  train_step   unfused jitted ``train_step``: DQN and IQN, hidden (120, 84), batch 128.
+  learner      the runtime's fused ``lax.scan`` of ``learner.updates_per_call``
+               train_steps on one device-resident batch, and ``Learner.update``
+               over a full ``SharedReplay``, publishing nothing or to a ParamStore.
+  publish      ParamStore publish-to-visible latency for 1M params
+               (``scripts/bench_shm.py``; each repeat is the median of 50 publishes).
+  time_to_475  ``scripts/train.py`` runs, sync and async, one per seed: wall
+               seconds from just before the process starts, and env steps, to
+               the first ``eval_return >= 475`` and to the first mean of the
+               last 20 training-episode returns >= 475. A run gets SIGINT once
+               both are met, so sync mode's ``acting_seconds`` and
+               ``learning_seconds`` (from summary.json) cover the run up to the
+               later criterion plus ``stop_lag_s`` (listed per run; the poll
+               interval is 0.2 s). The speed target compares async's time to
+               both criteria with the larger of those two.
+
+Each figure is the median of its repeats (listed); a ratio is of two medians
+measured in the same run, printed when both sections ran.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import itertools
 import json
+import math
+import multiprocessing as mp
+import operator
+import os
 import platform
+import signal
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
+from typing import Any, Callable
 
 import jax
 import numpy as np
 
 import jaxrl
+from jaxrl import runtime
+from jaxrl.config import RunConfig, load_config
+from jaxrl.logger import RETURN_WINDOW, read_metrics, trailing_mean
+from jaxrl.replay import SharedReplay
+from jaxrl.shm import ParamStore
+
+SOLVED = 475.0  # CartPole-v1's solved return
+REFERENCE_LAST20_S = 19.7  # the issue's single-process JAX DQN, last-20 criterion; target: half
+_OPS = {"<": operator.lt, "<=": operator.le, ">=": operator.ge}
 
 
-def _batch(size: int, obs_dim: int, num_actions: int, seed: int = 0) -> jaxrl.Transition:
+def _median(values: list[float | None]) -> float | None:
+  """Median where None (never reached) counts as +inf; an infinite median is None."""
+  median = statistics.median(math.inf if v is None else v for v in values)
+  return None if math.isinf(median) else median
+
+
+def _figure(key: str, name: str, unit: str, repeats: list[float | None], target: str | None = None) -> dict:
+  """A table row: the median of ``repeats`` and whether it meets ``target`` ("op value")."""
+  row = {"key": key, "figure": name, "median": _median(repeats), "unit": unit, "repeats": repeats}
+  if target is not None:
+    op, value = target.split()
+    row.update(target=target, meets=row["median"] is not None and _OPS[op](row["median"], float(value)))
+  return row
+
+
+def _ratio(key: str, name: str, numerator: float | None, denominator: float | None,
+           target: str | None = None) -> dict:
+  """A ratio row of two medians (None if either is None)."""
+  value = None if numerator is None or not denominator else numerator / denominator
+  return _figure(key, name, "ratio", [value], target)
+
+
+def _rates(step: Callable[[], Any], units: int, args, finish: Callable[[], Any] = lambda: None) -> list[float]:
+  """Units/s of ``step()``: ``args.repeats`` timings of whole calls, each at
+  least ``args.seconds`` long and closed by ``finish()`` (e.g. blocking on
+  JAX), after one untimed warm-up call."""
+  step()
+  finish()
+  rates = []
+  for _ in range(args.repeats):
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < args.seconds:
+      step()
+      calls += 1
+    finish()
+    rates.append(calls * units / (time.perf_counter() - start))
+  return rates
+
+
+def _batch(size: int, obs_shape: tuple[int, ...], num_actions: int, seed: int = 0) -> jaxrl.Transition:
+  """Random transitions: obs float32 [size, *obs_shape], the rest [size]."""
   rng = np.random.default_rng(seed)
   return jaxrl.Transition(
-      obs=rng.normal(size=(size, obs_dim)).astype(np.float32),
+      obs=rng.normal(size=(size, *obs_shape)).astype(np.float32),
       action=rng.integers(0, num_actions, size).astype(np.int32),
       reward=rng.normal(size=size).astype(np.float32),
       discount=np.full(size, 0.99, np.float32),
-      next_obs=rng.normal(size=(size, obs_dim)).astype(np.float32),
+      next_obs=rng.normal(size=(size, *obs_shape)).astype(np.float32),
       valid=np.ones(size, np.float32))
 
 
-def bench_train_step(repeats: int = 5, calls: int = 300) -> list[dict]:
-  """Jitted train_step updates/s: hidden (120, 84), batch 128, CartPole shapes."""
-  rows = []
+def _agent(cfg: RunConfig):
+  obs_shape, obs_dtype, num_actions = runtime.env_spaces(cfg)
+  return jaxrl.make_agent(cfg.agent, obs_shape, num_actions), obs_dtype
+
+
+# --- Sections (each runs in a spawned process) --------------------------------
+
+
+def bench_env(cfg: RunConfig, args) -> dict:
+  from jaxrl.actor import make_vec_env  # pylint: disable=import-outside-toplevel
+  envs = make_vec_env(cfg.env, cfg.actors.envs_per_actor)
+  envs.reset(seed=0)
+  actions = np.random.default_rng(0).integers(0, envs.single_action_space.n, (1024, envs.num_envs))
+  t = itertools.count()
+  rates = _rates(lambda: envs.step(actions[next(t) % len(actions)]), envs.num_envs, args)
+  envs.close()
+  return {"figures": [_figure("env", f"env {cfg.env.id} x{envs.num_envs} ({type(envs).__name__})",
+                              "env steps/s", rates)]}
+
+
+def bench_actor(cfg: RunConfig, args) -> dict:
+  runtime.configure_jax("actor")
+  from jaxrl.actor import Actor, make_vec_env  # pylint: disable=import-outside-toplevel
+  agent, obs_dtype = _agent(cfg)
+  actor = Actor(agent, make_vec_env(cfg.env, cfg.actors.envs_per_actor), seed=0,
+                n_step=cfg.replay.n_step, gamma=cfg.replay.gamma)
+  actor.set_policy(jax.device_get(agent.init(jax.random.PRNGKey(0)).params), cfg.agent.epsilon_end, 0)
+  replay = SharedReplay.create(agent.obs_shape, obs_dtype, cfg.replay.capacity)  # no rate limiting
+  writer = replay.writer(0)
+  try:
+    rates = _rates(lambda: writer.add(actor.step()[0]), actor.num_envs, args)
+  finally:
+    actor.envs.close()
+    replay.close()
+    replay.unlink()
+  return {"figures": [_figure("actor", f"actor x{actor.num_envs}, fixed snapshot, into replay",
+                              "env steps/s", rates)]}
+
+
+def bench_train_step(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-argument
+  figures = []
   for algo in ("dqn", "iqn"):
     agent = jaxrl.make_agent(jaxrl.AgentConfig(algo=algo, hidden_sizes=(120, 84)), (4,), 2)
-    state = agent.init(jax.random.PRNGKey(0))
-    batch = jax.device_put(_batch(128, 4, 2))
-    step = jax.jit(agent.train_step)
-    state, _ = step(state, batch)
-    jax.block_until_ready(state)
-    n = calls if algo == "dqn" else calls // 10
-    rates = []
-    for _ in range(repeats):
-      start = time.perf_counter()
-      for _ in range(n):
-        state, metrics = step(state, batch)
-      jax.block_until_ready(metrics)
-      rates.append(n / (time.perf_counter() - start))
-    rows.append({"name": f"train_step {algo} (120,84) batch 128", "updates_per_s": statistics.median(rates),
-                 "repeats": [round(r, 1) for r in rates]})
-  return rows
+    state = [agent.init(jax.random.PRNGKey(0))]
+    batch = jax.device_put(_batch(128, (4,), 2))
+    train_step = jax.jit(agent.train_step)
+
+    def step():
+      state[0], _ = train_step(state[0], batch)
+    rates = _rates(step, 1, args, finish=lambda: jax.block_until_ready(state))
+    figures.append(_figure(f"train_step_{algo}", f"train_step {algo} (120,84) batch 128, unfused",
+                           "updates/s", rates))
+  return {"figures": figures}
 
 
-SECTIONS = {"train_step": bench_train_step}
+def bench_learner(cfg: RunConfig, args) -> dict:
+  runtime.configure_jax("learner")
+  agent, obs_dtype = _agent(cfg)
+  fused, size = cfg.learner.updates_per_call, cfg.learner.batch_size
+  shape = f"{cfg.agent.algo} {tuple(cfg.agent.hidden_sizes)} batch {size} x{fused}"
+  fused_steps = jax.jit(lambda state, batches: jax.lax.scan(agent.train_step, state, batches))
+  batches = jax.device_put(jax.tree.map(lambda x: x.reshape(fused, size, *x.shape[1:]),
+                                        _batch(fused * size, agent.obs_shape, agent.num_actions)))
+  state = [agent.init(jax.random.PRNGKey(0))]
+
+  def step():
+    state[0], _ = fused_steps(state[0], batches)
+  figures = [_figure("train_step_fused", f"train_step fused {shape}, fixed device batch", "updates/s",
+                     _rates(step, fused, args, finish=lambda: jax.block_until_ready(state)))]
+
+  replay = SharedReplay.create(agent.obs_shape, obs_dtype, cfg.replay.capacity, min_size=cfg.replay.min_size)
+  rows = _batch(cfg.replay.capacity, agent.obs_shape, agent.num_actions)._asdict()
+  replay.writer(0).add({**rows, "policy_step": np.zeros(cfg.replay.capacity, np.int64)})
+  store = ParamStore.create(state[0].params)
+  try:
+    for key, publishing, publish in (("learner_loop_no_publish", "no publish", lambda _: None),
+                                     ("learner_loop", "ParamStore publish",
+                                      runtime.param_publisher(store))):
+      learner = runtime.Learner(cfg, agent, replay, agent.init(jax.random.PRNGKey(0)), publish=publish)
+      figures.append(_figure(key, f"Learner.update {shape}, replay, {publishing}", "updates/s",
+                             _rates(learner.update, fused, args, finish=learner.report)))
+  finally:
+    for segment in (store, replay):
+      segment.close()
+      segment.unlink()
+  return {"figures": figures}
+
+
+def bench_publish(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-argument
+  from bench_shm import measure_publish_latency  # pylint: disable=import-outside-toplevel
+  results = [measure_publish_latency(1_000_000, 50) for _ in range(args.repeats)]
+  return {"figures": [
+      _figure("publish", "ParamStore publish-to-visible, 1M params", "ms",
+              [r["latency_ms_median"] for r in results], target="< 5"),
+      _figure("read", "ParamStore.read, 1M params", "ms", [r["read_ms_median"] for r in results])]}
+
+
+def criteria_times(records: list[dict], offset: float = 0.0) -> dict[str, dict | None]:
+  """When a run first met each criterion, from its metrics records.
+
+  Returns ``{"eval": ..., "last20": ...}``: for the first record with an
+  ``eval_return >= SOLVED``, and for the first training episode (a record
+  with ``episode_return``) at which the mean of the last ``RETURN_WINDOW``
+  episode returns is >= SOLVED (at least that many episodes ended), a dict
+  of ``seconds`` (the record's ``time`` + ``offset``) and ``env_steps``;
+  None where not met.
+  """
+  episodes = [r for r in records if r.get("episode_return") is not None]
+  means = trailing_mean(np.array([r["episode_return"] for r in episodes], np.float64))
+  first = {
+      "eval": next((r for r in records if r.get("eval_return") is not None and r["eval_return"] >= SOLVED), None),
+      "last20": next((r for i, r in enumerate(episodes) if i >= RETURN_WINDOW - 1 and means[i] >= SOLVED), None),
+  }
+  return {k: r and {"seconds": r["time"] + offset, "env_steps": r["env_steps"]} for k, r in first.items()}
+
+
+def _train_run(args, mode: str, seed: int) -> dict:
+  """One ``scripts/train.py`` run, stopped with SIGINT once both criteria are met."""
+  with tempfile.TemporaryDirectory(prefix="jaxrl_bench_") as run_dir:
+    cmd = [sys.executable, str(Path(__file__).with_name("train.py")), args.config, f"seed={seed}",
+           f"run_dir={run_dir}", "runtime.progress=false", f"runtime.mode={mode}", "stop.eval_return=null",
+           f"stop.env_steps={args.stop_env_steps}", f"stop.seconds={args.stop_seconds}"]
+    start = time.time()
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    try:
+      while proc.poll() is None:
+        time.sleep(0.2)
+        metrics = Path(run_dir, "metrics.jsonl")
+        if metrics.exists() and all(criteria_times(read_metrics(run_dir)).values()):
+          proc.send_signal(signal.SIGINT)
+          break
+      proc.wait(timeout=60)
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    summary = json.loads(Path(run_dir, "summary.json").read_text())
+    offset = summary["launch_time"] - start
+    reached = criteria_times(read_metrics(run_dir), offset)
+  end = summary["wall_seconds"] + offset
+  both = [c["seconds"] for c in reached.values() if c]
+  return {"mode": mode, "seed": seed, **reached, "wall_seconds": end, "stopped_because": summary["stopped_because"],
+          "stop_lag_s": end - max(both) if len(both) == 2 else None,
+          **{k: summary[k] for k in ("acting_seconds", "learning_seconds") if k in summary}}
+
+
+def bench_time_to_475(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-argument
+  runs = [_train_run(args, mode, seed) for seed in range(args.seeds) for mode in ("sync", "async")]
+  by_mode = {mode: [r for r in runs if r["mode"] == mode] for mode in ("sync", "async")}
+  figures, seconds = [], {}
+  for mode, mode_runs in by_mode.items():
+    for crit, label in (("eval", "eval_return"), ("last20", f"last-{RETURN_WINDOW} mean")):
+      target = f"<= {REFERENCE_LAST20_S / 2}" if (mode, crit) == ("async", "last20") else None
+      seconds[mode, crit] = _figure(f"{mode}_{crit}_seconds", f"{mode}: s to {label} >= {SOLVED:g}", "s",
+                                    [r[crit] and r[crit]["seconds"] for r in mode_runs], target)
+      figures += [seconds[mode, crit],
+                  _figure(f"{mode}_{crit}_env_steps", f"{mode}: env steps to {label} >= {SOLVED:g}", "env steps",
+                          [r[crit] and r[crit]["env_steps"] for r in mode_runs])]
+  for crit in ("eval", "last20"):
+    figures.append(_ratio(f"{crit}_async_over_sync", f"async / sync s to {crit}", seconds["async", crit]["median"],
+                          seconds["sync", crit]["median"]))
+  overlap = [max(r["acting_seconds"], r["learning_seconds"]) for r in by_mode["sync"]]
+  both = [r["eval"] and r["last20"] and max(r["eval"]["seconds"], r["last20"]["seconds"]) for r in by_mode["async"]]
+  figures += [*(_figure(f"sync_{k}", f"sync: {k} (to SIGINT)", "s", [r[k] for r in by_mode["sync"]])
+                for k in ("acting_seconds", "learning_seconds")),
+              _ratio("async_over_sync_busy", "async s to both / max(sync acting, learning)",
+                     _median(both), _median(overlap), target="<= 1.1")]
+  return {"figures": figures, "runs": runs}
+
+
+SECTIONS = {"env": bench_env, "actor": bench_actor, "train_step": bench_train_step, "learner": bench_learner,
+            "publish": bench_publish, "time_to_475": bench_time_to_475}
+RATIOS = (  # (key, name, numerator key, denominator key, target)
+    ("actor_over_env", "actor / env steps/s", "actor", "env", ">= 0.5"),
+    ("learner_loop_over_train_step", "Learner loop / fused train_step", "learner_loop", "train_step_fused", ">= 0.9"),
+)
+
+
+def _run_section(name: str, cfg: RunConfig, args) -> dict:
+  return SECTIONS[name](cfg, args)
+
+
+def _fmt(value: Any) -> str:
+  if value is None:
+    return "-"
+  return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
+def _print_table(figures: list[dict]) -> None:
+  width = max(len(f["figure"]) for f in figures)
+  for f in figures:
+    target = f"{f['target']} {'ok' if f['meets'] else 'MISSED'}" if "target" in f else ""
+    repeats = " ".join(_fmt(r) for r in f["repeats"]) if len(f["repeats"]) > 1 else ""
+    print(f"  {f['figure']:<{width}}  {_fmt(f['median']):>10} {f['unit']:<11} {target:<14} {repeats}")
 
 
 def main():
   parser = argparse.ArgumentParser(description="jaxrl benchmarks")
+  parser.add_argument("--config", default="configs/cartpole_dqn.yaml")
   parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
   parser.add_argument("--out", default="benchmark.json")
+  parser.add_argument("--quick", action="store_true", help="2 short repeats and 1 seed, for testing")
+  parser.add_argument("--seeds", type=int, default=3, help="time_to_475 seeds per mode")
+  parser.add_argument("--stop-env-steps", type=int, default=100_000, help="time_to_475 runs' stop.env_steps")
+  parser.add_argument("--stop-seconds", type=float, default=60.0, help="time_to_475 runs' stop.seconds")
   args = parser.parse_args()
-  results = {"machine": {"platform": platform.platform(), "cpus": jax.local_device_count(),
-                         "backend": jax.default_backend(), "jax": jax.__version__}}
+  args.repeats, args.seconds = (2, 0.5) if args.quick else (5, 1.0)
+  args.seeds = 1 if args.quick else args.seeds
+  cfg = load_config(args.config)
+  results: dict[str, Any] = {"args": vars(args), "sections": {}}
   for name in args.sections:
-    rows = SECTIONS[name]()
-    results[name] = rows
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+      results["sections"][name] = pool.submit(_run_section, name, cfg, args).result()
     print(f"\n== {name}")
-    for row in rows:
-      print("  " + "  ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+    _print_table(results["sections"][name]["figures"])
+  figures = {f["key"]: f for s in results["sections"].values() for f in s["figures"]}
+  results["ratios"] = [_ratio(key, name, figures[num]["median"], figures[den]["median"], target)
+                       for key, name, num, den, target in RATIOS if num in figures and den in figures]
+  if results["ratios"]:
+    print("\n== ratios")
+    _print_table(results["ratios"])
+  results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "backend": jax.default_backend(),
+                        "jax": jax.__version__}
   with open(args.out, "w") as f:
     json.dump(results, f, indent=2)
   print(f"\nwrote {args.out}")

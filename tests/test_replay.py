@@ -175,6 +175,58 @@ def test_cartpole_transitions_are_real_n_step_successors(mode):
   assert sorted(starts) == expected  # Exactly one transition per step, once its window closed.
 
 
+def reference_n_step(ends, rewards, n, gamma):
+  """The n-step transitions of each step, computed one env and one window at a time.
+
+  ends[t][i]: 0 running, 1 truncated, 2 terminated, 3 both; obs of env i at
+  step t is t * 100 + i, next_obs -(t * 100 + i) - 1, action i, policy step t.
+  Returns per step the (obs, action, reward, discount, next_obs, policy_step)
+  rows, ordered by env, then by start step.
+  """
+  num_envs = len(ends[0])
+  out = [[] for _ in ends]
+  for i in range(num_envs):
+    windows, skip = [], False  # windows: [start step, discounted return, length]
+    for t, (end, reward) in enumerate(zip((e[i] for e in ends), (r[i] for r in rewards))):
+      if skip:  # Autoreset step: no transition starts or ends here.
+        skip = False
+        continue
+      windows.append([t, 0.0, 0])
+      for window in windows:
+        window[1] += gamma ** window[2] * reward
+        window[2] += 1
+      if end:
+        emitted, windows, skip = windows, [], True
+      elif len(windows) == n:
+        emitted, windows = windows[:1], windows[1:]
+      else:
+        emitted = []
+      for start, ret, k in emitted:
+        discount = 0.0 if end >= 2 else gamma ** k
+        out[t].append((start * 100 + i, i, ret, discount, -(t * 100 + i) - 1, start))
+  return out
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data(), num_envs=st.integers(1, 4), n=st.integers(1, 4), gamma=st.floats(0.0, 1.0),
+       steps=st.integers(1, 25))
+def test_n_step_matches_a_per_env_reference(data, num_envs, n, gamma, steps):
+  ends = data.draw(st.lists(st.lists(st.sampled_from([0, 0, 0, 1, 2, 3]), min_size=num_envs,
+                                     max_size=num_envs), min_size=steps, max_size=steps))
+  rewards = data.draw(st.lists(st.lists(st.integers(-3, 3), min_size=num_envs, max_size=num_envs),
+                               min_size=steps, max_size=steps))
+  acc = NStepAccumulator(num_envs, n, gamma, (2,), F32)
+  expected = reference_n_step(ends, rewards, n, gamma)
+  for t, (end, reward) in enumerate(zip(np.array(ends), np.array(rewards, float))):
+    ids = t * 100 + np.arange(num_envs)
+    obs = np.repeat(ids[:, None], 2, 1)
+    got = acc.step(obs, np.arange(num_envs), reward, end >= 2, end % 2 == 1, -obs - 1, t)
+    ids = list(zip(got["obs"][:, 0], got["action"], got["next_obs"][:, 0], got["policy_step"]))
+    assert ids == [(e[0], e[1], e[4], e[5]) for e in expected[t]]
+    np.testing.assert_allclose(np.column_stack([got["reward"], got["discount"]]),
+                               np.reshape([e[2:4] for e in expected[t]], (-1, 2)), rtol=1e-6, atol=1e-6)
+
+
 # ---------------------------------------------------------------- replay
 
 def test_ring_overwrites_oldest_and_samples_uniformly():

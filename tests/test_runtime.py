@@ -1,36 +1,13 @@
 """The runtime end to end: real processes, the CLI, the run directory."""
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
-import psutil
 import pytest
 
 from jaxrl import runtime
 from jaxrl.config import load_config
 from jaxrl.logger import read_metrics
-
-ROOT = Path(__file__).resolve().parent.parent
-TRAIN = [sys.executable, str(ROOT / "scripts" / "train.py")]
-CARTPOLE = str(ROOT / "configs" / "cartpole_dqn.yaml")
-SHORT = ["replay.min_size=256", "learner.batch_size=32", "eval.interval=50", "eval.episodes=2",
-         "runtime.log_interval_seconds=0.5", "runtime.progress=false"]
-
-
-def segments_of(pid):
-  """Shared-memory segments created by process ``pid`` (named jaxrl_<pid>_...)."""
-  return [p for p in os.listdir("/dev/shm") if p.startswith(f"jaxrl_{pid}_")]
-
-
-def train_cli(*args, timeout=120):
-  proc = subprocess.Popen(TRAIN + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-  proc.stdout_text, proc.stderr = proc.communicate(timeout=timeout)
-  return proc
+from runs import CARTPOLE, SHORT, segments_of, train_cli
 
 
 def test_sync_run_writes_the_run_directory(tmp_path):
@@ -79,27 +56,6 @@ def test_async_run_reports_progress_and_leaks_nothing(tmp_path):
   learner = [r for r in records if "loss" in r]
   assert learner and all(r["updates_per_s"] > 0 for r in learner)
   assert max(r["learner_steps"] for r in records) > 0
-  assert not segments_of(proc.pid)
-
-
-def test_sigint_stops_the_run_cleanly(tmp_path):
-  run_dir = tmp_path / "run"
-  proc = subprocess.Popen(TRAIN + [CARTPOLE, f"run_dir={run_dir}", "stop.env_steps=10_000_000", *SHORT],
-                          cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 60
-  while time.time() < deadline and not ((run_dir / "metrics.jsonl").exists()
-                                        and any("loss" in r for r in read_metrics(run_dir))):
-    time.sleep(0.2)
-  children = psutil.Process(proc.pid).children(recursive=True)
-  proc.send_signal(signal.SIGINT)
-  sent = time.time()
-  _, err = proc.communicate(timeout=30)
-  assert time.time() - sent < 10
-  assert proc.returncode == 0, err
-  assert "Traceback" not in err and "resource_tracker" not in err, err
-  summary = json.loads((run_dir / "summary.json").read_text())
-  assert summary["stopped_because"] == "SIGINT"
-  assert not [c for c in children if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
   assert not segments_of(proc.pid)
 
 

@@ -1,0 +1,236 @@
+"""Fault injection: real processes, real signals, real files.
+
+Each test breaks a run the way the world does (Ctrl-C, SIGKILL, a crashing
+environment, non-finite numbers, a damaged checkpoint) and checks what must
+survive: the checkpoints, the counters, the exit status and one-line
+reason, and a machine with no process and no shared-memory segment left.
+"""
+
+import json
+import shutil
+import signal
+import time
+
+import chex
+import jax
+import numpy as np
+import psutil
+import pytest
+
+from jaxrl import runtime
+from jaxrl.checkpoint import latest_checkpoint, restore_checkpoint
+from jaxrl.config import load_config
+from runs import (CARTPOLE, SHORT, assert_clean_exit, records, segments_of, start_cli, train_cli,
+                  wait_for, wait_until_learning, workers)
+
+LONG = ["stop.env_steps=10_000_000", "stop.eval_return=null"]   # runs until stopped
+NO_EVAL = ["eval.interval=0", "stop.eval_return=null"]   # faulty envs must fail in actors only
+
+
+def checkpoint_state(path, cfg_path):
+  """The LearnerState saved at ``path``, restored against the run's config."""
+  cfg = load_config(cfg_path)
+  agent = runtime._make_agent(cfg)  # pylint: disable=protected-access
+  return restore_checkpoint(path, agent.init(jax.random.PRNGKey(0)))
+
+
+def summary_of(run_dir):
+  return json.loads((run_dir / "summary.json").read_text())
+
+
+def learning_run(run_dir):
+  """A long async run, once it learns: (process, its descendants)."""
+  proc = start_cli(CARTPOLE, f"run_dir={run_dir}", *LONG, *SHORT)
+  wait_until_learning(run_dir, proc)
+  return proc, psutil.Process(proc.pid).children(recursive=True)
+
+
+def one_line_errors(stderr):
+  lines = stderr.strip().splitlines()
+  assert "Traceback" not in stderr, stderr
+  return lines
+
+
+def test_sigint_writes_a_final_checkpoint_and_leaves_nothing(tmp_path):
+  run_dir = tmp_path / "run"
+  proc, descendants = learning_run(run_dir)
+  proc.send_signal(signal.SIGINT)
+  sent = time.time()
+  _, err = proc.communicate(timeout=30)
+  assert time.time() - sent < 10   # the contract: stops within 10 seconds
+  assert proc.returncode == 0, err
+  assert_clean_exit(proc, descendants, err)
+  summary = summary_of(run_dir)
+  assert summary["stopped_because"] == "SIGINT"
+  state, counters, _ = checkpoint_state(latest_checkpoint(run_dir / "checkpoints"), run_dir / "config.yaml")
+  assert int(state.step) == counters["learner_steps"] == summary["learner_steps"] > 0
+  assert counters["env_steps"] == summary["env_steps"]
+
+
+def test_second_sigint_stops_at_once_and_leaves_no_segment(tmp_path):
+  run_dir = tmp_path / "run"
+  proc, descendants = learning_run(run_dir)
+  proc.send_signal(signal.SIGINT)
+  time.sleep(0.05)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=30)
+  assert proc.returncode == 130, err
+  assert one_line_errors(err) == [
+      "jaxrl-train: interrupted twice: stopped at once, without a final checkpoint or summary"]
+  assert_clean_exit(proc, descendants, err)
+
+
+def test_supervisor_killed_children_exit_and_unlink(tmp_path):
+  run_dir = tmp_path / "run"
+  proc, descendants = learning_run(run_dir)
+  assert len(workers(proc)) == 3   # learner and two actors
+  proc.kill()
+  proc.wait()
+  gone, alive = psutil.wait_procs(descendants, timeout=5)   # the contract: within 5 seconds
+  assert not alive, alive
+  err = proc.stderr.read()
+  assert_clean_exit(proc, descendants, err)
+  assert "Traceback" not in err, err
+  # The orphaned learner saved what it had.
+  state, counters, _ = checkpoint_state(run_dir / "checkpoints", run_dir / "config.yaml")
+  assert int(state.step) == counters["learner_steps"] > 0
+
+
+def test_actor_killed_is_restarted_and_the_run_goes_on(tmp_path):
+  run_dir = tmp_path / "run"
+  proc, descendants = learning_run(run_dir)
+  workers(proc)[2].kill()   # actor 1
+  wait_for(lambda: any("actor_restarts" in r for r in records(run_dir)), what="a restart record")
+  restart = next(i for i, r in enumerate(records(run_dir)) if "actor_restarts" in r)
+  wait_for(lambda: any(r.get("actor_id") == 1 and "episode_return" in r for r in records(run_dir)[restart:]),
+           what="an episode of the restarted actor")
+  descendants += psutil.Process(proc.pid).children(recursive=True)
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=30)
+  assert proc.returncode == 0, err
+  assert one_line_errors(err)[:1] == ["jaxrl: actor 1 failed: killed by SIGKILL"]
+  assert records(run_dir)[restart]["actor_restarts"] == 1
+  assert summary_of(run_dir)["actor_restarts"] == 1
+  assert_clean_exit(proc, descendants, err)
+
+
+def test_actor_exceptions_restart_up_to_max_restarts_then_abort(tmp_path):
+  run_dir = tmp_path / "run"
+  proc = train_cli(CARTPOLE, f"run_dir={run_dir}", *LONG, *SHORT, "env.id=faulty_env:FaultyCartPole-v0",
+                   "env.kwargs={raise_after: 200}", "actors.num=1", "actors.max_restarts=1", *NO_EVAL)
+  assert proc.returncode == 1, proc.stderr
+  failure = "jaxrl: actor 0 failed: RuntimeError: injected failure after 200 steps"
+  lines = one_line_errors(proc.stderr)
+  assert lines == [failure, failure, "jaxrl-train: error: actor 0: RuntimeError: injected failure "
+                                     "after 200 steps (after 1 restarts)"], proc.stderr
+  summary = summary_of(run_dir)
+  assert summary["stopped_because"] == "error" and summary["actor_restarts"] == 1
+  assert (run_dir / "errors.log").read_text().count("Traceback") == 2
+  assert not segments_of(proc.pid)
+
+
+@pytest.mark.parametrize("fault,reason", [
+    # NaN observations from an env step on: the loss becomes NaN.
+    (["env.id=faulty_env:FaultyCartPole-v0", "env.kwargs={nan_after: 1500}", *NO_EVAL,
+      "checkpoint.interval_seconds=0.2"], "learner: NonFiniteError: non-finite loss"),
+    # The learner cannot write its checkpoint: an exception in the learner process.
+    (["checkpoint.interval_seconds=0.2"], "learner: FileExistsError"),
+])
+def test_learner_failure_stops_with_exit_1_and_a_usable_checkpoint(tmp_path, fault, reason):
+  run_dir = tmp_path / "run"
+  if "FileExistsError" in reason:
+    run_dir.mkdir()
+    (run_dir / "checkpoints").write_text("not a directory")
+  proc = start_cli(CARTPOLE, f"run_dir={run_dir}", *LONG, *SHORT, "actors.num=1", *fault)
+  wait_for(lambda: proc.poll() is not None or psutil.Process(proc.pid).children(), what="children")
+  descendants = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
+  _, err = proc.communicate(timeout=90)
+  assert proc.returncode == 1, err
+  lines = one_line_errors(err)
+  assert lines[-1].startswith(f"jaxrl-train: error: {reason}"), err
+  assert summary_of(run_dir)["stopped_because"] == "error"
+  assert "Traceback" in (run_dir / "errors.log").read_text()
+  assert_clean_exit(proc, descendants, err)
+  if "NonFinite" in reason:   # checkpoints written before the NaNs stay good
+    state, counters, _ = checkpoint_state(run_dir / "checkpoints", run_dir / "config.yaml")
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state) if leaf.dtype.kind == "f")
+    assert counters["learner_steps"] < summary_of(run_dir)["learner_steps"]
+
+
+def test_resume_restores_the_state_bit_for_bit_and_continues(tmp_path):
+  run_dir = tmp_path / "run"
+  first = train_cli(CARTPOLE, f"run_dir={run_dir}", "stop.env_steps=3000", *SHORT)
+  assert first.returncode == 0, first.stderr
+  saved = latest_checkpoint(run_dir / "checkpoints")
+  original = tmp_path / "original.ckpt"
+  shutil.copy(saved, original)
+  before = summary_of(run_dir)
+  n_records = len(records(run_dir))
+
+  # Resumed with its stop condition already met, the run stops before learning
+  # anything: its final checkpoint is the restored state, written again.
+  again = train_cli("--resume", str(run_dir))
+  assert again.returncode == 0, again.stderr
+  assert latest_checkpoint(run_dir / "checkpoints") == saved
+  restored, restored_counters, _ = checkpoint_state(saved, run_dir / "config.yaml")
+  state, counters, _ = checkpoint_state(original, run_dir / "config.yaml")
+  chex.assert_trees_all_equal(restored, state)   # params, target, opt_state, epsilon, step, rng
+  assert restored_counters == counters
+
+  # A new stop condition as an override: the counters and metrics go on.
+  more = train_cli("--resume", str(run_dir), "stop.env_steps=9000")
+  assert more.returncode == 0, more.stderr
+  after = summary_of(run_dir)
+  assert after["env_steps"] >= 9000 and after["learner_steps"] > before["learner_steps"]
+  assert after["episodes"] > before["episodes"]
+  new = records(run_dir)[n_records:]
+  assert new and min(r["env_steps"] for r in new) >= before["env_steps"]
+  times = [r["time"] for r in records(run_dir)]
+  assert times == sorted(times)
+  assert load_config(run_dir / "config.yaml").stop.env_steps == 9000
+
+
+def test_resume_with_replay_learns_without_refilling(tmp_path):
+  """With checkpoint.replay the resumed learner samples at once; without, it
+  waits for replay.min_size new transitions."""
+  learner_steps = {}
+  for with_replay in (True, False):
+    run_dir = tmp_path / f"replay_{with_replay}"
+    first = train_cli(CARTPOLE, f"run_dir={run_dir}", "runtime.mode=sync", "stop.env_steps=2000",
+                      f"checkpoint.replay={str(with_replay).lower()}", *SHORT)
+    assert first.returncode == 0, first.stderr
+    before = summary_of(run_dir)["learner_steps"]
+    more = train_cli("--resume", str(run_dir), "stop.env_steps=2200")   # fewer than min_size (256)
+    assert more.returncode == 0, more.stderr
+    learner_steps[with_replay] = summary_of(run_dir)["learner_steps"] - before
+  assert learner_steps == {True: pytest.approx(200 * 16 / 32, abs=20), False: 0}
+
+
+@pytest.mark.parametrize("damage,message", [
+    ("no_checkpoint", "no checkpoint to resume from"),
+    ("truncated", "corrupt checkpoint"),
+    ("no_run", "is not a run directory"),
+])
+def test_bad_resume_is_a_one_line_error_that_changes_nothing(tmp_path, damage, message):
+  run_dir = tmp_path / "run"
+  first = train_cli(CARTPOLE, f"run_dir={run_dir}", "runtime.mode=sync", "stop.env_steps=500", *SHORT)
+  assert first.returncode == 0, first.stderr
+  checkpoint = latest_checkpoint(run_dir / "checkpoints")
+  if damage == "no_checkpoint":
+    checkpoint.unlink()
+  elif damage == "truncated":
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+  files = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+  proc = train_cli("--resume", str(run_dir if damage != "no_run" else tmp_path / "nowhere"))
+  assert proc.returncode == 2
+  lines = one_line_errors(proc.stderr)
+  assert len(lines) == 1 and message in lines[0], proc.stderr
+  assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == files
+
+
+def test_dict_observations_are_a_one_line_error(tmp_path):
+  proc = train_cli(CARTPOLE, f"run_dir={tmp_path / 'run'}", "env.id=faulty_env:DictObservation-v0")
+  assert proc.returncode == 2
+  lines = one_line_errors(proc.stderr)
+  assert len(lines) == 1 and "Box of rank 1 or 3" in lines[0], proc.stderr
+  assert not (tmp_path / "run").exists()
