@@ -13,9 +13,10 @@ from jaxrl.logger import read_metrics
 ROOT = Path(__file__).resolve().parent.parent
 TRAIN = [sys.executable, str(ROOT / "scripts" / "train.py")]
 CARTPOLE = str(ROOT / "configs" / "cartpole_dqn.yaml")
-# A small, quick run: learning starts early, evaluations are short, records frequent.
+# A small, quick run: learning starts early, evaluations are short, records frequent;
+# it stops on stop.env_steps, not on solving CartPole.
 SHORT = ["replay.min_size=256", "learner.batch_size=32", "eval.interval=50", "eval.episodes=2",
-         "runtime.log_interval_seconds=0.5", "runtime.progress=false"]
+         "runtime.log_interval_seconds=0.5", "runtime.progress=false", "stop.eval_return=null"]
 # Lets actor processes import tests/faulty_env.py through its gymnasium id.
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
 

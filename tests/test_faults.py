@@ -40,7 +40,7 @@ def summary_of(run_dir):
 
 def learning_run(run_dir):
   """A long async run, once it learns: (process, its descendants)."""
-  proc = start_cli(CARTPOLE, f"run_dir={run_dir}", *LONG, *SHORT)
+  proc = start_cli(CARTPOLE, f"run_dir={run_dir}", *LONG, *SHORT, "actors.num=2")
   wait_until_learning(run_dir, proc)
   return proc, psutil.Process(proc.pid).children(recursive=True)
 
@@ -194,16 +194,20 @@ def test_resume_with_replay_learns_without_refilling(tmp_path):
   """With checkpoint.replay the resumed learner samples at once; without, it
   waits for replay.min_size new transitions."""
   learner_steps = {}
+  short = [*SHORT, "replay.n_step=1"]   # one insert per env step
+  cfg = load_config(CARTPOLE, short)
+  updates_per_env_step = cfg.replay.samples_per_insert / cfg.learner.batch_size
   for with_replay in (True, False):
     run_dir = tmp_path / f"replay_{with_replay}"
     first = train_cli(CARTPOLE, f"run_dir={run_dir}", "runtime.mode=sync", "stop.env_steps=2000",
-                      f"checkpoint.replay={str(with_replay).lower()}", *SHORT)
+                      f"checkpoint.replay={str(with_replay).lower()}", *short)
     assert first.returncode == 0, first.stderr
     before = summary_of(run_dir)["learner_steps"]
     more = train_cli("--resume", str(run_dir), "stop.env_steps=2200")   # fewer than min_size (256)
     assert more.returncode == 0, more.stderr
     learner_steps[with_replay] = summary_of(run_dir)["learner_steps"] - before
-  assert learner_steps == {True: pytest.approx(200 * 16 / 32, abs=20), False: 0}
+  assert learner_steps == {True: pytest.approx(200 * updates_per_env_step, abs=2 * cfg.learner.updates_per_call),
+                           False: 0}
 
 
 @pytest.mark.parametrize("damage,message", [
