@@ -167,7 +167,7 @@ def _as_batch(rows: dict[str, np.ndarray], valid: np.ndarray) -> Transition:
   """Stored rows as the learner takes them: observations uint8 (images) as
   stored, else float32; valid as float32."""
   def obs_batch(obs):
-    return obs if obs.dtype == np.uint8 else obs.astype(np.float32)
+    return obs if obs.dtype == np.uint8 else obs.astype(np.float32, copy=False)
   return Transition(obs=obs_batch(rows["obs"]), action=rows["action"], reward=rows["reward"],
                     discount=rows["discount"], next_obs=obs_batch(rows["next_obs"]),
                     valid=valid.astype(np.float32))

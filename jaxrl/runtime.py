@@ -136,6 +136,7 @@ class Learner:
     self._lags: list[float] = []
     self._publish(state)
     self._published_at = self.steps
+    self._outgoing = None   # a state being copied to the host for its publish
     # Compile while the actors fill replay: the update is pure, so a padding
     # batch compiles it without touching the state.
     self._update(state, self._fused_batches(replay.padding_batch(self._batch * self._fused)))
@@ -144,19 +145,23 @@ class Learner:
     return self.replay.can_sample(self._batch * self._fused)
 
   def update(self) -> None:
-    """Samples and dispatches one fused update. A due publish sends the state
-    from before this update, which is ready (or nearly) while the device
-    computes the new one: publishing never leaves the device idle, at the
-    cost of ``updates_per_call`` steps of policy lag."""
+    """Samples and dispatches one fused update, and publishes without waiting
+    for the device: once a publish is due, the state computed by then starts
+    its copy to the host, and it is published at the first later call that
+    finds the copy complete. The device never idles for a publish, at the cost
+    of a call or two of policy lag."""
     batch, policy_step = self.replay.sample(self._batch * self._fused, self._rng)
     self._lags.append(float(self.steps - policy_step.mean()))
-    previous, previous_steps = self.state, self.steps
-    self.state, metrics = self._update(previous, self._fused_batches(batch))
+    if self._outgoing is None and self.steps - self._published_at >= self._publish_interval:
+      self._outgoing = self.state
+      for leaf in self._jax.tree.leaves(self._outgoing):
+        leaf.copy_to_host_async()
+    self.state, metrics = self._update(self.state, self._fused_batches(batch))
     self._pending.append(metrics)
     self.steps += self._fused
-    if previous_steps - self._published_at >= self._publish_interval:
-      self._publish(previous)
-      self._published_at = previous_steps
+    if self._outgoing is not None and all(leaf.is_ready() for leaf in self._jax.tree.leaves(self._outgoing)):
+      self._publish(self._outgoing)
+      self._published_at, self._outgoing = int(self._outgoing.step), None
 
   def _fused_batches(self, batch):
     """[F * B, ...] -> [F, B, ...]: one batch per fused update."""
