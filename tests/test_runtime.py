@@ -7,7 +7,7 @@ import pytest
 from jaxrl import runtime
 from jaxrl.config import load_config
 from jaxrl.logger import read_metrics
-from runs import CARTPOLE, SHORT, segments_of, train_cli
+from runs import CARTPOLE, ROOT, SHORT, segments_of, train_cli
 
 
 def test_sync_run_writes_the_run_directory(tmp_path):
@@ -75,9 +75,15 @@ def test_bad_input_is_a_one_line_error(tmp_path, args, message):
   assert not (tmp_path / "run").exists()
 
 
-def test_cartpole_dqn_reaches_475(tmp_path):
-  """End-to-end learning: the default CartPole config, sync mode (deterministic)."""
-  cfg = load_config(CARTPOLE, ["runtime.mode=sync", "stop.env_steps=100_000", "runtime.progress=false"])
+@pytest.mark.parametrize("config,target,env_steps", [
+    ("cartpole_dqn", 475, 100_000), ("cartpole_iqn", 475, 100_000),
+    ("acrobot_dqn", -100, 150_000), ("acrobot_iqn", -100, 150_000)])
+def test_config_reaches_its_target(tmp_path, config, target, env_steps):
+  """End-to-end learning with each shipped config: sync mode (deterministic),
+  the issue's env-step budgets, stopping on the greedy evaluation."""
+  cfg = load_config(ROOT / "configs" / f"{config}.yaml",
+                    ["runtime.mode=sync", f"stop.env_steps={env_steps}", f"stop.eval_return={target}",
+                     "runtime.progress=false"])
   summary = runtime.train(cfg, tmp_path / "run")
-  assert summary["eval_return"] >= 475, summary
-  assert summary["stopped_because"] == "eval_return"
+  assert summary["stopped_because"] == "eval_return", summary
+  assert summary["eval_return"] >= target
