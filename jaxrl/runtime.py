@@ -154,12 +154,13 @@ class Learner:
     self._lags.append(float(self.steps - policy_step.mean()))
     if self._outgoing is None and self.steps - self._published_at >= self._publish_interval:
       self._outgoing = self.state
-      for leaf in self._jax.tree.leaves(self._outgoing):
+      for leaf in self._jax.tree.leaves((self.state.params, self.state.epsilon, self.state.step)):
         leaf.copy_to_host_async()
     self.state, metrics = self._update(self.state, self._fused_batches(batch))
     self._pending.append(metrics)
     self.steps += self._fused
-    if self._outgoing is not None and all(leaf.is_ready() for leaf in self._jax.tree.leaves(self._outgoing)):
+    # One computation's outputs are ready together: its step stands for all.
+    if self._outgoing is not None and self._outgoing.step.is_ready():
       self._publish(self._outgoing)
       self._published_at, self._outgoing = int(self._outgoing.step), None
 
