@@ -51,17 +51,18 @@ def one_line_errors(stderr):
   return lines
 
 
-def test_sigint_writes_a_final_checkpoint_and_leaves_nothing(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_writes_a_final_checkpoint_and_leaves_nothing(tmp_path, signum):
   run_dir = tmp_path / "run"
   proc, descendants = learning_run(run_dir)
-  proc.send_signal(signal.SIGINT)
+  proc.send_signal(signum)
   sent = time.time()
   _, err = proc.communicate(timeout=30)
   assert time.time() - sent < 10   # the contract: stops within 10 seconds
   assert proc.returncode == 0, err
   assert_clean_exit(proc, descendants, err)
   summary = summary_of(run_dir)
-  assert summary["stopped_because"] == "SIGINT"
+  assert summary["stopped_because"] == signum.name
   state, counters, _ = checkpoint_state(latest_checkpoint(run_dir / "checkpoints"), run_dir / "config.yaml")
   assert int(state.step) == counters["learner_steps"] == summary["learner_steps"] > 0
   assert counters["env_steps"] == summary["env_steps"]
