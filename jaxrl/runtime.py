@@ -177,14 +177,14 @@ class Learner:
     """
     if not self._pending:
       return {}
-    metrics = self._jax.device_get(self._pending)
+    pending = self._jax.device_get(self._pending)
     self._pending = []
+    values = {k: np.concatenate([np.ravel(m[k]) for m in pending]) for k in pending[0]}  # [calls * F]
     for key in ("loss", "grad_norm"):
-      values = np.concatenate([np.ravel(m[key]) for m in metrics])
-      if not np.isfinite(values).all():
-        raise NonFiniteError(f"non-finite {key} ({values[~np.isfinite(values)][0]}) "
+      if not np.isfinite(values[key]).all():
+        raise NonFiniteError(f"non-finite {key} ({values[key][~np.isfinite(values[key])][0]}) "
                              f"before learner step {self.steps}")
-    out = {k: float(np.mean(np.concatenate([np.ravel(m[k]) for m in metrics]))) for k in metrics[0]}
+    out = {k: float(np.mean(v)) for k, v in values.items()}
     out["sample_age"] = float(np.mean(self._lags))
     self._lags = []
     return out
@@ -480,6 +480,11 @@ class _Run:
     self.error: str | None = None
     self.actor_restarts = 0
 
+  def set_counters(self, counters: dict[str, int]) -> None:
+    """Takes env_steps, episodes and learner_steps from ``_counters``."""
+    self.env_steps, self.episodes, self.learner_steps = (
+        counters["env_steps"], counters["episodes"], counters["learner_steps"])
+
   def log(self, record: dict) -> None:
     record = self.logger.log({"env_steps": int(self.env_steps), "learner_steps": int(self.learner_steps),
                               **record})
@@ -728,9 +733,7 @@ def _train_async(cfg: RunConfig, run: _Run, interrupted: _Interrupted, resume: R
     restarts = [0] * cfg.actors.num
     evaluator = _Evaluator(cfg, agent, run.learner_steps)
     while interrupted.signum is None:
-      counters = _counters(arrays)
-      run.env_steps, run.episodes, run.learner_steps = (
-          counters["env_steps"], counters["episodes"], counters["learner_steps"])
+      run.set_counters(_counters(arrays))
       drain()
       if not learner.is_alive():
         drain()   # its last message may have come after the drain above
@@ -783,9 +786,7 @@ def _train_async(cfg: RunConfig, run: _Run, interrupted: _Interrupted, resume: R
             p.kill()
           p.join()
         if owned:
-          counters = _counters(owned[0].arrays)
-          run.env_steps, run.episodes, run.learner_steps = (
-              counters["env_steps"], counters["episodes"], counters["learner_steps"])
+          run.set_counters(_counters(owned[0].arrays))
         for connection in connections.values():
           connection.close()
         for segment in owned:
