@@ -25,6 +25,7 @@ checkpoint; children whose supervisor died exit and unlink the segments.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import multiprocessing as mp
@@ -114,9 +115,15 @@ class Learner:
 
   ``update`` runs ``learner.updates_per_call`` train_steps in one jitted
   ``lax.scan`` dispatch; JAX's async dispatch lets the next batch be sampled
-  and transferred while the device computes. Metrics stay on the device
-  until ``report`` averages them (and checks they are finite).
+  and transferred while the device computes, up to ``_MAX_IN_FLIGHT`` calls
+  ahead of it: a bound on how stale a publish can be and on how far the
+  samples counted by the rate limiter run ahead of the updates made. The same
+  dispatch adds each step's metrics to device-side totals, which ``report``
+  reads once (and checks are finite): a read per update would cost the loop a
+  tenth of its rate.
   """
+
+  _MAX_IN_FLIGHT = 2
 
   def __init__(self, cfg: RunConfig, agent, replay: SharedReplay, state, publish):
     import jax  # pylint: disable=import-outside-toplevel
@@ -129,17 +136,22 @@ class Learner:
     self.steps = int(state.step)
     self._rng = np.random.default_rng(_seed(cfg, 2, self.steps))
 
-    def fused_steps(state, batches):
-      return jax.lax.scan(agent.train_step, state, batches)
+    def fused_steps(state, batches, totals):
+      state, metrics = jax.lax.scan(agent.train_step, state, batches)
+      return state, jax.tree.map(lambda total, m: total + m.sum(0), totals, metrics)
     self._update = jax.jit(fused_steps)
-    self._pending: list[Any] = []   # device metrics not yet reported
-    self._lags: list[float] = []
+    padding = self._fused_batches(replay.padding_batch(self._batch * self._fused))
+    _, metric_shapes = jax.eval_shape(agent.train_step, state, jax.tree.map(lambda x: x[0], padding))
+    self._zeros = jax.tree.map(lambda m: jax.numpy.zeros(m.shape, m.dtype), metric_shapes)
+    self._totals, self._totalled = self._zeros, 0   # metric sums over `_totalled` train_steps
+    self._lag_total = 0.0
+    self._in_flight: collections.deque = collections.deque()   # step outputs of dispatched calls
     self._publish(state)
     self._published_at = self.steps
     self._outgoing = None   # a state being copied to the host for its publish
     # Compile while the actors fill replay: the update is pure, so a padding
     # batch compiles it without touching the state.
-    self._update(state, self._fused_batches(replay.padding_batch(self._batch * self._fused)))
+    self._update(state, padding, self._zeros)
 
   def can_update(self) -> bool:
     return self.replay.can_sample(self._batch * self._fused)
@@ -149,16 +161,19 @@ class Learner:
     for the device: once a publish is due, the state computed by then starts
     its copy to the host, and it is published at the first later call that
     finds the copy complete. The device never idles for a publish, at the cost
-    of a call or two of policy lag."""
+    of at most ``_MAX_IN_FLIGHT`` calls of policy lag."""
     batch, policy_step = self.replay.sample(self._batch * self._fused, self._rng)
-    self._lags.append(float(self.steps - policy_step.mean()))
+    self._lag_total += self._fused * (self.steps - float(policy_step.mean()))
     if self._outgoing is None and self.steps - self._published_at >= self._publish_interval:
       self._outgoing = self.state
       for leaf in self._jax.tree.leaves((self.state.params, self.state.epsilon, self.state.step)):
         leaf.copy_to_host_async()
-    self.state, metrics = self._update(self.state, self._fused_batches(batch))
-    self._pending.append(metrics)
+    self.state, self._totals = self._update(self.state, self._fused_batches(batch), self._totals)
+    self._totalled += self._fused
     self.steps += self._fused
+    self._in_flight.append(self.state.step)
+    if len(self._in_flight) > self._MAX_IN_FLIGHT:
+      self._in_flight.popleft().block_until_ready()
     # One computation's outputs are ready together: its step stands for all.
     if self._outgoing is not None and self._outgoing.step.is_ready():
       self._publish(self._outgoing)
@@ -169,24 +184,23 @@ class Learner:
     return self._jax.tree.map(lambda x: x.reshape(self._fused, self._batch, *x.shape[1:]), batch)
 
   def report(self) -> dict[str, float]:
-    """Means of the metrics since the last report, and ``sample_age``: learner
-    steps between the params that acted and the learner step that sampled.
+    """Means of ``train_step``'s metrics since the last report, and
+    ``sample_age``: learner steps between the params that acted and the
+    learner step that sampled. Empty if there was no update since.
 
     Raises:
-      NonFiniteError: a loss or gradient norm since the last report was not finite.
+      NonFiniteError: a loss or gradient norm since the last report was not
+        finite (a non-finite term makes its total non-finite).
     """
-    if not self._pending:
+    if not self._totalled:
       return {}
-    pending = self._jax.device_get(self._pending)
-    self._pending = []
-    values = {k: np.concatenate([np.ravel(m[k]) for m in pending]) for k in pending[0]}  # [calls * F]
+    totals = self._jax.device_get(self._totals)
     for key in ("loss", "grad_norm"):
-      if not np.isfinite(values[key]).all():
-        raise NonFiniteError(f"non-finite {key} ({values[key][~np.isfinite(values[key])][0]}) "
-                             f"before learner step {self.steps}")
-    out = {k: float(np.mean(v)) for k, v in values.items()}
-    out["sample_age"] = float(np.mean(self._lags))
-    self._lags = []
+      if not np.isfinite(totals[key]):
+        raise NonFiniteError(f"non-finite {key} ({totals[key]}) before learner step {self.steps}")
+    out = {k: float(v) / self._totalled for k, v in totals.items()}
+    out["sample_age"] = self._lag_total / self._totalled
+    self._totals, self._totalled, self._lag_total = self._zeros, 0, 0.0
     return out
 
 
@@ -602,7 +616,9 @@ def _make_replay(cfg: RunConfig, run: _Run, resume: Resume | None) -> SharedRepl
 
 
 def _train_sync(cfg: RunConfig, run: _Run, interrupted: _Interrupted, resume: Resume | None) -> dict:
-  """Actors and learner interleaved in this process; deterministic for a seed."""
+  """Actors and learner interleaved in this process; deterministic for a seed.
+  Episode and eval records carry the run's ``acting_seconds`` and
+  ``learning_seconds`` so far (actor steps; learner updates, blocked on)."""
   configure_jax("actor", cfg.runtime.compilation_cache)
   import jax  # pylint: disable=import-outside-toplevel
   from jaxrl.actor import Actor, make_vec_env  # pylint: disable=import-outside-toplevel
@@ -640,6 +656,9 @@ def _train_sync(cfg: RunConfig, run: _Run, interrupted: _Interrupted, resume: Re
       if metrics:
         run.log({"agent_id": 0, **metrics})
 
+    def busy() -> dict[str, float]:
+      return {"acting_seconds": acting, "learning_seconds": learning}
+
     try:
       while interrupted.signum is None and not run.check_stop():
         for i, (actor, writer) in enumerate(zip(actors, writers)):
@@ -652,12 +671,12 @@ def _train_sync(cfg: RunConfig, run: _Run, interrupted: _Interrupted, resume: Re
           run.env_steps += actor.num_envs
           run.episodes += len(episodes)
           for episode in episodes:
-            run.log(_episode_record(episode, i))
+            run.log({**_episode_record(episode, i), **busy()})
         while learner.can_update():
           learn()
         if evaluator.due(learner.steps):
           run.eval_return = evaluator(learner.state.params, learner.steps)
-          run.log({"eval_return": run.eval_return, "agent_id": 0})
+          run.log({"eval_return": run.eval_return, "agent_id": 0, **busy()})
         if time.monotonic() - last_report >= cfg.runtime.log_interval_seconds:
           last_report = time.monotonic()
           report()
@@ -674,7 +693,7 @@ def _train_sync(cfg: RunConfig, run: _Run, interrupted: _Interrupted, resume: Re
   finally:
     replay.close()
     replay.unlink()
-  return {"acting_seconds": acting, "learning_seconds": learning}
+  return busy()
 
 
 def _describe_exit(process) -> str:

@@ -26,6 +26,9 @@ def test_sync_run_writes_the_run_directory(tmp_path):
   assert any("eval_return" in r for r in records)
   learner = [r for r in records if "loss" in r]
   assert learner and all(r["learner_steps"] > 0 for r in learner)
+  busy = [(r["acting_seconds"], r["learning_seconds"]) for r in records if "episode_return" in r or "eval_return" in r]
+  for column in zip(*busy):   # running totals, up to each record
+    assert list(column) == sorted(column) and column[-1] > 0
   summary = json.loads((run_dir / "summary.json").read_text())
   assert summary["stopped_because"] == "env_steps"
   assert summary["env_steps"] >= 3000 and summary["learner_steps"] > 0
@@ -36,7 +39,8 @@ def test_sync_mode_is_deterministic(tmp_path):
   def run(name):
     cfg = load_config(CARTPOLE, ["runtime.mode=sync", "stop.env_steps=2500", *SHORT])
     summary = runtime.train(cfg, tmp_path / name)
-    records = [{k: v for k, v in r.items() if k != "time"} for r in read_metrics(tmp_path / name)
+    clocks = {"time", "acting_seconds", "learning_seconds"}
+    records = [{k: v for k, v in r.items() if k not in clocks} for r in read_metrics(tmp_path / name)
                if "episode_return" in r or "eval_return" in r]
     return records, {k: summary[k] for k in ("env_steps", "learner_steps", "eval_return")}
   first, second = run("a"), run("b")

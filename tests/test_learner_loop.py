@@ -1,0 +1,98 @@
+"""runtime.Learner, the learner process's loop, in one process: its fused
+updates, device-side metric totals and publishes, against a plain lax.scan
+of the pure train_step."""
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+import jaxrl
+from jaxrl import runtime
+from jaxrl.config import load_config
+from jaxrl.replay import SharedReplay
+from runs import CARTPOLE
+
+_CALLS, _FUSED, _BATCH, _PUBLISH_INTERVAL = 8, 3, 4, 6
+
+
+def _transition(reward: float) -> dict[str, np.ndarray]:
+  """One transition, [1, ...] fields."""
+  return {"obs": np.full((1, 4), 0.5, np.float32), "action": np.ones(1, np.int32),
+          "reward": np.full(1, reward, np.float32), "discount": np.full(1, 0.99, np.float32),
+          "next_obs": np.full((1, 4), -0.5, np.float32)}
+
+
+@pytest.fixture
+def make_learner():
+  """Learners over a replay whose 16 rows are one transition acted at policy
+  step 0, so that every sample is the same batch whatever the rng."""
+  replays = []
+
+  def make(reward: float, publish):
+    cfg = load_config(CARTPOLE, [f"learner.batch_size={_BATCH}", f"learner.updates_per_call={_FUSED}",
+                                 f"learner.publish_interval={_PUBLISH_INTERVAL}"])
+    agent = jaxrl.make_agent(cfg.agent, (4,), 2)
+    replay = SharedReplay.create((4,), np.float32, 16)
+    replays.append(replay)
+    rows = {k: np.repeat(v, 16, axis=0) for k, v in _transition(reward).items()}
+    replay.writer(0).add({**rows, "policy_step": np.zeros(16, np.int64)})
+    state = agent.init(jax.random.PRNGKey(3))
+    return agent, state, runtime.Learner(cfg, agent, replay, state, publish)
+  yield make
+  for replay in replays:
+    replay.close()
+    replay.unlink()
+
+
+def _trace(agent, state, steps: int):
+  """train_step ``steps`` times on the replay's batch: (final state, metrics
+  [steps], params after each step [steps, ...])."""
+  batch = jaxrl.Transition(**{k: np.repeat(v, _BATCH, axis=0) for k, v in _transition(1.0).items()},
+                           valid=np.ones(_BATCH, np.float32))
+
+  def step(s, _):
+    s, metrics = agent.train_step(s, batch)
+    return s, (metrics, s.params)
+  state, (metrics, params) = jax.lax.scan(step, state, None, length=steps)
+  return state, metrics, params
+
+
+def test_report_means_every_fused_step_and_publishes_whole_states(make_learner):
+  published, at_steps = [], []   # the states published; the learner's steps when each was
+
+  def publish(s):
+    published.append(jax.device_get(s))
+    at_steps.append(learner.steps if len(published) > 1 else 0)   # the first: in the constructor
+  agent, state, learner = make_learner(1.0, publish)
+  for _ in range(_CALLS):
+    learner.update()
+  report = learner.report()
+
+  steps = _CALLS * _FUSED
+  expected_state, metrics, params = _trace(agent, state, steps)
+  chex.assert_trees_all_close(learner.state, expected_state, rtol=1e-5)
+  assert learner.steps == steps == int(learner.state.step)
+  assert set(report) == {*metrics, "sample_age"}
+  for key, values in metrics.items():
+    np.testing.assert_allclose(report[key], np.mean(values), rtol=1e-5, err_msg=key)
+  # Every row was acted at step 0 and call i samples at step i * F.
+  assert report["sample_age"] == pytest.approx(np.mean(np.arange(_CALLS)) * _FUSED)
+  assert learner.report() == {}   # the totals restart after a report
+
+  # Due every 6 steps (2 calls), and published as soon as it is computed,
+  # which the bound on calls in flight makes at most 2 calls later.
+  published_steps = [int(s.step) for s in published]
+  assert published_steps == [0, 6, 12, 18]
+  assert all(0 <= at - step <= 2 * _FUSED for at, step in zip(at_steps, published_steps))
+  for snapshot in published[1:]:   # each publish is one state the updates passed through
+    i = int(snapshot.step) - 1
+    chex.assert_trees_all_close(snapshot.params, jax.tree.map(lambda x, i=i: x[i], params), rtol=1e-5)
+    assert snapshot.epsilon == pytest.approx(float(metrics["epsilon"][i]))
+
+
+def test_one_non_finite_loss_fails_the_report(make_learner):
+  _, _, learner = make_learner(np.nan, lambda s: None)
+  learner.update()
+  with pytest.raises(runtime.NonFiniteError, match=rf"non-finite loss \(nan\) before learner step {_FUSED}"):
+    learner.report()
