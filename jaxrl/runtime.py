@@ -207,9 +207,7 @@ class Learner:
 def param_publisher(store: ParamStore):
   """A Learner ``publish`` callback that publishes to ``store``."""
   def publish(state) -> None:
-    import jax  # pylint: disable=import-outside-toplevel
-    params, epsilon, step = jax.device_get((state.params, state.epsilon, state.step))
-    store.publish(params, epsilon=float(epsilon), step=int(step))
+    store.publish(state.params, epsilon=float(state.epsilon), step=int(state.step))
   return publish
 
 

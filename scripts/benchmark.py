@@ -330,6 +330,11 @@ def bench_time_to_475(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-a
                      _median(after_startup), _median(overlap), target="<= 1.1"),
               _ratio("async_over_sync_busy", "async s to both from launch / max(sync acting, learning)",
                      _median(both), _median(overlap))]
+  for crit in ("eval", "last20"):   # the same after startup, one criterion at a time
+    busy = [r[crit] and max(r[crit][k] for k in _BUSY) for r in by_mode["sync"]]
+    after = [r[crit] and s and r[crit]["seconds"] - s for r, s in zip(by_mode["async"], startup)]
+    figures.append(_ratio(f"async_after_startup_over_sync_busy_{crit}",
+                          f"the same to {crit} only", _median(after), _median(busy)))
   return {"figures": figures, "runs": runs}
 
 
