@@ -143,7 +143,7 @@ class Learner:
     padding = self._fused_batches(replay.padding_batch(self._batch * self._fused))
     _, metric_shapes = jax.eval_shape(agent.train_step, state, jax.tree.map(lambda x: x[0], padding))
     self._zeros = jax.tree.map(lambda m: jax.numpy.zeros(m.shape, m.dtype), metric_shapes)
-    self._totals, self._totalled = self._zeros, 0   # metric sums over `_totalled` train_steps
+    self._totals, self._reported_at = self._zeros, self.steps   # metric sums since step `_reported_at`
     self._lag_total = 0.0
     self._in_flight: collections.deque = collections.deque()   # step outputs of dispatched calls
     self._publish(state)
@@ -169,7 +169,6 @@ class Learner:
       for leaf in self._jax.tree.leaves((self.state.params, self.state.epsilon, self.state.step)):
         leaf.copy_to_host_async()
     self.state, self._totals = self._update(self.state, self._fused_batches(batch), self._totals)
-    self._totalled += self._fused
     self.steps += self._fused
     self._in_flight.append(self.state.step)
     if len(self._in_flight) > self._MAX_IN_FLIGHT:
@@ -192,15 +191,16 @@ class Learner:
       NonFiniteError: a loss or gradient norm since the last report was not
         finite (a non-finite term makes its total non-finite).
     """
-    if not self._totalled:
+    totalled = self.steps - self._reported_at
+    if not totalled:
       return {}
     totals = self._jax.device_get(self._totals)
     for key in ("loss", "grad_norm"):
       if not np.isfinite(totals[key]):
         raise NonFiniteError(f"non-finite {key} ({totals[key]}) before learner step {self.steps}")
-    out = {k: float(v) / self._totalled for k, v in totals.items()}
-    out["sample_age"] = self._lag_total / self._totalled
-    self._totals, self._totalled, self._lag_total = self._zeros, 0, 0.0
+    out = {k: float(v) / totalled for k, v in totals.items()}
+    out["sample_age"] = self._lag_total / totalled
+    self._totals, self._reported_at, self._lag_total = self._zeros, self.steps, 0.0
     return out
 
 

@@ -108,18 +108,12 @@ def _timed(step: Callable[[], Any], units: int, seconds: float, finish: Callable
   return calls * units / (time.perf_counter() - start)
 
 
-def _rates(step: Callable[[], Any], units: int, args, finish: Callable[[], Any] = lambda: None) -> list[float]:
-  """``args.repeats`` timings of ``step`` (see ``_timed``), after one untimed warm-up call."""
-  step()
-  finish()
-  return [_timed(step, units, args.seconds, finish) for _ in range(args.repeats)]
-
-
 def _interleaved_rates(variants: dict[str, tuple[Callable[[], Any], Callable[[], Any]]], units: int,
                        args) -> dict[str, list[float]]:
-  """``_rates`` of each ``name: (step, finish)``, taken in turn within each
-  repeat, so that the machine's drift between repeats (large on a shared VM)
-  falls on every variant alike and per-repeat ratios compare like with like."""
+  """``args.repeats`` timings (see ``_timed``) of each ``name: (step, finish)``,
+  after one untimed warm-up call each, taken in turn within each repeat, so
+  that the machine's drift between repeats (large on a shared VM) falls on
+  every variant alike and per-repeat ratios compare like with like."""
   for step, finish in variants.values():
     step()
     finish()
@@ -128,6 +122,11 @@ def _interleaved_rates(variants: dict[str, tuple[Callable[[], Any], Callable[[],
     for name, (step, finish) in variants.items():
       rates[name].append(_timed(step, units, args.seconds, finish))
   return rates
+
+
+def _rates(step: Callable[[], Any], units: int, args, finish: Callable[[], Any] = lambda: None) -> list[float]:
+  """``_interleaved_rates`` of one variant."""
+  return _interleaved_rates({"": (step, finish)}, units, args)[""]
 
 
 def _batch(size: int, obs_shape: tuple[int, ...], num_actions: int, seed: int = 0) -> jaxrl.Transition:
@@ -292,9 +291,9 @@ def _train_run(args, mode: str, seed: int) -> dict:
     offset = summary["launch_time"] - start
     reached = criteria_times(read_metrics(run_dir), offset)
   end = summary["wall_seconds"] + offset
-  both = [reached[k]["seconds"] for k in ("eval", "last20") if reached[k]]
+  both = _both(reached)
   return {"mode": mode, "seed": seed, **reached, "wall_seconds": end, "stopped_because": summary["stopped_because"],
-          "stop_lag_s": end - max(both) if len(both) == 2 else None}
+          "stop_lag_s": both and end - both["seconds"]}
 
 
 def _both(run: dict) -> dict | None:
@@ -317,24 +316,27 @@ def bench_time_to_475(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-a
   for crit in ("eval", "last20"):
     figures.append(_ratio(f"{crit}_async_over_sync", f"async / sync s to {crit}", seconds["async", crit]["median"],
                           seconds["sync", crit]["median"]))
-  sync_both = [_both(r) for r in by_mode["sync"]]
-  overlap = [b and max(b[k] for k in _BUSY) for b in sync_both]
-  both = [_both(r) and _both(r)["seconds"] for r in by_mode["async"]]
   startup = [r["learning"] and r["learning"]["seconds"] for r in by_mode["async"]]
-  after_startup = [b and s and b - s for b, s in zip(both, startup)]
+
+  def overlap(pick: Callable[[dict], dict | None], from_launch: bool = False) -> tuple[float | None, float | None]:
+    """(median async seconds to the criterion ``pick`` chooses, after startup
+    or from launch; median larger of sync's busy seconds there)."""
+    busy = [c and max(c[k] for k in _BUSY) for c in map(pick, by_mode["sync"])]
+    async_s = [c and (c["seconds"] if from_launch else s and c["seconds"] - s)
+               for c, s in zip(map(pick, by_mode["async"]), startup)]
+    return _median(async_s), _median(busy)
+
+  sync_both = [_both(r) for r in by_mode["sync"]]
   figures += [*(_figure(f"sync_{k}", f"sync: {k.replace('_', ' ')} to both", "s", [b and b[k] for b in sync_both])
                 for k in _BUSY),
               _figure("async_startup_seconds", "async: s from launch to the first learner step", "s", startup),
               _ratio("async_after_startup_over_sync_busy",
-                     "async s to both after startup / max(sync acting, learning)",
-                     _median(after_startup), _median(overlap), target="<= 1.1"),
+                     "async s to both after startup / max(sync acting, learning)", *overlap(_both), target="<= 1.1"),
               _ratio("async_over_sync_busy", "async s to both from launch / max(sync acting, learning)",
-                     _median(both), _median(overlap))]
+                     *overlap(_both, from_launch=True))]
   for crit in ("eval", "last20"):   # the same after startup, one criterion at a time
-    busy = [r[crit] and max(r[crit][k] for k in _BUSY) for r in by_mode["sync"]]
-    after = [r[crit] and s and r[crit]["seconds"] - s for r, s in zip(by_mode["async"], startup)]
-    figures.append(_ratio(f"async_after_startup_over_sync_busy_{crit}",
-                          f"the same to {crit} only", _median(after), _median(busy)))
+    figures.append(_ratio(f"async_after_startup_over_sync_busy_{crit}", f"the same to {crit} only",
+                          *overlap(operator.itemgetter(crit))))
   return {"figures": figures, "runs": runs}
 
 
