@@ -111,12 +111,15 @@ class Actor:
   """Steps ``num_envs`` environments with an epsilon-greedy policy.
 
   Call ``set_policy`` with each new snapshot; ``step`` advances every env
-  once and returns the n-step transitions completed and the episodes that
-  finished. Episode returns and lengths exclude gymnasium's autoreset step.
+  once and returns the n-step transitions completed (None if not
+  ``collect``: evaluation, which saves a fifth of the step) and the
+  episodes that finished.
+  Episode returns and lengths exclude gymnasium's autoreset step.
   Deterministic for a given ``seed``, params and sequence of calls.
   """
 
-  def __init__(self, agent, envs: gym.vector.VectorEnv, seed: int, n_step: int = 1, gamma: float = 0.99):
+  def __init__(self, agent, envs: gym.vector.VectorEnv, seed: int, n_step: int = 1, gamma: float = 0.99,
+               collect: bool = True):
     self.envs = envs
     self.num_envs = envs.num_envs
     self.num_actions = int(envs.single_action_space.n)
@@ -124,7 +127,7 @@ class Actor:
     # DQN with an MLP torso acts in numpy; IQN and the conv torso in JAX.
     self._jax_q_values = (None if agent.config.algo == "dqn" and len(space.shape) == 1
                           else jax.jit(agent.q_values))
-    self._accumulator = NStepAccumulator(self.num_envs, n_step, gamma, space.shape, space.dtype)
+    self._accumulator = NStepAccumulator(self.num_envs, n_step, gamma, space.shape, space.dtype) if collect else None
     self._rng = np.random.default_rng(seed)
     # Exploration draws, float [S, E] uniforms and int [S, E] random actions,
     # taken _DRAW_STEPS steps at a time; row self._draw is this step's.
@@ -171,17 +174,17 @@ class Actor:
       q = np.asarray(self._jax_q_values(self.params, obs, key))
     return np.where(explore, random_action, q.argmax(axis=1))
 
-  def step(self, learner_step: int = 0) -> tuple[dict[str, np.ndarray], list[Episode]]:
+  def step(self, learner_step: int = 0) -> tuple[dict[str, np.ndarray] | None, list[Episode]]:
     """One step of every env; ``learner_step`` is the learner's newest step.
 
     Returns:
-      (transitions, episodes): the dict of NStepAccumulator.step, and an
-      Episode for each episode that ended.
+      (transitions, episodes): the dict of NStepAccumulator.step (None if
+      not ``collect``), and an Episode for each episode that ended.
     """
     action = self._act(self.obs)
     next_obs, reward, terminated, truncated, _ = self.envs.step(action)
-    transitions = self._accumulator.step(self.obs, action, reward, terminated, truncated, next_obs,
-                                         self.policy_step)
+    transitions = None if self._accumulator is None else self._accumulator.step(
+        self.obs, action, reward, terminated, truncated, next_obs, self.policy_step)
     self.obs = next_obs
     self._steps += 1
     self._lag_sum += learner_step - self.policy_step
@@ -207,7 +210,7 @@ def evaluate(agent, params: Any, envs: gym.vector.VectorEnv, epsilon: float, see
   Taking one whole episode per env (rather than the first N to finish)
   keeps the mean unbiased towards short episodes.
   """
-  actor = Actor(agent, envs, seed)
+  actor = Actor(agent, envs, seed, collect=False)
   actor.set_policy(params, epsilon, 0)
   first_return = np.full(envs.num_envs, np.nan)
   while np.isnan(first_return).any():

@@ -301,6 +301,11 @@ class RuntimeConfig:
     compilation_cache: directory of JAX's persistent compilation cache
       (``~`` expands); a later run with the same shapes loads its XLA
       programs instead of compiling them. null = no cache.
+    learner_cpus: async mode on Linux: the learner process runs on the
+      first ``learner_cpus`` of the CPUs the run may use, and the
+      supervisor and actors on the others, so that acting and evaluation
+      do not preempt the learner's computation. null = no pinning; also
+      none (with a note) when no CPU would be left for the others.
   """
 
   mode: str = "async"
@@ -308,6 +313,7 @@ class RuntimeConfig:
   log_interval_seconds: float = 2.0
   progress: bool = True
   compilation_cache: str | None = "~/.cache/jaxrl/xla"
+  learner_cpus: int | None = None
 
   def __post_init__(self):
     check(self.mode in ("async", "sync"), "mode", 'one of "async", "sync"', self.mode)
@@ -318,6 +324,8 @@ class RuntimeConfig:
     check(isinstance(self.progress, bool), "progress", "true or false", self.progress)
     check(self.compilation_cache is None or bool(self.compilation_cache), "compilation_cache",
           "null or a directory", self.compilation_cache)
+    if self.learner_cpus is not None:
+      check_positive_int("learner_cpus", self.learner_cpus)
 
 
 @dataclasses.dataclass(frozen=True)

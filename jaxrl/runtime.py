@@ -14,8 +14,10 @@ Processes (``runtime.mode = "async"``):
     and write n-step transitions to their partition of the agent's replay.
 
 Bulk data stays in shared memory; a pipe from each child carries its episode
-returns, learner metrics and errors. ``runtime.mode = "sync"`` interleaves
-the same Actor and Learner objects in this process: deterministic for a seed.
+returns, learner metrics and errors. With ``runtime.learner_cpus``, the
+learner runs on CPUs of its own and everything else on the rest.
+``runtime.mode = "sync"`` interleaves the same Actor and Learner objects in
+this process: deterministic for a seed.
 
 Failures: a crashed actor is restarted up to ``actors.max_restarts`` times;
 a learner exception or a non-finite loss, gradient or state stops the run
@@ -104,6 +106,39 @@ def _actor_seed(cfg: RunConfig, actor_id: int, env_steps: int) -> int:
   """Seed of actor ``actor_id`` started when the run had ``env_steps``: a
   restarted or resumed actor does not replay the episodes of its first life."""
   return _seed(cfg, 1, actor_id, env_steps)
+
+
+def cpu_placement(available: set[int], learner_cpus: int) -> tuple[set[int], set[int]] | None:
+  """(the learner's CPUs, the supervisor's and actors' CPUs) for
+  ``runtime.learner_cpus``: the first ``learner_cpus`` of ``available``,
+  and the rest; None if no CPU would be left for the rest.
+
+  A learner confined to its own CPU loses less to its threads' handoffs:
+  on this 2-core VM, a fused call of 8 DQN updates costs 0.59 ms of CPU on
+  one core against 0.77 ms spread over two.
+  """
+  cpus = sorted(available)
+  if len(cpus) <= learner_cpus:
+    return None
+  return set(cpus[:learner_cpus]), set(cpus[learner_cpus:])
+
+
+def _async_placement(cfg: RunConfig) -> tuple[set[int], set[int]] | None:
+  """``cpu_placement`` of the CPUs this process may use, or None (no
+  pinning): not asked for, or not possible (with a note on stderr)."""
+  wanted = cfg.runtime.learner_cpus
+  if wanted is None:
+    return None
+  if not hasattr(os, "sched_setaffinity"):
+    print("jaxrl: runtime.learner_cpus: this platform cannot pin processes to CPUs; not pinning",
+          file=sys.stderr)
+    return None
+  available = os.sched_getaffinity(0)
+  placement = cpu_placement(available, wanted)
+  if placement is None:
+    print(f"jaxrl: runtime.learner_cpus={wanted} would leave none of the {len(available)} CPUs "
+          "for the actors; not pinning", file=sys.stderr)
+  return placement
 
 
 class NonFiniteError(RuntimeError):
@@ -260,6 +295,7 @@ class _Shared:
   checkpoint: Path | None   # checkpoint the learner resumes from
   parent_pid: int
   compilation_cache: str | None
+  placement: tuple[set[int], set[int]] | None   # cpu_placement: the learner's CPUs, the others'
 
 
 def _control_specs(num_actors: int) -> dict:
@@ -353,6 +389,8 @@ def _child(role: str, process: str, shared: _Shared, connection):
   store, replay), reports an exception as an "error" message (exit status 1,
   no traceback on the console), and detaches. The learner of a dead
   supervisor also unlinks the segments."""
+  if shared.placement is not None:   # before JAX sizes its thread pools
+    os.sched_setaffinity(0, shared.placement[0 if role == "learner" else 1])
   signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the supervisor's to handle.
   signal.signal(signal.SIGTERM, signal.SIG_DFL)
   outbox = _Outbox(connection)
@@ -725,6 +763,8 @@ def _train_async(cfg: RunConfig, run: _Run, interrupted: _Interrupted, resume: R
     connections[process] = receiver
     return child
 
+  placement = _async_placement(cfg)
+  supervisor_cpus = os.sched_getaffinity(0) if placement else None   # restored at the end
   hurry = False
   try:
     control = SharedBlock.create(_control_specs(cfg.actors.num))
@@ -740,13 +780,15 @@ def _train_async(cfg: RunConfig, run: _Run, interrupted: _Interrupted, resume: R
     store = ParamStore.create(jax.eval_shape(agent.init, jax.random.PRNGKey(0)).params)
     owned.append(store)
     shared = _Shared(control.handle, store.handle, replay.handle, run.run_dir,
-                     resume and resume.checkpoint, os.getpid(), cfg.runtime.compilation_cache)
+                     resume and resume.checkpoint, os.getpid(), cfg.runtime.compilation_cache, placement)
 
     def start_actor(i: int):
       return start(f"actor {i}", _actor_main, i, cfg, shared, _actor_seed(cfg, i, _counters(arrays)["env_steps"]))
 
     learner = start("learner", _learner_main, cfg, shared)
     actors = [start_actor(i) for i in range(cfg.actors.num)]
+    if placement:   # only now: the children's start-up (imports) runs on every CPU
+      os.sched_setaffinity(0, placement[1])
     restarts = [0] * cfg.actors.num
     evaluator = _Evaluator(cfg, agent, run.learner_steps)
     while interrupted.signum is None:
@@ -809,6 +851,8 @@ def _train_async(cfg: RunConfig, run: _Run, interrupted: _Interrupted, resume: R
         for segment in owned:
           segment.close()
           segment.unlink()
+        if supervisor_cpus is not None:
+          os.sched_setaffinity(0, supervisor_cpus)
       finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
   error = errors.pop("learner", None)

@@ -103,6 +103,19 @@ def test_acting_is_deterministic_for_a_seed(algo):
   assert not np.array_equal(first[0]["action"], other[0]["action"])
 
 
+def test_an_actor_that_does_not_collect_acts_and_ends_episodes_the_same():
+  """Evaluation's actor (collect=False) builds no transitions and is otherwise the same actor."""
+  agent, params = make()
+  collecting = cartpole_actor(agent, params, 0.3, seed=5)
+  evaluating = Actor(agent, make_vec_env(EnvConfig("CartPole-v1", {}), 8), seed=5, collect=False)
+  evaluating.set_policy(params, 0.3, step=0)
+  for t in range(80):
+    (transitions, ended), (nothing, also_ended) = collecting.step(t), evaluating.step(t)
+    assert nothing is None and "action" in transitions
+    assert ended == also_ended
+    np.testing.assert_array_equal(collecting.obs, evaluating.obs)
+
+
 @pytest.mark.parametrize("algo", ["dqn", "iqn"])
 def test_set_policy_keeps_its_own_copy_of_the_params(algo):
   agent, params = make(algo)

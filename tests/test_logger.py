@@ -39,17 +39,26 @@ def _expected(value):
   return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
-def _tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
-  """Reads every scalar from the TFRecord event files in run_dir: tag -> [(step, value)]."""
-  scalars: dict[str, list[tuple[int, float]]] = {}
+def _tensorboard_events(run_dir: Path) -> list[event_pb2.Event]:
+  """The events of the TFRecord event files in run_dir that hold a summary."""
+  events = []
   for path in sorted(run_dir.glob("events.out.tfevents.*")):
     data, pos = path.read_bytes(), 0
     while pos < len(data):
       (length,) = struct.unpack_from("<Q", data, pos)
       event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
       pos += 12 + length + 4  # length, its crc, the event, its crc.
-      for value in event.summary.value:
-        scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+      if event.summary.value:
+        events.append(event)
+  return events
+
+
+def _tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+  """Every scalar in run_dir's event files: tag -> [(step, value)]."""
+  scalars: dict[str, list[tuple[int, float]]] = {}
+  for event in _tensorboard_events(run_dir):
+    for value in event.summary.value:
+      scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
   return scalars
 
 
@@ -126,6 +135,7 @@ def test_tensorboard_gets_every_numeric_field_at_env_steps_with_episode_tags_per
   assert scalars["episode/length/agent_1"] == [(30, 9.0)]
   assert scalars["learner_steps/agent_0"] == [(30, 4.0)]
   assert not {"time", "env_steps", "note", "done", "agent_id"} & set(scalars)
+  assert len(_tensorboard_events(tmp_path)) == 4   # one event per record
 
 
 @_SETTINGS

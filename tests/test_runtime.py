@@ -1,13 +1,20 @@
 """The runtime end to end: real processes, the CLI, the run directory."""
 
+import contextlib
 import json
+import os
+import threading
+import time
 
+import psutil
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from jaxrl import runtime
 from jaxrl.config import load_config
 from jaxrl.logger import read_metrics
-from runs import CARTPOLE, ROOT, SHORT, segments_of, train_cli
+from runs import CARTPOLE, ROOT, SHORT, records, segments_of, train_cli
 
 
 def test_sync_run_writes_the_run_directory(tmp_path):
@@ -61,6 +68,53 @@ def test_async_run_reports_progress_and_leaks_nothing(tmp_path):
   assert learner and all(r["updates_per_s"] > 0 for r in learner)
   assert max(r["learner_steps"] for r in records) > 0
   assert not segments_of(proc.pid)
+
+
+@given(available=st.sets(st.integers(0, 255), min_size=1, max_size=64), learner_cpus=st.integers(1, 70))
+def test_cpu_placement_gives_the_learner_the_first_cpus_and_the_rest_to_the_others(available, learner_cpus):
+  placement = runtime.cpu_placement(available, learner_cpus)
+  if len(available) <= learner_cpus:
+    assert placement is None
+  else:
+    learner, others = placement
+    assert learner | others == available and not learner & others
+    assert len(learner) == learner_cpus and max(learner) < min(others)
+
+
+def test_learner_cpus_that_leave_none_for_the_actors_is_a_note_not_a_pin(capsys):
+  available = os.sched_getaffinity(0)
+  cfg = load_config(CARTPOLE, [f"runtime.learner_cpus={len(available)}"])
+  assert runtime._async_placement(cfg) is None   # pylint: disable=protected-access
+  assert f"would leave none of the {len(available)} CPUs" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="pinning needs 2 CPUs")
+def test_async_learner_runs_on_its_own_cpus_and_train_restores_the_callers(tmp_path):
+  """An in-process async run: while it learns, the learner process is on the
+  first CPU and the supervisor (this process) and the actor on the rest;
+  afterwards this process's CPU set is what it was."""
+  before = os.sched_getaffinity(0)
+  learner_cpus, others = runtime.cpu_placement(before, 1)
+  seen = {}
+
+  def watch():   # the CPU sets of the supervisor and its children, until learning has started
+    while "supervisor" not in seen:
+      for child in psutil.Process().children():
+        with contextlib.suppress(psutil.NoSuchProcess):
+          if "spawn_main" in " ".join(child.cmdline()):
+            seen[child.pid] = set(child.cpu_affinity())
+      if any("loss" in r for r in records(tmp_path / "run")):
+        seen["supervisor"] = set(psutil.Process().cpu_affinity())   # its main thread's
+      time.sleep(0.05)
+
+  watcher = threading.Thread(target=watch, daemon=True)
+  watcher.start()
+  cfg = load_config(CARTPOLE, ["stop.env_steps=6000", "runtime.learner_cpus=1", *SHORT])
+  runtime.train(cfg, tmp_path / "run")
+  watcher.join(timeout=5)
+  assert os.sched_getaffinity(0) == before
+  assert seen.pop("supervisor") == others
+  assert [cpus for _, cpus in sorted(seen.items())] == [learner_cpus, others]   # learner, actor: start order
 
 
 @pytest.mark.parametrize("args,message", [
