@@ -763,8 +763,7 @@ def _train_async(cfg: RunConfig, run: _Run, interrupted: _Interrupted, resume: R
     connections[process] = receiver
     return child
 
-  placement = _async_placement(cfg)
-  supervisor_cpus = os.sched_getaffinity(0) if placement else None   # restored at the end
+  placement = _async_placement(cfg)   # its two sets make up this process's CPU set, restored at the end
   hurry = False
   try:
     control = SharedBlock.create(_control_specs(cfg.actors.num))
@@ -851,8 +850,8 @@ def _train_async(cfg: RunConfig, run: _Run, interrupted: _Interrupted, resume: R
         for segment in owned:
           segment.close()
           segment.unlink()
-        if supervisor_cpus is not None:
-          os.sched_setaffinity(0, supervisor_cpus)
+        if placement:
+          os.sched_setaffinity(0, placement[0] | placement[1])
       finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
   error = errors.pop("learner", None)
