@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import chex
+import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -61,24 +62,29 @@ class Agent:
     config: the AgentConfig.
     obs_shape: shape of one observation.
     num_actions: size of the discrete action space.
-    network: the flax module (QNetwork or IQNNetwork).
+    network: the flax module: QNetwork or IQNNetwork, or the one given to
+      ``make_agent``.
+    builtin_network: True if ``network`` is jaxrl's own (its params have
+      the layout of ``networks.QNetwork`` / ``IQNNetwork``).
     optimizer: the optax.GradientTransformation used by train_step
       (global-norm clipping, then Adam; its learning rate is set from
       ``state.step`` at every train_step).
     epsilon_schedule, learning_rate_schedule: learner step -> float32 [].
   """
 
-  def __init__(self, config: AgentConfig, obs_shape: Sequence[int], num_actions: int):
+  def __init__(self, config: AgentConfig, obs_shape: Sequence[int], num_actions: int,
+               network: nn.Module | None = None):
     if not (isinstance(num_actions, (int, np.integer)) and num_actions >= 1):
       raise ValueError(f"num_actions must be an integer >= 1, got {num_actions!r}")
     self.config = config
     self.obs_shape = tuple(int(d) for d in obs_shape)
     self.num_actions = int(num_actions)
-    torso = networks.make_torso(self.obs_shape, config.hidden_sizes)
-    if config.algo == "dqn":
-      self.network = networks.QNetwork(torso, self.num_actions)
-    else:
-      self.network = networks.IQNNetwork(torso, self.num_actions, config.quantile_embedding_dim)
+    self.builtin_network = network is None
+    if network is None:
+      torso = networks.make_torso(self.obs_shape, config.hidden_sizes)
+      network = (networks.QNetwork(torso, self.num_actions) if config.algo == "dqn" else
+                 networks.IQNNetwork(torso, self.num_actions, config.quantile_embedding_dim))
+    self.network = network
     self.epsilon_schedule = _linear(config.epsilon_start, config.epsilon_end, config.epsilon_decay_steps)
     self.learning_rate_schedule = _linear(config.learning_rate, config.lr_end, config.lr_decay_steps)
     self.optimizer = optax.inject_hyperparams(self._clipped_adam)(learning_rate=config.learning_rate)
@@ -123,13 +129,22 @@ class Agent:
   # --- Learner state --------------------------------------------------------
 
   def init(self, key: chex.PRNGKey) -> LearnerState:
-    """A fresh state: random params, target = params, step 0, epsilon_start."""
+    """A fresh state: random params, target = params, step 0, epsilon_start.
+
+    Raises:
+      ValueError: the network's output is not [B, A] (DQN) or [B, N, A] (IQN).
+    """
     params_key, rng = jax.random.split(key)
-    dummy_obs = jnp.zeros((1, *self.obs_shape), jnp.float32)
+    inputs = (jnp.zeros((2, *self.obs_shape), jnp.float32),)   # B = 2, N = 3: no axis mix-up fits.
     if self.config.algo == "dqn":
-      params = self.network.init(params_key, dummy_obs)
+      expected, signature = (2, self.num_actions), "obs [B, *obs_shape] -> [B, A]"
     else:
-      params = self.network.init(params_key, dummy_obs, jnp.zeros((1, 1), jnp.float32))
+      inputs += (jnp.zeros((2, 3), jnp.float32),)
+      expected, signature = (2, 3, self.num_actions), "(obs [B, *obs_shape], taus [B, N]) -> [B, N, A]"
+    out, params = self.network.init_with_output(params_key, *inputs)
+    if jnp.shape(out) != expected:
+      raise ValueError(f"network: expected {signature} with A = {self.num_actions} actions, "
+                       f"got output shape {jnp.shape(out)} for B = 2, N = 3")
     step = jnp.zeros((), jnp.int32)
     return LearnerState(params=params, target_params=params, opt_state=self.optimizer.init(params),
                         epsilon=self.epsilon_schedule(step), step=step, rng=rng)
@@ -144,7 +159,11 @@ class Agent:
   # --- The learner step -----------------------------------------------------
 
   def _loss(self, params: Params, target_params: Params, batch: Transition, key: chex.PRNGKey):
-    """Masked mean per-sample loss, and the masked mean of Q(obs, action)."""
+    """Masked mean per-sample loss, and the masked mean of Q(obs, action).
+
+    Both are NaN, and so is the loss's gradient, if a valid row's action is
+    outside [0, num_actions); padding rows take action 0 in their place.
+    """
     # rlax (with tensorflow-probability, ~0.35 s to import) loads on the first
     # trace: actors and the supervisor build agents but never compute a loss.
     from jaxrl import losses  # pylint: disable=import-outside-toplevel
@@ -153,6 +172,9 @@ class Agent:
     reward = batch.reward.astype(jnp.float32)
     discount = batch.discount.astype(jnp.float32)
     valid = batch.valid.astype(jnp.float32)
+    in_range = (action >= 0) & (action < self.num_actions)
+    poison = jnp.where(in_range | (valid <= 0), 1.0, jnp.nan)   # [B]; a factor, so NaN reaches the gradient.
+    action = jnp.where(in_range, action, 0)
     size = action.shape[0]
     if cfg.algo == "dqn":
       q_tm1 = self.network.apply(params, batch.obs)
@@ -173,7 +195,7 @@ class Agent:
       per_sample = jax.vmap(losses.iqn_loss, in_axes=(0, 0, 0, 0, 0, 0, 0, None))(
           z_tm1, tau_tm1, action, reward, discount, z_t_value, z_t_selector, cfg.kappa)
       q_taken = jnp.take_along_axis(jnp.mean(z_tm1, axis=1), action[:, None], axis=1)[:, 0]
-    return losses.masked_mean(per_sample, valid), losses.masked_mean(q_taken, valid)
+    return losses.masked_mean(poison * per_sample, valid), losses.masked_mean(poison * q_taken, valid)
 
   def train_step(self, state: LearnerState, batch: Transition) -> tuple[LearnerState, dict[str, chex.Array]]:
     """One learner update; pure, so ``jax.jit(agent.train_step)`` works.
@@ -187,6 +209,13 @@ class Agent:
       params before the update), ``grad_norm`` (before clipping),
       ``q_mean`` (mean Q(obs, action) over valid samples), ``epsilon`` and
       ``learning_rate`` (of the new state / this update).
+
+    A valid row (``valid > 0``) whose action is outside [0, num_actions)
+    makes ``loss``, ``grad_norm`` and ``q_mean`` NaN and, through the NaN
+    gradient, the new params and opt_state: such a batch never trains
+    silently, and the runtime stops on it. This check is inside the jitted
+    computation; nothing is raised. Padding rows (``valid == 0``) may hold
+    any action.
     """
     cfg = self.config
     batch = jax.tree.map(jnp.asarray, batch)
@@ -217,12 +246,17 @@ class Agent:
     return new_state, metrics
 
 
-def make_agent(config: AgentConfig, obs_shape: Sequence[int], num_actions: int) -> Agent:
+def make_agent(config: AgentConfig, obs_shape: Sequence[int], num_actions: int,
+               network: nn.Module | None = None) -> Agent:
   """Builds the Agent for ``config`` and an environment's spaces.
 
   Args:
     config: AgentConfig (algo, network and learning hyperparameters).
     obs_shape: one observation's shape: (D,) for vectors, (H, W, C) frames.
     num_actions: number of discrete actions.
+    network: a flax module replacing the built-in network: for DQN
+      ``obs [B, *obs_shape] -> Q [B, A]``, for IQN ``(obs, taus [B, N]) ->
+      Z [B, N, A]``. ``hidden_sizes`` and ``quantile_embedding_dim`` are then
+      unused; ``agent.init`` checks the output shape.
   """
-  return Agent(config, obs_shape, num_actions)
+  return Agent(config, obs_shape, num_actions, network)

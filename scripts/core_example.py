@@ -2,13 +2,15 @@
 
 The research-code view of jaxrl: explicit LearnerState, a jitted pure
 train_step, epsilon taken from the state. No processes, no shared memory.
+``--dueling`` brings its own network: a dueling Q head.
 
-  python scripts/core_example.py [--env-steps 60000] [--seed 0]
+  python scripts/core_example.py [--env-steps 60000] [--seed 0] [--dueling]
 """
 
 import argparse
 import time
 
+import flax.linen as nn
 import gymnasium as gym
 import jax
 import numpy as np
@@ -16,17 +18,31 @@ import numpy as np
 import jaxrl
 
 
+class DuelingQ(nn.Module):
+  """Dueling Q network (Wang et al. 2016): obs [B, D] -> V + A - mean_a A, [B, num_actions]."""
+  num_actions: int
+
+  @nn.compact
+  def __call__(self, obs):
+    x = nn.relu(nn.Dense(84)(nn.relu(nn.Dense(120)(obs))))
+    value, advantage = nn.Dense(1)(x), nn.Dense(self.num_actions)(x)
+    return value + advantage - advantage.mean(axis=-1, keepdims=True)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--env-steps", type=int, default=60_000)
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--dueling", action="store_true", help="a dueling Q network instead of the built-in MLP")
   args = parser.parse_args()
 
   num_envs, gamma, batch_size, capacity = 8, 0.99, 128, 50_000
   envs = gym.make_vec("CartPole-v1", num_envs=num_envs, vectorization_mode="vector_entry_point")
   cfg = jaxrl.AgentConfig(hidden_sizes=(120, 84), learning_rate=1e-3, target_update_period=250,
                           epsilon_decay_steps=2_500, epsilon_end=0.02)
-  agent = jaxrl.make_agent(cfg, envs.single_observation_space.shape, int(envs.single_action_space.n))
+  num_actions = int(envs.single_action_space.n)
+  network = DuelingQ(num_actions) if args.dueling else None
+  agent = jaxrl.make_agent(cfg, envs.single_observation_space.shape, num_actions, network=network)
   state = agent.init(jax.random.PRNGKey(args.seed))
   train_step, act = jax.jit(agent.train_step), jax.jit(agent.act)
 

@@ -1,8 +1,10 @@
 """The learner's guarantees: one test per failure of ../shared/learning-pitfalls.md."""
 
 import dataclasses
+import functools
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,10 +18,10 @@ import jaxrl
 OBS_SHAPE, NUM_ACTIONS, BATCH = (4,), 3, 16
 
 
-def make(**overrides):
+def make(network=None, **overrides):
   cfg = jaxrl.AgentConfig(**{"hidden_sizes": (16, 16), "num_tau_samples": 4, "num_tau_prime_samples": 5,
                              "num_quantile_samples": 6, "quantile_embedding_dim": 8, **overrides})
-  return jaxrl.make_agent(cfg, OBS_SHAPE, NUM_ACTIONS)
+  return jaxrl.make_agent(cfg, OBS_SHAPE, NUM_ACTIONS, network=network)
 
 
 def random_batch(seed=0, size=BATCH, obs_shape=OBS_SHAPE):
@@ -41,6 +43,70 @@ def run_steps(agent, state, n, seed=0):
 
 
 ALGOS = parameterized.parameters("dqn", "iqn")
+
+
+def huber(x, delta):
+  return np.where(np.abs(x) <= delta, 0.5 * x**2, delta * (np.abs(x) - 0.5 * delta))
+
+
+def expected_loss(agent, state, b):
+  """train_step's loss, in numpy from agent.network.apply, over the valid rows only."""
+  cfg, rows = agent.config, np.flatnonzero(b.valid > 0)
+  if not len(rows):
+    return 0.0
+  obs, action, reward, discount, next_obs = (np.asarray(getattr(b, name))[rows] for name in
+                                              ("obs", "action", "reward", "discount", "next_obs"))
+  apply = lambda params, *inputs: np.asarray(agent.network.apply(params, *inputs), np.float64)
+  online_or_target = state.params if cfg.double_q else state.target_params
+  i = np.arange(len(rows))
+  if cfg.algo == "dqn":
+    q, q_next = apply(state.params, obs), apply(state.target_params, next_obs)       # [R, A]
+    a_star = np.argmax(apply(online_or_target, next_obs), axis=1)
+    td = reward + discount * q_next[i, a_star] - q[i, action]
+    per_row = 0.5 * td**2 if cfg.huber_delta is None else huber(td, cfg.huber_delta)
+  else:
+    # The keys as train_step and _loss split them; taus for all B rows.
+    tau_key, tau_prime_key, selector_key = jax.random.split(jax.random.split(state.rng)[1], 3)
+    taus = lambda key, num: np.asarray(jax.random.uniform(key, (len(b.valid), num)))[rows]
+    tau = taus(tau_key, cfg.num_tau_samples)                                          # [R, N]
+    z = apply(state.params, obs, tau)                                                 # [R, N, A]
+    z_next = apply(state.target_params, next_obs, taus(tau_prime_key, cfg.num_tau_prime_samples))  # [R, N', A]
+    z_selector = apply(online_or_target, next_obs, taus(selector_key, cfg.num_quantile_samples))   # [R, K, A]
+    a_star = np.argmax(z_selector.mean(axis=1), axis=1)
+    target = reward[:, None] + discount[:, None] * z_next[i, :, a_star]              # [R, N']
+    u = target[:, None, :] - z[i, :, action][:, :, None]                              # [R, N, N']
+    # Dabney et al. 2018, eq. 10: sum over i (N), mean over j (N').
+    per_quantile = np.abs(tau[:, :, None] - (u < 0)) * huber(u, cfg.kappa) / cfg.kappa
+    per_row = per_quantile.mean(axis=2).sum(axis=1)
+  return np.sum(b.valid[rows] * per_row) / max(np.sum(b.valid), 1.0)
+
+
+class DuelingHead(nn.Module):
+  """Dueling Q (Wang et al. 2016): V + A - mean_a A; [B, A], or [B, N, A] given taus [B, N]."""
+  num_actions: int
+
+  @nn.compact
+  def __call__(self, obs, taus=None):
+    x = nn.relu(nn.Dense(32)(obs))                                                    # [B, H]
+    if taus is not None:
+      cos = jnp.cos(jnp.pi * taus[:, :, None] * jnp.arange(8.0)[None, None, :])     # [B, N, 8]
+      x = x[:, None, :] * nn.relu(nn.Dense(32)(cos))                                  # [B, N, H]
+    value, advantage = nn.Dense(1)(x), nn.Dense(self.num_actions)(x)
+    return value + advantage - advantage.mean(axis=-1, keepdims=True)
+
+
+class MistakenHead(nn.Module):
+  """A linear head with a wrong output shape."""
+  mistake: str
+
+  @nn.compact
+  def __call__(self, obs, taus=None):
+    q = nn.Dense(NUM_ACTIONS + (self.mistake == "one action too many"))(obs)          # [B, A]
+    if self.mistake == "quantile axis":
+      return q[:, None, :]                                                            # [B, 1, A]
+    if self.mistake == "transposed":
+      return jnp.broadcast_to(q, (taus.shape[1], *q.shape))                           # [N, B, A]
+    return q
 
 
 class LearnerStateTest(parameterized.TestCase):
@@ -231,19 +297,85 @@ class LearnerStateTest(parameterized.TestCase):
       state, _ = run_steps(agent, agent.init(jax.random.PRNGKey(0)), 2)
       state = state.replace(target_params=agent.init(jax.random.PRNGKey(7)).params)
       b = random_batch(11)
-      q = np.asarray(agent.q_values(state.params, b.obs))
-      q_next_online = np.asarray(agent.q_values(state.params, b.next_obs))
-      q_next_target = np.asarray(agent.q_values(state.target_params, b.next_obs))
-      a_star = np.argmax(q_next_online if double_q else q_next_target, axis=1)
-      target = b.reward + b.discount * q_next_target[np.arange(BATCH), a_star]
-      td = target - q[np.arange(BATCH), b.action]
-      if delta is None:
-        per = 0.5 * td**2
-      else:
-        per = np.where(np.abs(td) <= delta, 0.5 * td**2, delta * (np.abs(td) - 0.5 * delta))
-      expected = np.sum(b.valid * per) / max(np.sum(b.valid), 1.0)
       _, metrics = agent.train_step(state, b)
-      np.testing.assert_allclose(metrics["loss"], expected, rtol=1e-5)
+      np.testing.assert_allclose(metrics["loss"], expected_loss(agent, state, b), rtol=1e-5)
+
+  @parameterized.parameters((True, 1.0), (False, 1.0), (True, 2.0), (False, 0.5))
+  def test_iqn_loss_matches_independent_computation(self, double_q, kappa):
+    agent = make(algo="iqn", double_q=double_q, kappa=kappa)   # N = 4, N' = 5, K = 6
+    state, _ = run_steps(agent, agent.init(jax.random.PRNGKey(0)), 2)
+    state = state.replace(target_params=agent.init(jax.random.PRNGKey(7)).params)
+    b = random_batch(11)
+    self.assertGreater(np.sum(b.valid * b.discount), 0.0)
+    _, metrics = jax.jit(agent.train_step)(state, b)
+    np.testing.assert_allclose(metrics["loss"], expected_loss(agent, state, b), rtol=1e-5)
+
+  # A valid row with an action outside [0, A) must not train silently.
+  @parameterized.product(algo=("dqn", "iqn"), bad_action=(NUM_ACTIONS, 7, -1))
+  def test_out_of_range_action_in_a_valid_row_poisons_the_step(self, algo, bad_action):
+    agent = make(algo=algo)
+    state = agent.init(jax.random.PRNGKey(0))
+    b = random_batch()
+    action = b.action.copy()
+    action[np.flatnonzero(b.valid)[3]] = bad_action
+    for train_step in (agent.train_step, jax.jit(agent.train_step)):
+      new_state, metrics = train_step(state, b._replace(action=action))
+      for name in ("loss", "grad_norm", "q_mean"):
+        self.assertTrue(np.isnan(metrics[name]), name)
+      for leaf in jax.tree.leaves(new_state.params):
+        self.assertTrue(np.isnan(leaf).all())
+
+  @ALGOS
+  def test_padding_rows_may_hold_any_action(self, algo):
+    agent = make(algo=algo)
+    state = agent.init(jax.random.PRNGKey(0))
+    b = random_batch()._replace(valid=np.r_[np.ones(10), np.zeros(6)].astype(np.float32))
+    zeros = b._replace(action=np.r_[b.action[:10], np.zeros(6)].astype(np.int32))
+    anything = b._replace(action=np.r_[b.action[:10], [NUM_ACTIONS, 7, -1, -8, 2**31 - 1, 0]].astype(np.int32))
+    step = jax.jit(agent.train_step)
+    chex.assert_trees_all_equal(step(state, anything), step(state, zeros))
+    _, metrics = step(state, anything)
+    chex.assert_tree_all_finite(metrics)
+    np.testing.assert_allclose(metrics["loss"], expected_loss(agent, state, b), rtol=1e-5)
+
+  # Research code can bring its own network.
+  @ALGOS
+  def test_custom_network_trains_jits_and_loads(self, algo):
+    agent = make(algo=algo, network=DuelingHead(NUM_ACTIONS), learning_rate=1e-2)
+    self.assertFalse(agent.builtin_network)
+    self.assertTrue(make(algo=algo).builtin_network)
+    state = agent.init(jax.random.PRNGKey(0))
+    layers = 4 if algo == "iqn" else 3
+    self.assertEqual(set(state.params["params"]), {f"Dense_{i}" for i in range(layers)})   # no built-in torso
+    b = random_batch(3)._replace(discount=np.zeros(BATCH, np.float32))
+    np.testing.assert_allclose(agent.train_step(state, b)[1]["loss"], expected_loss(agent, state, b), rtol=1e-5)
+    step = jax.jit(agent.train_step)
+    trained, first = step(state, b)
+    for _ in range(300):
+      trained, metrics = step(trained, b)
+    self.assertLess(float(metrics["loss"]), 0.1 * float(first["loss"]))
+    self.assertEqual(agent.act(trained.params, b.obs, 0.0, jax.random.PRNGKey(1)).shape, (BATCH,))
+    loaded = agent.load_params(trained, jax.tree.map(np.asarray, state.params))
+    chex.assert_trees_all_equal(loaded.params, state.params)
+    chex.assert_trees_all_equal(loaded.opt_state, agent.optimizer.init(state.params))
+
+  def test_custom_dqn_network_is_the_one_applied(self):
+    agent = make(network=DuelingHead(NUM_ACTIONS))
+    params = agent.init(jax.random.PRNGKey(0)).params["params"]
+    dense = lambda x, name: x @ np.asarray(params[name]["kernel"]) + np.asarray(params[name]["bias"])
+    obs = random_batch().obs
+    x = np.maximum(dense(obs, "Dense_0"), 0.0)
+    value, advantage = dense(x, "Dense_1"), dense(x, "Dense_2")
+    expected = value + advantage - advantage.mean(1, keepdims=True)
+    np.testing.assert_allclose(agent.q_values({"params": params}, obs), expected, rtol=1e-5, atol=1e-6)
+
+  @parameterized.parameters(("dqn", "one action too many"), ("dqn", "quantile axis"),
+                            ("iqn", "no quantile axis"), ("iqn", "transposed"))
+  def test_network_of_the_wrong_shape_is_a_value_error(self, algo, mistake):
+    agent = make(algo=algo, network=MistakenHead(mistake))
+    expected = r"\[B, A\]" if algo == "dqn" else r"\[B, N, A\]"
+    with self.assertRaisesRegex(ValueError, rf"^network: expected [^\n]*{expected}[^\n]*got output shape [^\n]*$"):
+      agent.init(jax.random.PRNGKey(0))
 
   @ALGOS
   def test_invalid_samples_do_not_contribute(self, algo):
@@ -303,6 +435,26 @@ def test_epsilon_schedule_is_linear_and_floored(start, end_frac, decay, step):
   expected = end if decay == 0 or step >= decay else start + (end - start) * step / decay
   np.testing.assert_allclose(eps, expected, rtol=1e-5, atol=1e-6)
   assert eps >= np.float32(end) - 1e-7
+
+
+@functools.cache
+def jitted(algo):
+  agent = make(algo=algo)
+  return agent, agent.init(jax.random.PRNGKey(0)), jax.jit(agent.train_step)
+
+
+@pytest.mark.parametrize("algo", ["dqn", "iqn"])
+@settings(deadline=None, max_examples=30)
+@given(rows=st.lists(st.tuples(st.integers(-3, NUM_ACTIONS + 2), st.booleans()), min_size=BATCH, max_size=BATCH))
+def test_loss_is_finite_iff_every_valid_action_is_in_range(algo, rows):
+  agent, state, step = jitted(algo)
+  action, valid = (np.array(column) for column in zip(*rows))
+  b = random_batch()._replace(action=action.astype(np.int32), valid=valid.astype(np.float32))
+  _, metrics = step(state, b)
+  in_range = np.all((action[valid] >= 0) & (action[valid] < NUM_ACTIONS))
+  assert np.isfinite(metrics["loss"]) == np.isfinite(metrics["grad_norm"]) == in_range
+  if in_range:
+    np.testing.assert_allclose(metrics["loss"], expected_loss(agent, state, b), rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("field,value", [

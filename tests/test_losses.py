@@ -68,6 +68,24 @@ class IqnLossTest(chex.TestCase):
     np.testing.assert_allclose(loss, 0.25 * 2.5 + 0.75 * 1.5, rtol=1e-6)
 
 
+  @chex.all_variants(with_pmap=False)
+  @parameterized.named_parameters(
+      # Target j: 1 + 0.5 * [-4, 4] = [-1, 3] (selector: action 0). Online
+      # quantiles [0, 1] at tau [0.25, 0.75] give u_0j = [-1, 3], u_1j = [-2, 2],
+      # weights |tau_i - 1{u_ij < 0}|: [0.75, 0.25] and [0.25, 0.75].
+      # Mean over j, sum over i; summing over j would double both.
+      ("kappa1", 1.0, (0.75 * 0.5 + 0.25 * 2.5) / 2 + (0.25 * 1.5 + 0.75 * 1.5) / 2),   # = 1.25
+      ("kappa2", 2.0, ((0.75 * 0.5 + 0.25 * 4.0) / 2 + (0.25 * 2.0 + 0.75 * 2.0) / 2) / 2.0),   # = 0.84375
+  )
+  def test_fixture_with_two_target_samples(self, kappa, expected):
+    z_tm1 = jnp.array([[0.0, 9.0], [1.0, 9.0]])
+    z_t_value = jnp.array([[-4.0, 10.0], [4.0, 10.0]])   # N' = 2; action 1 is not the selected one.
+    args = (z_tm1, jnp.array([0.25, 0.75]), jnp.array(0), jnp.array(1.0), jnp.array(0.5),
+            z_t_value, jnp.array([[1.0, 0.0]]))
+    loss = self.variant(losses.iqn_loss, static_argnums=7)(*args, kappa)
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
+
+
 @given(st.lists(st.tuples(st.floats(-1e3, 1e3), st.booleans()), min_size=1, max_size=20))
 def test_masked_mean_is_mean_over_valid(rows):
   x = np.array([r[0] for r in rows], np.float32)
