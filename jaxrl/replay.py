@@ -28,7 +28,8 @@ class Transition(NamedTuple):
       where the episode terminated (not where it was truncated).
     next_obs: [B, *obs_shape] observation k steps later (the real final
       observation when the episode ended).
-    valid: float32 [B], 1.0 for real samples, 0.0 for padding.
+    valid: float32 [B], 1.0 for real samples, 0.0 for padding (and for
+      rows ``SharedReplay.sample`` found torn).
   """
 
   obs: Any
@@ -201,7 +202,10 @@ class SharedReplay:
   ``ReplayWriter``), so a change is always seen. This relies on each process
   making its stores, and its loads, visible in program order: true on x86-64
   (TSO) with numpy's plain copies, each a separate C call; weaker memory
-  models (ARM) would need fences between the three phases.
+  models (ARM) would need fences between the three phases, which Python does
+  not expose, so writers in other processes need ``check_memory_ordering``
+  (``jaxrl.shm``) to pass. Writers and sampler in one process are safe on any
+  CPU.
 
   Rate limiting (optional, ``samples_per_insert`` > 0): with I inserts, S
   samples, the ratio r and the tolerance T (in inserted transitions), the
@@ -225,6 +229,28 @@ class SharedReplay:
     self.min_size = handle.min_size
     self._bounds = np.arange(self.num_writers + 1) * self.capacity // self.num_writers
     self._sizes = np.diff(self._bounds)  # Slots per partition.
+
+  @staticmethod
+  def _specs(obs_shape: tuple[int, ...], obs_dtype: Any, capacity: int,
+             num_writers: int) -> dict[str, tuple[tuple[int, ...], Any]]:
+    obs_shape = tuple(obs_shape)
+    return {
+        "obs": ((capacity, *obs_shape), obs_dtype),
+        "action": ((capacity,), np.int32),
+        "reward": ((capacity,), np.float32),
+        "discount": ((capacity,), np.float32),
+        "next_obs": ((capacity, *obs_shape), obs_dtype),
+        "policy_step": ((capacity,), np.int64),
+        "version": ((capacity,), np.int64),
+        "write_count": ((num_writers,), np.int64),
+        "samples": ((1,), np.int64),
+    }
+
+  @staticmethod
+  def nbytes(obs_shape: tuple[int, ...], obs_dtype: Any, capacity: int, num_writers: int = 1) -> int:
+    """Bytes of shared memory ``create`` takes with these arguments (about
+    ``2 * capacity * obs_bytes`` plus 28 bytes a transition)."""
+    return SharedBlock.nbytes(SharedReplay._specs(obs_shape, obs_dtype, capacity, num_writers))
 
   @classmethod
   def create(cls, obs_shape: tuple[int, ...], obs_dtype: Any, capacity: int, num_writers: int = 1,
@@ -257,18 +283,7 @@ class SharedReplay:
       check_positive("samples_per_insert", samples_per_insert)
       samples_per_insert = float(samples_per_insert)
     check_positive("rate_tolerance", rate_tolerance, allow_zero=True)
-    obs_shape = tuple(obs_shape)
-    block = SharedBlock.create({
-        "obs": ((capacity, *obs_shape), obs_dtype),
-        "action": ((capacity,), np.int32),
-        "reward": ((capacity,), np.float32),
-        "discount": ((capacity,), np.float32),
-        "next_obs": ((capacity, *obs_shape), obs_dtype),
-        "policy_step": ((capacity,), np.int64),
-        "version": ((capacity,), np.int64),
-        "write_count": ((num_writers,), np.int64),
-        "samples": ((1,), np.int64),
-    })
+    block = SharedBlock.create(cls._specs(obs_shape, obs_dtype, capacity, num_writers))
     handle = ReplayHandle(block.handle, num_writers, min_size, samples_per_insert,
                           float(rate_tolerance))
     return cls(block, handle)
@@ -289,9 +304,29 @@ class SharedReplay:
 
   def contents(self) -> dict[str, np.ndarray]:
     """A copy of every array of the replay (slots, versions, counters), for a
-    checkpoint; a slot being written meanwhile is copied with an odd version
-    and so stays invalid after ``restore``."""
-    return {key: array.copy() for key, array in self._arrays.items()}
+    checkpoint, taken while writers may be writing.
+
+    Like ``sample``, it reads the versions, copies the rows, and re-reads the
+    versions. A slot whose version was odd or changed may be torn (its fields
+    from two transitions); it is saved with the largest odd version not above
+    the second read, 2k + 1 for the write index k it last saw begun: what a
+    writer killed while writing index k leaves, so the slot stays invalid
+    after ``restore`` until rewritten. The write counters are copied last, so
+    each is above k - partition size for every such k of its partition, as
+    long as no add holds more than a partition's rows (which ``ReplayWriter``
+    already assumes of a writer killed in ``add``): a restored writer then
+    rewrites index k, or a later one, into the slot, and no version decreases.
+    """
+    arrays = self._arrays
+    first = arrays["version"].copy()
+    contents = {key: arrays[key].copy() for key in FIELDS}
+    version = arrays["version"].copy()
+    torn = (version != first) | (first % 2 == 1)
+    version[torn] = (version[torn] - 1) | 1  # Largest odd <= the second read: 2k + 2 -> 2k + 1.
+    contents["version"] = version
+    contents["write_count"] = arrays["write_count"].copy()
+    contents["samples"] = arrays["samples"].copy()
+    return contents
 
   def restore(self, contents: dict[str, np.ndarray]) -> None:
     """Loads ``contents()`` of a replay of the same layout, before any writer
@@ -349,7 +384,8 @@ class SharedReplay:
       next_obs [B, *obs_shape] (float32, or uint8 if stored as uint8),
       action int32 [B], reward, discount and valid float32 [B]; and
       policy_step int64 [B]. A row whose slot was being written during the
-      copy has valid 0.0 and all its fields zeroed.
+      copy has valid 0.0 and all its fields zeroed, policy_step 0 included:
+      mask statistics of policy_step (such as policy lag) with valid.
     """
     arrays = self._arrays
     committed = np.minimum(arrays["write_count"], self._sizes)  # Read before the versions.

@@ -12,13 +12,20 @@ names: attaching re-registers a name already there, and the owner's
 ``unlink`` unregisters it. The registration is the safety net for a killed
 owner: the tracker unlinks whatever is still registered once the last
 process sharing it exits.
+
+Before a run starts processes that share these blocks, it checks the machine
+(``check_memory_ordering``) and the room in ``/dev/shm`` (``check_free_space``
+with ``SharedReplay.nbytes`` and ``ParamStore.nbytes``): the constructors do
+neither, since one process on any CPU may use them.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import platform
 import secrets
+import shutil
 from multiprocessing import shared_memory
 from typing import Any, NamedTuple
 
@@ -26,6 +33,45 @@ import jax
 import numpy as np
 
 _ALIGN = 64  # bytes; every array starts on a cache line.
+_SHM_DIR = "/dev/shm"  # Where Linux keeps POSIX shared-memory segments (a tmpfs).
+
+
+class SharedMemoryError(ValueError):
+  """This machine cannot run processes that share memory as the run needs."""
+
+
+def check_memory_ordering() -> None:
+  """Raises SharedMemoryError unless this CPU is x86-64.
+
+  The seqlocks of ``ParamStore`` and ``SharedReplay`` are correct across
+  processes only under x86-64's total store order (see ``ParamStore``); on a
+  weakly ordered CPU (ARM) a reader could accept a torn copy. One process
+  (``runtime.mode=sync``) is safe anywhere.
+  """
+  machine = platform.machine()
+  if machine not in ("x86_64", "AMD64"):
+    raise SharedMemoryError(
+        f"multi-process runs need an x86-64 CPU and this one is {machine!r}: the shared-memory "
+        "seqlocks rely on x86-64 total store order; runtime.mode=sync works on this CPU")
+
+
+def check_free_space(nbytes: int, what: str) -> None:
+  """Raises SharedMemoryError if /dev/shm has less than ``nbytes`` free.
+
+  A segment larger than the room left is created without error, and the
+  first process to touch a page past it dies of SIGBUS; call this before
+  creating the blocks of a run. ``what`` names them in the message. Does
+  nothing where there is no /dev/shm (not Linux).
+  """
+  if not os.path.isdir(_SHM_DIR):
+    return
+  usage = shutil.disk_usage(_SHM_DIR)
+  if nbytes > usage.free:
+    mib = 2**20
+    raise SharedMemoryError(
+        f"{what} needs {nbytes / mib:.1f} MiB of shared memory and {_SHM_DIR} has "
+        f"{usage.free / mib:.1f} MiB free of {usage.total / mib:.1f} MiB: enlarge it (in Docker, "
+        f"docker run --shm-size={-(-(usage.used + nbytes) // mib)}m or more) or lower replay.capacity")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +89,10 @@ class BlockHandle:
   """Picklable description of a block: its segment name and array layout."""
   name: str
   specs: tuple[tuple[str, ArraySpec], ...]
+
+
+def _spec_items(specs: dict[str, tuple[tuple[int, ...], Any]]) -> tuple[tuple[str, ArraySpec], ...]:
+  return tuple((k, ArraySpec(tuple(int(d) for d in s), np.dtype(t).str)) for k, (s, t) in specs.items())
 
 
 def _layout(specs) -> tuple[dict[str, int], int]:
@@ -70,10 +120,15 @@ class SharedBlock:
         for key, spec in handle.specs
     }
 
+  @staticmethod
+  def nbytes(specs: dict[str, tuple[tuple[int, ...], str]]) -> int:
+    """Size in bytes of the segment ``create(specs)`` makes."""
+    return _layout(_spec_items(specs))[1]
+
   @classmethod
   def create(cls, specs: dict[str, tuple[tuple[int, ...], str]]) -> "SharedBlock":
     """Creates a zero-filled block; ``specs`` maps key -> (shape, dtype)."""
-    spec_items = tuple((k, ArraySpec(tuple(int(d) for d in s), np.dtype(t).str)) for k, (s, t) in specs.items())
+    spec_items = _spec_items(specs)
     _, size = _layout(spec_items)
     name = f"jaxrl_{os.getpid()}_{secrets.token_hex(6)}"
     shm = shared_memory.SharedMemory(name=name, create=True, size=size)
@@ -183,26 +238,29 @@ class ParamStore:
   less than one publish never retries. The cost is three copies of the
   params in shared memory (12 MB for 1M float32 parameters).
 
+  ``torn_reads`` counts the copies this process's ``read`` found overwritten
+  and discarded.
+
   Memory ordering: this relies on x86-64 TSO. Stores become visible to other
   cores in program order and loads are not reordered with older loads; each
   numpy statement below is an opaque C call, so the interpreter performs
   them in program order, and the 8-byte words are aligned (single loads and
-  stores). A weakly ordered CPU (ARM) would need fences that Python does not
-  expose.
+  stores). On a weakly ordered CPU (ARM) a reader in another process could
+  see the second sequence load unchanged and still hold a torn copy, and the
+  fences that would prevent it are not exposed by Python; so a run with
+  several processes first calls ``check_memory_ordering``. Within one
+  process the store is correct on any CPU.
   """
 
   def __init__(self, block: SharedBlock, treedef: Any):
     self._block = block
     self.handle = ParamStoreHandle(block.handle, treedef)
     self._keys = [[_leaf_key(s, i) for i in range(treedef.num_leaves)] for s in range(_NUM_SLOTS)]
+    self.torn_reads = 0
 
-  @classmethod
-  def create(cls, template: Any) -> ParamStore:
-    """Creates a store (this process owns it) for trees shaped like ``template``.
-
-    ``template`` is any pytree of numpy or jax arrays (or jax.ShapeDtypeStruct);
-    only its structure, shapes and dtypes are used.
-    """
+  @staticmethod
+  def _specs(template: Any) -> tuple[dict[str, tuple[tuple[int, ...], Any]], Any]:
+    """The block's specs for trees shaped like ``template``, and its treedef."""
     leaves, treedef = jax.tree_util.tree_flatten(template)
     specs = {
         "latest": ((1,), "int64"),
@@ -213,6 +271,21 @@ class ParamStore:
     for slot in range(_NUM_SLOTS):
       for i, leaf in enumerate(leaves):
         specs[_leaf_key(slot, i)] = _shape_dtype(leaf)
+    return specs, treedef
+
+  @staticmethod
+  def nbytes(template: Any) -> int:
+    """Bytes of shared memory ``create(template)`` takes (three copies of the params and a few words)."""
+    return SharedBlock.nbytes(ParamStore._specs(template)[0])
+
+  @classmethod
+  def create(cls, template: Any) -> ParamStore:
+    """Creates a store (this process owns it) for trees shaped like ``template``.
+
+    ``template`` is any pytree of numpy or jax arrays (or jax.ShapeDtypeStruct);
+    only its structure, shapes and dtypes are used.
+    """
+    specs, treedef = cls._specs(template)
     return cls(SharedBlock.create(specs), treedef)
 
   @classmethod
@@ -270,6 +343,7 @@ class ParamStore:
       if seq[slot] == 2 * version:
         params = jax.tree_util.tree_unflatten(self.handle.treedef, leaves)
         return ParamSnapshot(params, epsilon, step, version)
+      self.torn_reads += 1
 
   def close(self) -> None:
     """Releases this process's mapping; snapshots already read stay valid."""

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import multiprocessing as mp
 import os
+import time
 
 import gymnasium as gym
 from hypothesis import given, settings, strategies as st
 import numpy as np
 import pytest
 
-from jaxrl.replay import NStepAccumulator, SharedReplay
+from jaxrl.replay import NStepAccumulator, SharedReplay, Transition
 
 F32 = np.float32
 
@@ -45,6 +47,13 @@ def self_consistent(batch, policy_step) -> np.ndarray:
   ids = batch.action
   fields = [batch.obs, batch.next_obs, batch.reward, batch.discount, policy_step]
   return np.logical_and.reduce([(f.reshape(len(ids), -1) == ids[:, None]).all(1) for f in fields])
+
+
+def stored_consistent(contents) -> np.ndarray:
+  """bool [capacity]: every field of the stored slot holds the same id."""
+  slots = Transition(contents["obs"], contents["action"], contents["reward"], contents["discount"],
+                     contents["next_obs"], None)
+  return self_consistent(slots, contents["policy_step"])
 
 
 def partition(capacity, num_writers, w) -> tuple[int, int]:
@@ -257,6 +266,16 @@ def test_sample_dtypes(stored, served):
     assert batch.obs.shape == batch.next_obs.shape == (5, 3) and policy_step.dtype == np.int64
 
 
+@pytest.mark.parametrize("obs_shape, obs_dtype, capacity, num_writers",
+                         [((3,), F32, 10, 2), ((84, 84, 4), np.uint8, 100, 3), ((), np.float64, 1, 1)])
+def test_nbytes_is_the_segment_size(obs_shape, obs_dtype, capacity, num_writers):
+  nbytes = SharedReplay.nbytes(obs_shape, obs_dtype, capacity, num_writers)
+  with shared_replay(capacity, num_writers, obs_shape, obs_dtype) as replay:
+    assert nbytes == os.path.getsize(f"/dev/shm/{replay.handle.block.name}")
+  unpadded = capacity * (2 * np.dtype(obs_dtype).itemsize * math.prod(obs_shape) + 28) + 8 * (num_writers + 1)
+  assert 0 <= nbytes - unpadded < 9 * 64  # Nine arrays, each padded to 64 bytes.
+
+
 def tear(replay, writer_id, count) -> list[int]:
   """Leaves what a writer killed inside ``add`` of ``count`` rows leaves behind.
 
@@ -342,19 +361,26 @@ def test_writer_restart_resumes_its_partition():
     assert batch.valid.all() and set(batch.action.tolist()) == {3, 10, 11, 12}
 
 
-def _write(handle, writer_id, num_batches, seed, obs_shape):
-  """Writer process: batches of 16 rows with random ids, all fields equal to the id."""
+def _write(handle, writer_id, num_batches, seed, obs_shape, stop=None):
+  """Writer process: batches of 16 rows with random ids, all fields equal to
+  the id; ``num_batches`` of them, or fewer once the event ``stop`` is set."""
   replay = SharedReplay.attach(handle)
   writer = replay.writer(writer_id)
   rng = np.random.default_rng(seed)
   for _ in range(num_batches):
+    if stop is not None and stop.is_set():
+      break
     writer.add(rows(rng.integers(0, 2**24, 16), obs_shape))
   replay.close()
 
 
+_MIN_TORN = 20  # Torn rows a hammer must see rejected before it stops (unless time runs out).
+_HAMMER_SECONDS = 60.0
+
+
 def test_two_writer_processes_and_a_sampler():
   ctx, obs_shape, rng = mp.get_context("spawn"), (512,), np.random.default_rng(0)
-  procs, checked = [], 0
+  procs, checked, rejected = [], 0, 0
 
   def start(writer_id, num_batches, seed):
     procs.append(ctx.Process(target=_write,
@@ -363,26 +389,32 @@ def test_two_writer_processes_and_a_sampler():
     return procs[-1]
 
   def sample_while(*running):
-    nonlocal checked
+    nonlocal checked, rejected
     while any(p.is_alive() for p in running):
       if replay.size():
         batch, policy_step = replay.sample(64, rng)
-        assert self_consistent(batch, policy_step)[batch.valid == 1].all()
-        checked += int(batch.valid.sum())
+        valid = batch.valid == 1
+        assert self_consistent(batch, policy_step)[valid].all()
+        checked += int(valid.sum())
+        rejected += int((~valid).sum())
 
   with shared_replay(capacity=128, num_writers=2, obs_shape=obs_shape) as replay:
     try:
-      writers = [start(0, 2_000, 0), start(1, 2_000, 1)]
-      sample_while(*writers)
-      assert [p.exitcode for p in writers] == [0, 0] and replay.inserts() == 2 * 2_000 * 16
+      inserted, seed, deadline = 0, 0, time.monotonic() + _HAMMER_SECONDS
+      while rejected < _MIN_TORN and time.monotonic() < deadline:  # Rounds of both writers.
+        writers = [start(0, 500, seed), start(1, 500, seed + 1)]
+        sample_while(*writers)
+        inserted, seed = inserted + 2 * 500 * 16, seed + 2
+        assert [p.exitcode for p in writers] == [0, 0] and replay.inserts() == inserted
+      assert rejected >= _MIN_TORN, "too few rows torn by a writer, so the seqlock went untested"
 
-      doomed = start(1, 10**9, 2)
-      while doomed.is_alive() and replay.inserts() < 2 * 2_000 * 16 + 10 * 16:
+      doomed = start(1, 10**9, seed)
+      while doomed.is_alive() and replay.inserts() < inserted + 10 * 16:
         pass
       doomed.kill()  # SIGKILL, most likely inside add().
       doomed.join()
       killed_at = replay.inserts()
-      restarted = start(1, 8, 3)
+      restarted = start(1, 8, seed + 1)
       sample_while(restarted)
       assert restarted.exitcode == 0 and replay.inserts() >= killed_at + 8 * 16
       batch, policy_step = replay.sample(4_096, rng)  # 8 batches rewrote partition 1 whole.
@@ -392,6 +424,52 @@ def test_two_writer_processes_and_a_sampler():
         p.kill()
         p.join()
   assert checked > 0
+
+
+def test_contents_taken_while_writers_write_restores_no_torn_row():
+  """A checkpoint taken while two writer processes rewrite their partitions:
+  every slot it saved torn (fields of two transitions) is saved invalid, and
+  a replay restored from it samples only self-consistent rows, before and
+  after its writers resume. Large observations make the copy long, so that
+  writers rewrite many slots within it."""
+  ctx, obs_shape, rng = mp.get_context("spawn"), (4096,), np.random.default_rng(0)
+  stop, torn, snapshots = ctx.Event(), 0, 0
+  with shared_replay(128, 2, obs_shape=obs_shape) as replay, \
+       shared_replay(128, 2, obs_shape=obs_shape) as restored:
+    procs = [ctx.Process(target=_write, args=(replay.handle, w, 10**9, w, obs_shape, stop))
+             for w in range(2)]
+    try:
+      for p in procs:
+        p.start()
+      deadline = time.monotonic() + _HAMMER_SECONDS
+      while replay.inserts() < 4 * replay.capacity and time.monotonic() < deadline:
+        time.sleep(0.01)  # The writers are under way.
+      while (torn < _MIN_TORN or snapshots < 200) and time.monotonic() < deadline:
+        saved = replay.contents()
+        assert (saved["version"] <= replay._arrays["version"]).all()  # Never ahead of the replay.
+        snapshots += 1
+        mixed = ~stored_consistent(saved)
+        assert (saved["version"][mixed] % 2 == 1).all(), "a torn slot was saved as complete"
+        torn += int(mixed.sum())
+        restored.restore(saved)
+        if restored.size():
+          batch, policy_step = restored.sample(64, rng)
+          assert self_consistent(batch, policy_step)[batch.valid == 1].all()
+        for w in range(2):  # The writers resume past, or rewrite, every torn slot.
+          restored.writer(w).add(rows(np.full(8, 10 + w), obs_shape))
+        assert (restored._arrays["version"] >= saved["version"]).all()
+        batch, policy_step = restored.sample(64, rng)
+        assert self_consistent(batch, policy_step)[batch.valid == 1].all()
+      stop.set()
+      for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+    finally:
+      for p in procs:
+        if p.is_alive():
+          p.kill()
+          p.join()
+  assert torn >= _MIN_TORN, f"{snapshots} checkpoints saw {torn} torn slots: the test went untested"
 
 
 # ---------------------------------------------------------------- rate limiting

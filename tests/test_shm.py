@@ -1,15 +1,19 @@
-"""Tests for jaxrl.shm.ParamStore: round trips, versions, isolation, and a
-multi-process seqlock hammer."""
+"""Tests for jaxrl.shm: ParamStore round trips, versions, isolation and a
+multi-process seqlock hammer; the machine and /dev/shm checks."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import multiprocessing as mp
 import os
 import pickle
+import platform
+import shutil
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from jaxrl.shm import ParamStore
+from jaxrl.replay import SharedReplay
+from jaxrl.shm import ParamStore, SharedMemoryError, check_free_space, check_memory_ordering
 
 
 def _segments(pid: int) -> set[str]:
@@ -82,6 +87,14 @@ def test_round_trip_and_versions(tree, epsilons, step):
       reader.close()
 
 
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tree=_trees)
+def test_nbytes_is_the_segment_size(tree):
+  with _owned(tree) as store:
+    assert ParamStore.nbytes(tree) == os.path.getsize(f"/dev/shm/{store.handle.block.name}")
+  assert ParamStore.nbytes(tree) >= 3 * sum(np.asarray(leaf).nbytes for leaf in jax.tree_util.tree_leaves(tree))
+
+
 def _mlp(value, like=np):
   return {
       "dense0": {"kernel": like.full((5, 3), value, like.float32), "bias": like.full((3,), value, like.float32)},
@@ -131,55 +144,64 @@ def test_publish_mismatch_raises(change):
     _assert_same_tree(store.read().params, _mlp(1))
 
 
-# Multi-process hammer: every element of publish v equals v.
+# Multi-process hammer: every element of publish v equals v. A read retries
+# only when three publishes overtake its copy, so the leaves are large (a
+# copy lasts long enough to be preempted on a busy machine) and the readers
+# go on until they have each rejected some torn copies, or time runs out.
 
-_NUM_PUBLISHES = 20000
-_NUM_READS = 5000  # At least; readers go on until the publisher is done.
+_MIN_READS = 200
+_MIN_TORN_READS = 3  # Each reader's goal; the test requires one.
+_HAMMER_SECONDS = 60.0
 
 
 def _hammer_tree(version: int):
-  return {"w": np.full((128, 128), version, np.float32), "b": [np.full(128, version, np.float32), np.full(7, version, np.int64)]}
+  return {"w": np.full((512, 512), version, np.float32),
+          "b": [np.full(512, version, np.float32), np.full(7, version, np.int64)]}
 
 
 def _hammer_epsilon(version: int) -> float:
   return 1.0 / (1.0 + version)
 
 
-def _publisher(handle, barrier, out):
+def _publisher(handle, barrier, readers_left, out):
   store = ParamStore.attach(handle)
   barrier.wait()
-  published = 0
-  for version in range(1, _NUM_PUBLISHES + 1):
+  published, version = 0, 0
+  while readers_left.value > 0:
+    version += 1
     published += store.publish(_hammer_tree(version), epsilon=_hammer_epsilon(version), step=3 * version) == version
   store.close()
-  out.put(("publisher", published))
+  out.put(("publisher", version, published))
 
 
-def _reader(handle, barrier, out):
+def _reader(handle, barrier, readers_left, out):
   store = ParamStore.attach(handle)
   barrier.wait()
   while store.latest_version() == 0:
     pass
-  versions, errors = [], []
-  while len(versions) < _NUM_READS or store.latest_version() < _NUM_PUBLISHES:
+  versions, errors, deadline = [], [], time.monotonic() + _HAMMER_SECONDS
+  while (len(versions) < _MIN_READS or store.torn_reads < _MIN_TORN_READS) and time.monotonic() < deadline:
     snap = store.read()
     leaves_ok = all(np.all(leaf == snap.version) for leaf in jax.tree_util.tree_leaves(snap.params))
     if not (leaves_ok and snap.epsilon == _hammer_epsilon(snap.version) and snap.step == 3 * snap.version):
       errors.append(f"torn snapshot: version {snap.version}, epsilon {snap.epsilon}, step {snap.step}")
     versions.append(snap.version)
+  with readers_left.get_lock():
+    readers_left.value -= 1
+  out.put(("reader", versions, errors[:3], store.torn_reads))
   store.close()
-  out.put(("reader", versions, errors[:3]))
 
 
 def test_multiprocess_hammer(capfd):
   ctx = mp.get_context("spawn")
   with _owned(_hammer_tree(0)) as store:
-    barrier, out = ctx.Barrier(3), ctx.Queue()
-    procs = [ctx.Process(target=f, args=(store.handle, barrier, out)) for f in (_publisher, _reader, _reader)]
+    barrier, readers_left, out = ctx.Barrier(3), ctx.Value("i", 2), ctx.Queue()
+    procs = [ctx.Process(target=f, args=(store.handle, barrier, readers_left, out))
+             for f in (_publisher, _reader, _reader)]
     try:
       for p in procs:
         p.start()
-      results = [out.get(timeout=60) for _ in procs]
+      results = [out.get(timeout=_HAMMER_SECONDS + 60) for _ in procs]
       for p in procs:
         p.join(timeout=30)
         assert p.exitcode == 0
@@ -189,15 +211,16 @@ def test_multiprocess_hammer(capfd):
           p.kill()
           p.join()
     assert os.path.exists(f"/dev/shm/{store.handle.block.name}")  # Children's exit did not unlink it.
-    assert store.latest_version() == _NUM_PUBLISHES
-    assert [r[1] for r in results if r[0] == "publisher"] == [_NUM_PUBLISHES]
+    [(_, last, published)] = [r for r in results if r[0] == "publisher"]
+    assert published == last == store.latest_version()
     readers = [r for r in results if r[0] == "reader"]
     assert len(readers) == 2
-    for _, versions, errors in readers:
+    for _, versions, errors, _ in readers:
       assert errors == []
-      assert len(versions) >= _NUM_READS
+      assert len(versions) >= _MIN_READS
       assert all(a <= b for a, b in zip(versions, versions[1:]))
       assert len(set(versions)) > 1  # It read while the publisher was publishing.
+    assert sum(r[3] for r in readers) >= 1, "no read was torn, so the seqlock went untested"
   err = capfd.readouterr().err
   assert "resource_tracker" not in err and "Traceback" not in err, err
 
@@ -235,3 +258,42 @@ def test_lifecycle_leaves_nothing_behind(tmp_path):
   assert proc.stderr == ""
   name = proc.stdout.strip()
   assert name.startswith("jaxrl_") and not os.path.exists(f"/dev/shm/{name}")
+
+
+@pytest.mark.parametrize("machine", ["x86_64", "AMD64"])
+def test_memory_ordering_accepts_x86_64(monkeypatch, machine):
+  monkeypatch.setattr(platform, "machine", lambda: machine)
+  check_memory_ordering()
+
+
+@pytest.mark.parametrize("machine", ["aarch64", "arm64", "ppc64le", "riscv64", "i686"])
+def test_memory_ordering_refuses_other_cpus_but_constructors_work(monkeypatch, machine):
+  monkeypatch.setattr(platform, "machine", lambda: machine)
+  with pytest.raises(SharedMemoryError) as error:
+    check_memory_ordering()
+  message = str(error.value)
+  assert isinstance(error.value, ValueError) and "\n" not in message
+  assert repr(machine) in message and "x86-64 total store order" in message
+  assert "runtime.mode=sync" in message
+  with _owned(_mlp(0)) as store:  # One process (sync mode) needs no check.
+    store.publish(_mlp(1), epsilon=0.0, step=0)
+    _assert_same_tree(store.read().params, _mlp(1))
+  replay = SharedReplay.create((3,), np.float32, capacity=4)
+  replay.close()
+  replay.unlink()
+
+
+_Usage = collections.namedtuple("_Usage", "total used free")
+
+
+def test_check_free_space(monkeypatch):
+  mib, paths = 2**20, []
+  monkeypatch.setattr(shutil, "disk_usage", lambda path: paths.append(path) or _Usage(64 * mib, 60 * mib, 4 * mib))
+  check_free_space(4 * mib, "the replay")  # Fits exactly.
+  with pytest.raises(SharedMemoryError) as error:
+    check_free_space(100 * mib + 1, "the replay and parameter store")
+  message = str(error.value)
+  assert paths == ["/dev/shm"] * 2 and isinstance(error.value, ValueError) and "\n" not in message
+  assert message.startswith("the replay and parameter store needs 100.0 MiB of shared memory")
+  assert "/dev/shm has 4.0 MiB free of 64.0 MiB" in message
+  assert "docker run --shm-size=161m" in message and "replay.capacity" in message
