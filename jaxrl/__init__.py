@@ -6,7 +6,7 @@ Public names load lazily, so a process that needs only ``jaxrl.shm`` or
 
 import importlib
 
-__all__ = ["AgentConfig", "Agent", "LearnerState", "Transition", "make_agent"]
+__all__ = ["AgentConfig", "Agent", "LearnerState", "SavedRun", "Transition", "load_run", "make_agent"]
 
 _WHERE = {
     "AgentConfig": "jaxrl.config",
@@ -14,6 +14,8 @@ _WHERE = {
     "LearnerState": "jaxrl.learner",
     "make_agent": "jaxrl.learner",
     "Transition": "jaxrl.replay",
+    "load_run": "jaxrl.saved_run",
+    "SavedRun": "jaxrl.saved_run",
 }
 
 

@@ -1,26 +1,37 @@
-"""``jaxrl-train`` / ``python scripts/train.py``: train from a YAML config.
+"""The command-line tools.
+
+``jaxrl-train`` / ``python scripts/train.py``: train from a YAML config.
 
   jaxrl-train configs/cartpole_dqn.yaml [dotted.key=value ...]
   jaxrl-train --resume runs/NAME [dotted.key=value ...]
 
 ``--resume`` continues from RUN_DIR's latest checkpoint; overrides after it
-(new stop conditions, say) apply on top of RUN_DIR/config.yaml.
+apply on top of RUN_DIR/config.yaml (see ``resume_config`` for the stop
+conditions). ``--help`` lists every config key.
 
 A bad config, environment, run directory or checkpoint is a one-line error
 on stderr with exit status 2; a run stopped by an error exits with status 1
 (the reason on stderr, the traceback in RUN_DIR/errors.log); a second
 Ctrl-C stops at once with status 130.
+
+``jaxrl-evaluate`` / ``python scripts/evaluate.py``: episodes of a trained
+run's saved policy (see ``evaluate_main``).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
+import json
 import sys
 import time
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
-from jaxrl.config import ConfigError, load_config
+from jaxrl.config import (MAX_SEED, ConfigError, EnvConfig, RunConfig, StopConfig, apply_overrides,
+                          config_keys_help, load_config)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -28,14 +39,31 @@ class _Parser(argparse.ArgumentParser):
     self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _fail(message: str) -> int:
-  print(f"jaxrl-train: error: {message}", file=sys.stderr)
+def _fail(message: str, prog: str = "jaxrl-train") -> int:
+  print(f"{prog}: error: {message}", file=sys.stderr)
   return 2
+
+
+def resume_config(saved: RunConfig, overrides: Sequence[str]) -> RunConfig:
+  """The config a run resumed with ``overrides`` goes on with: ``saved`` with
+  the overrides applied, except that the stop conditions are exactly the
+  ``stop`` overrides when there is one (a saved condition not overridden
+  becomes null: ``stop.env_steps=N`` alone must not stop at a saved
+  ``stop.eval_return`` already met), and the saved ones when there is none.
+
+  Raises:
+    ConfigError: a bad override (one line naming the key).
+  """
+  keys = [text.partition("=")[0].strip() for text in overrides]
+  if any(key == "stop" or key.startswith("stop.") for key in keys):
+    saved = dataclasses.replace(saved, stop=StopConfig())
+  return apply_overrides(saved, overrides)
 
 
 def main(argv: list[str] | None = None) -> int:
   launch_time = time.time()
-  parser = _Parser(prog="jaxrl-train", description="Train a DQN/IQN agent with jaxrl.")
+  parser = _Parser(prog="jaxrl-train", description="Train a DQN/IQN agent with jaxrl.",
+                   epilog=config_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("config", nargs="?", help="YAML config file (see configs/)")
   parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. agent.learning_rate=1e-3")
   parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
@@ -50,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
   else:
     config_path, overrides = Path(args.config), args.overrides
   try:
-    cfg = load_config(config_path, overrides)
+    if args.resume is not None:
+      cfg = resume_config(load_config(config_path), overrides)
+    else:
+      cfg = load_config(config_path, overrides)
   except ConfigError as e:
     return _fail(str(e))
   if args.resume is None:
@@ -61,10 +92,11 @@ def main(argv: list[str] | None = None) -> int:
   from jaxrl import runtime  # pylint: disable=import-outside-toplevel
   from jaxrl.actor import EnvError  # pylint: disable=import-outside-toplevel
   from jaxrl.checkpoint import CheckpointError  # pylint: disable=import-outside-toplevel
+  from jaxrl.shm import SharedMemoryError  # pylint: disable=import-outside-toplevel
   try:
-    runtime.env_spaces(cfg)
+    runtime.preflight(cfg)
     resume = runtime.load_resume(cfg, run_dir) if args.resume is not None else None
-  except (EnvError, CheckpointError) as e:
+  except (EnvError, CheckpointError, SharedMemoryError) as e:
     return _fail(str(e))
   try:
     summary = runtime.train(cfg, run_dir, launch_time, resume)
@@ -75,9 +107,104 @@ def main(argv: list[str] | None = None) -> int:
   print(f"jaxrl-train: {summary['stopped_because']}: eval_return {summary['eval_return']}, "
         f"env_steps {summary['env_steps']}, learner_steps {summary['learner_steps']}, "
         f"{summary['wall_seconds']:.1f}s -> {run_dir}")
-  if summary["stopped_because"] == "error":
+  if "error" in summary:   # a failure, or a learner killed before its final checkpoint
     print(f"jaxrl-train: error: {summary['error']}", file=sys.stderr)
     return 1
+  return 0
+
+
+def _record_episode(env_cfg: EnvConfig, agent, params, directory: Path, epsilon: float, seed: int,
+                    max_steps: int | None) -> Path:
+  """Writes a video of one episode of ``agent`` acting ``epsilon``-greedily
+  with ``params`` in the environment ``env_cfg`` (cut at ``max_steps``, None
+  = no cap): ``directory/episode.mp4`` with imageio-ffmpeg installed, else
+  ``directory/episode.gif``."""
+  import gymnasium as gym  # pylint: disable=import-outside-toplevel
+  import imageio  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from jaxrl.actor import EnvError  # pylint: disable=import-outside-toplevel
+  env = gym.make(env_cfg.id, render_mode="rgb_array", **env_cfg.kwargs)
+  try:
+    obs, _ = env.reset(seed=seed)
+    frames = [env.render()]
+    if frames[0] is None:
+      raise EnvError(f"env.id: {env_cfg.id!r} renders no rgb_array frames")
+    act, key, done = jax.jit(agent.act), jax.random.PRNGKey(seed), False
+    while not done:
+      key, act_key = jax.random.split(key)
+      obs, _, terminated, truncated, _ = env.step(int(act(params, obs[None], epsilon, act_key)[0]))
+      frames.append(env.render())
+      done = terminated or truncated or (max_steps is not None and len(frames) > max_steps)
+    fps = env.metadata.get("render_fps") or 30
+  finally:
+    env.close()
+  directory.mkdir(parents=True, exist_ok=True)
+  if importlib.util.find_spec("imageio_ffmpeg") is not None:
+    path = directory / "episode.mp4"
+    # imageio-ffmpeg starts ffmpeg with a preexec_fn, so JAX's fork hook warns; the child only execs ffmpeg.
+    with warnings.catch_warnings():
+      warnings.filterwarnings("ignore", r"os\.fork\(\) was called", RuntimeWarning)
+      imageio.mimsave(path, frames, fps=fps, macro_block_size=2)   # libx264 needs even sizes
+  else:
+    path = directory / "episode.gif"
+    imageio.mimsave(path, frames, duration=1000 / fps, loop=0)
+  return path
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+  """``jaxrl-evaluate RUN_DIR [--episodes N] [--epsilon E] [--video DIR]
+  [--checkpoint PATH] [--seed S]``: episodes of the saved policy (greedy by
+  default), one per environment, each its first; prints one JSON line
+  ``{"eval_return", "eval_return/<agent_id>", "episodes", "checkpoint",
+  "learner_steps"}`` (and ``"video"``, the file written, with ``--video``).
+  Bad input is a one-line error on stderr with exit status 2."""
+  prog = "jaxrl-evaluate"
+  parser = _Parser(prog=prog, description="Evaluate the saved policy of a jaxrl run; prints one JSON line.")
+  parser.add_argument("run_dir", metavar="RUN_DIR", help="the run directory")
+  parser.add_argument("--episodes", type=int, metavar="N",
+                      help="episodes to average (default: the run's eval.episodes)")
+  parser.add_argument("--epsilon", type=float, default=0.0, metavar="E",
+                      help="exploration rate (default 0: greedy)")
+  parser.add_argument("--video", metavar="DIR", help="write a video of the first episode to DIR")
+  parser.add_argument("--checkpoint", metavar="PATH", help="checkpoint to load (default: the run's latest)")
+  parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the episodes (default 0)")
+  args = parser.parse_args(argv)
+  if args.episodes is not None and args.episodes < 1:
+    parser.error(f"--episodes must be >= 1, got {args.episodes}")
+  if not 0.0 <= args.epsilon <= 1.0:
+    parser.error(f"--epsilon must be in [0, 1], got {args.epsilon}")
+  if not 0 <= args.seed <= MAX_SEED:
+    parser.error(f"--seed must be in [0, 2**32 - 1], got {args.seed}")
+  if args.video is not None and importlib.util.find_spec("imageio") is None:
+    return _fail("--video needs imageio: pip install -e '.[video]'", prog)
+  from jaxrl.actor import EnvError, evaluate, has_time_limit, make_vec_env  # pylint: disable=import-outside-toplevel
+  from jaxrl.checkpoint import CheckpointError  # pylint: disable=import-outside-toplevel
+  from jaxrl.saved_run import load_run  # pylint: disable=import-outside-toplevel
+  try:
+    run = load_run(args.run_dir, args.checkpoint)
+  except (ConfigError, CheckpointError, EnvError) as e:
+    return _fail(str(e), prog)
+  (agent_id,) = run.agents   # a gymnasium env has one agent
+  agent, state = run.learners[run.learner_of(agent_id)]
+  episodes = args.episodes or run.config.eval.episodes
+  envs = make_vec_env(run.config.env, episodes)
+  max_steps = None if has_time_limit(envs) else run.config.eval.max_episode_steps
+  try:
+    result = evaluate(agent=agent, params=state.params, envs=envs, epsilon=args.epsilon, seed=args.seed,
+                      max_steps=max_steps)
+  finally:
+    envs.close()
+  result = {"eval_return": result.mean_return, f"eval_return/{agent_id}": result.mean_return,
+            "episodes": episodes, "eval_capped": result.capped, "checkpoint": str(run.checkpoint),
+            "learner_steps": run.counters["learner_steps"]}
+  if args.video is not None:
+    try:
+      video = _record_episode(run.config.env, agent, state.params, Path(args.video), args.epsilon, args.seed,
+                              max_steps)
+    except (EnvError, OSError) as e:
+      return _fail(f"--video: {e}", prog)
+    result["video"] = str(video)
+  print(json.dumps(result))
   return 0
 
 

@@ -13,9 +13,12 @@ from collections.abc import Mapping, Sequence
 import dataclasses
 import difflib
 import functools
+import inspect
+import json
 import math
 import os
 import re
+import textwrap
 import types
 import typing
 from typing import Any
@@ -35,6 +38,10 @@ def _is_real(x: Any) -> bool:
 
 def _is_int(x: Any) -> bool:
   return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_module_name(x: Any) -> bool:
+  return isinstance(x, str) and all(part.isidentifier() for part in x.split("."))
 
 
 def check_positive(field: str, value: Any, allow_zero: bool = False) -> None:
@@ -73,8 +80,10 @@ class AgentConfig:
     huber_delta: Huber threshold of the DQN loss; None = 0.5 * td**2.
     target_update_period: target update every this many learner steps.
     target_tau: target <- tau * online + (1 - tau) * target; 1.0 = hard copy.
-    epsilon_start, epsilon_end, epsilon_decay_steps: linear exploration
-      schedule over learner steps, floored at epsilon_end.
+    epsilon_start: exploration rate at learner step 0.
+    epsilon_end: exploration rate reached after ``epsilon_decay_steps``
+      learner steps, linearly, and kept from then on.
+    epsilon_decay_steps: learner steps of the linear decay of exploration.
     num_tau_samples: IQN N, quantile samples of the online net in the loss.
     num_tau_prime_samples: IQN N', quantile samples of the target in the loss.
     num_quantile_samples: IQN K, quantile samples for acting / q_values.
@@ -147,16 +156,23 @@ class EnvConfig:
     id: gymnasium id given to ``gymnasium.make``, e.g. "CartPole-v1".
     kwargs: keyword arguments of ``gymnasium.make`` (``max_episode_steps``,
       the environment's own arguments, ...); string keys, YAML values.
+    imports: modules imported in every process before the environment is
+      made, so that third-party packages register their ids, e.g.
+      ``[minatar.gym]``, ``[ale_py]`` or a module of your own.
   """
 
   id: str = "CartPole-v1"
   kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
+  imports: tuple[str, ...] = ()
 
   def __post_init__(self):
     check(isinstance(self.id, str) and bool(self.id), "id", "a non-empty string", self.id)
     check(isinstance(self.kwargs, Mapping) and all(isinstance(k, str) for k in self.kwargs),
           "kwargs", "a mapping with string keys", self.kwargs)
     object.__setattr__(self, "kwargs", dict(self.kwargs))
+    check(isinstance(self.imports, (list, tuple)) and all(map(_is_module_name, self.imports)),
+          "imports", "a list of module names, e.g. [minatar.gym]", self.imports)
+    object.__setattr__(self, "imports", tuple(self.imports))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,7 +181,9 @@ class ReplayConfig:
 
   Attributes:
     capacity: transitions held; the oldest are overwritten first.
-    min_size: transitions inserted before the learner samples its first batch.
+    min_size: transitions inserted before the learner samples its first
+      batch; at least ``learner.batch_size`` and at most ``capacity //
+      actors.num`` (each actor writes its own share of the replay).
     n_step: k of the k-step return each stored transition carries (1 = one
       step TD).
     gamma: discount per environment step; a k-step transition has discount
@@ -173,7 +191,8 @@ class ReplayConfig:
     samples_per_insert: target ratio of transitions sampled by the learner
       (``learner.batch_size`` per learner step) to transitions inserted by the
       actors, enforced once ``min_size`` is reached; None = no rate limit
-      (actors and learner each run as fast as they can).
+      (in async mode actors and learner each run as fast as they can; in
+      sync mode the learner makes one fused update per actor step).
     rate_tolerance: slack of the rate limiter, in inserted transitions: the
       actors wait when they are more than this many inserts ahead of what
       the learner's samples justify (``samples / samples_per_insert``), the
@@ -249,16 +268,22 @@ class EvalConfig:
     interval: learner steps between evaluations; 0 = no evaluation.
     episodes: episodes per evaluation; ``eval_return`` is their mean return.
     epsilon: exploration rate while evaluating (0 = greedy).
+    max_episode_steps: env steps after which an evaluation episode of an env
+      without a time limit of its own is cut (it counts with its return so
+      far, and the record's ``eval_capped`` says how many were cut), so that
+      a policy that never ends its episode cannot hang the run.
   """
 
   interval: int = 2_000
   episodes: int = 10
   epsilon: float = 0.0
+  max_episode_steps: int = 10_000
 
   def __post_init__(self):
     check_positive_int("interval", self.interval, allow_zero=True)
     check_positive_int("episodes", self.episodes)
     check_unit_interval("epsilon", self.epsilon)
+    check_positive_int("max_episode_steps", self.max_episode_steps)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,8 +320,10 @@ class RuntimeConfig:
       debugging).
     start_method: multiprocessing start method, "spawn" or "forkserver";
       "fork" is refused (unsafe once JAX, which runs threads, is imported).
-    log_interval_seconds: wall-clock seconds between two metric records of
-      the learner's progress.
+    log_interval_seconds: wall-clock seconds between two learner metric
+      records, at most.
+    log_interval_learner_steps: learner steps between two learner metric
+      records, at most (a record is due when either interval has passed).
     progress: show a live progress display on the console.
     compilation_cache: directory of JAX's persistent compilation cache
       (``~`` expands); a later run with the same shapes loads its XLA
@@ -311,6 +338,7 @@ class RuntimeConfig:
   mode: str = "async"
   start_method: str = "spawn"
   log_interval_seconds: float = 2.0
+  log_interval_learner_steps: int = 500
   progress: bool = True
   compilation_cache: str | None = "~/.cache/jaxrl/xla"
   learner_cpus: int | None = None
@@ -321,6 +349,7 @@ class RuntimeConfig:
           '"spawn" or "forkserver" ("fork" is unsafe once JAX is imported: a forked'
           " child can deadlock on the threads JAX started)", self.start_method)
     check_positive("log_interval_seconds", self.log_interval_seconds)
+    check_positive_int("log_interval_learner_steps", self.log_interval_learner_steps)
     check(isinstance(self.progress, bool), "progress", "true or false", self.progress)
     check(self.compilation_cache is None or bool(self.compilation_cache), "compilation_cache",
           "null or a directory", self.compilation_cache)
@@ -350,6 +379,9 @@ class CheckpointConfig:
     check(isinstance(self.replay, bool), "replay", "true or false", self.replay)
 
 
+MAX_SEED = 2**32 - 1   # jax.random.PRNGKey(seed) keeps only the low 32 bits of a seed
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
   """Everything a training run needs; ``config.yaml`` of a run directory.
@@ -364,7 +396,8 @@ class RunConfig:
     stop: stop conditions.
     runtime: processes and reporting.
     checkpoint: checkpointing.
-    seed: seed of every random stream of the run (params, actors, envs).
+    seed: seed of every random stream of the run (params, actors, envs), in
+      [0, 2**32 - 1] (``jax.random.PRNGKey`` keeps only the low 32 bits).
     run_dir: directory of the run's outputs; None = ``runs/<config>-<time>``.
   """
 
@@ -385,12 +418,15 @@ class RunConfig:
       if dataclasses.is_dataclass(hint):
         value = getattr(self, name)
         check(isinstance(value, hint), name, f"a {hint.__name__}", value)
-    check_positive_int("seed", self.seed, allow_zero=True)
+    check(_is_int(self.seed) and 0 <= self.seed <= MAX_SEED, "seed", "an integer in [0, 2**32 - 1]",
+          self.seed)
     check(self.run_dir is None or isinstance(self.run_dir, str) and bool(self.run_dir),
           "run_dir", "null or a non-empty string", self.run_dir)
-    replay, batch_size = self.replay, self.learner.batch_size
-    check(replay.min_size <= replay.capacity, "replay.min_size",
-          f"<= replay.capacity ({replay.capacity})", replay.min_size)
+    replay, batch_size, actors = self.replay, self.learner.batch_size, self.actors.num
+    # Each actor writes its own partition of the replay, and any one of them must reach min_size.
+    check(replay.min_size <= replay.capacity // actors, "replay.min_size",
+          f"<= replay.capacity // actors.num ({replay.capacity} // {actors} = {replay.capacity // actors})",
+          replay.min_size)
     check(replay.min_size >= batch_size, "replay.min_size",
           f">= learner.batch_size ({batch_size})", replay.min_size)
     if self.stop.eval_return is not None:
@@ -481,7 +517,7 @@ def _coerce(value: Any, hint: Any, key: str, nullable: bool = False) -> Any:
 
   Supports config dataclasses, ``X | None``, ``tuple[X, ...]`` (from a list),
   ``dict`` (from a mapping), ``Any`` and bool/int/float/str; a float accepts
-  an int.
+  an int, an int an integral float (``1e5``).
   """
   if dataclasses.is_dataclass(hint):
     return _build(hint, value, key)
@@ -499,6 +535,8 @@ def _coerce(value: Any, hint: Any, key: str, nullable: bool = False) -> Any:
     return dict(value)
   if hint is Any:
     return value
+  if hint is int and isinstance(value, float) and value.is_integer():
+    return int(value)
   if not _SCALARS[hint](value):
     raise _mismatch(key, hint.__name__, value, nullable)
   try:
@@ -620,3 +658,59 @@ def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
   """Writes ``cfg`` as YAML that ``load_config`` reads back equal."""
   with open(path, "w", encoding="utf-8") as f:
     yaml.dump(config_to_dict(cfg), f, Dumper=_Dumper, sort_keys=False)
+
+
+@functools.cache
+def _field_docs(cls: type) -> dict[str, str]:
+  """Field name -> its description in the ``Attributes:`` section of ``cls``'s docstring."""
+  docs = {}
+  for line in inspect.cleandoc(cls.__doc__).partition("\nAttributes:\n")[2].splitlines():
+    entry = re.fullmatch(r"  (\w+): (.*)", line)
+    if entry:
+      name = entry.group(1)
+      docs[name] = entry.group(2)
+    elif line.startswith("    ") and docs:
+      docs[name] += " " + line.strip()
+    else:
+      break
+  return docs
+
+
+def _type_name(hint: Any) -> str:
+  """``hint`` as a user reads it: "int or null", "list of int", "mapping"."""
+  origin, args = typing.get_origin(hint), typing.get_args(hint)
+  if origin in (typing.Union, types.UnionType):
+    (inner,) = [a for a in args if a is not type(None)]
+    return f"{_type_name(inner)} or null"
+  if origin is tuple:
+    return f"list of {_type_name(args[0])}"
+  if hint is dict or origin is dict:
+    return "mapping"
+  return hint.__name__
+
+
+def config_keys_help() -> str:
+  """Every key of a ``RunConfig``, grouped by section, with its type, default
+  and description (the docstrings'): the key list of ``jaxrl-train --help``."""
+  defaults = config_to_dict(RunConfig())
+  lines = ["config keys (YAML sections, or dotted.key=value overrides; an integer may be "
+           "written 1e5 or 100_000):"]
+
+  def describe(key, hint, default, doc):
+    lines.append(f"  {key}: {_type_name(hint)} = {json.dumps(default)}")
+    lines.extend(textwrap.wrap(doc.replace("``", ""), 88, initial_indent=" " * 6,
+                               subsequent_indent=" " * 6, break_on_hyphens=False))
+
+  scalars = []
+  for section, hint in _hints(RunConfig).items():
+    if not dataclasses.is_dataclass(hint):
+      scalars.append(section)
+      continue
+    lines += ["", f"{section}: {inspect.cleandoc(hint.__doc__).splitlines()[0]}"]
+    docs = _field_docs(hint)
+    for name, field_hint in _hints(hint).items():
+      describe(f"{section}.{name}", field_hint, defaults[section][name], docs[name])
+  lines += ["", "top-level keys:"]
+  for name in scalars:
+    describe(name, _hints(RunConfig)[name], defaults[name], _field_docs(RunConfig)[name])
+  return "\n".join(lines)

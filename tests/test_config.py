@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import pathlib
 
@@ -113,11 +114,16 @@ def test_overrides_apply_in_order_then_validate(tmp_path):
     (["runtime.mode=parallel"], "runtime.mode: must be one of"),
     (["runtime.learner_cpus=0"], "runtime.learner_cpus: must be an integer >= 1, got 0"),
     (["replay.gamma=1.5"], "replay.gamma: must be in [0, 1], got 1.5"),
-    (["replay.min_size=200000"], "replay.min_size: must be <= replay.capacity (100000), got 200000"),
+    (["replay.min_size=200000"],
+     "replay.min_size: must be <= replay.capacity // actors.num (100000 // 2 = 50000), got 200000"),
     (["replay.min_size=64"], "replay.min_size: must be >= learner.batch_size (128), got 64"),
     (["replay.rate_tolerance=-1"], "replay.rate_tolerance: must be an integer >= 0, got -1"),
     (["stop.eval_return=100", "eval.interval=0"], "stop.eval_return: must be null while evaluation is off"),
-    (["seed=-1"], "seed: must be an integer >= 0, got -1"),
+    (["seed=-1"], "seed: must be an integer in [0, 2**32 - 1], got -1"),
+    (["seed=4294967296"], "seed: must be an integer in [0, 2**32 - 1], got 4294967296"),
+    (["seed=18446744073709551616"], "seed: must be an integer in [0, 2**32 - 1], got 18446744073709551616"),
+    (["env.imports=minatar.gym"], "env.imports: expected a list of str, got 'minatar.gym'"),
+    (["env.imports=[ale_py, '']"], "env.imports: must be a list of module names, e.g. [minatar.gym], got"),
     (["bogus.x=1"], "bogus: unknown key (expected one of: env, agent, replay,"),
     (["seed.x=1"], "seed.x: unknown key (seed is not a section)"),
     (["agent.hidden_sizes.x=1"], "agent.hidden_sizes.x: unknown key (agent.hidden_sizes is not a section)"),
@@ -176,9 +182,11 @@ def run_configs(draw):
   kwargs = st.dictionaries(st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True),
                            scalars | st.lists(scalars, max_size=3), max_size=4)
   batch_size = draw(st.integers(1, 256))
-  capacity = draw(st.integers(batch_size, 10**7))
+  num_actors = draw(st.integers(1, 8))
+  capacity = draw(st.integers(batch_size * num_actors, 10**7))
   return C.RunConfig(
-      env=C.EnvConfig(id=draw(st.text(min_size=1)), kwargs=draw(kwargs)),
+      env=C.EnvConfig(id=draw(st.text(min_size=1)), kwargs=draw(kwargs),
+                      imports=tuple(draw(st.lists(st.sampled_from(["ale_py", "minatar.gym", "my_envs"]))))),
       agent=C.AgentConfig(
           algo=draw(st.sampled_from(["dqn", "iqn"])),
           hidden_sizes=tuple(draw(st.lists(st.integers(1, 1024), min_size=1, max_size=4))),
@@ -187,15 +195,16 @@ def run_configs(draw):
           double_q=draw(st.booleans()),
           target_tau=draw(st.floats(0.0, 1.0, exclude_min=True))),
       replay=C.ReplayConfig(
-          capacity=capacity, min_size=draw(st.integers(batch_size, capacity)),
+          capacity=capacity, min_size=draw(st.integers(batch_size, capacity // num_actors)),
           gamma=draw(st.floats(0.0, 1.0)),
           samples_per_insert=draw(st.none() | st.floats(1e-3, 1e3))),
+      actors=C.ActorsConfig(num=num_actors),
       learner=C.LearnerConfig(batch_size=batch_size),
       stop=C.StopConfig(env_steps=draw(st.none() | st.integers(1, 10**12)),
                         eval_return=draw(st.none() | st.floats(**finite))),
       runtime=C.RuntimeConfig(mode=draw(st.sampled_from(["async", "sync"])),
                               progress=draw(st.booleans())),
-      seed=draw(st.integers(0, 2**63)),
+      seed=draw(st.integers(0, C.MAX_SEED)),
       run_dir=draw(st.none() | st.text(min_size=1)))
 
 
@@ -236,6 +245,8 @@ def test_agent_rejects_unknown_algo(algo):
 @pytest.mark.parametrize("cls, field, value", [
     (C.EnvConfig, "id", ""),
     (C.EnvConfig, "kwargs", [1]),
+    (C.EnvConfig, "imports", "ale_py"),
+    (C.EnvConfig, "imports", ["minatar/gym"]),
     (C.ReplayConfig, "capacity", 0),
     (C.ReplayConfig, "n_step", 0),
     (C.ReplayConfig, "gamma", -0.1),
@@ -260,9 +271,123 @@ def test_agent_rejects_unknown_algo(algo):
     (C.CheckpointConfig, "keep", 0),
     (C.CheckpointConfig, "replay", "no"),
     (C.RunConfig, "seed", -1),
+    (C.RunConfig, "seed", 2**32),
     (C.RunConfig, "run_dir", ""),
     (C.RunConfig, "agent", {"algo": "dqn"}),
 ])
 def test_section_rejects_invalid_value_naming_the_field(cls, field, value):
   with pytest.raises(ValueError, match=f"^{field} must be"):
     cls(**{field: value})
+
+
+# --- Issue 10 ------------------------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(capacity=st.integers(1, 64), num=st.integers(1, 8), min_size=st.integers(1, 64),
+       batch_size=st.integers(1, 8))
+def test_replay_sizes_are_valid_iff_the_replay_accepts_them(capacity, num, min_size, batch_size):
+  """Item 14: a config that validates builds its replay; one the replay
+  would reject is a ConfigError naming replay.min_size, before any run dir."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from jaxrl.replay import SharedReplay  # pylint: disable=import-outside-toplevel
+  overrides = [f"replay.capacity={capacity}", f"actors.num={num}", f"replay.min_size={min_size}",
+               f"learner.batch_size={batch_size}"]
+  try:
+    cfg = C.load_config(None, overrides)
+  except C.ConfigError as e:
+    assert str(e).startswith("replay.min_size: must be"), e
+    assert min_size > capacity // num or min_size < batch_size
+    return
+  replay = SharedReplay.create((1,), np.float32, cfg.replay.capacity, cfg.actors.num, cfg.replay.min_size,
+                               cfg.replay.samples_per_insert, cfg.replay.rate_tolerance)
+  replay.close()
+  replay.unlink()
+
+
+def test_min_size_is_checked_against_each_actors_share():
+  """Item 14: each actor writes capacity // actors.num slots of the replay."""
+  message = config_error(C.load_config, None, ["replay.min_size=60000", "actors.num=2"])
+  assert message == ("replay.min_size: must be <= replay.capacity // actors.num (100000 // 2 = 50000), "
+                     "got 60000")
+  assert C.load_config(None, ["replay.min_size=50000", "actors.num=2"]).replay.min_size == 50_000
+  assert C.load_config(None, ["replay.min_size=60000", "actors.num=1"]).replay.min_size == 60_000
+
+
+def test_seed_is_a_32_bit_unsigned_integer():
+  """Item 15: PRNGKey keeps only the low 32 bits of a seed, so larger ones are refused."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  assert C.MAX_SEED == 2**32 - 1
+  assert C.load_config(None, [f"seed={C.MAX_SEED}"]).seed == C.MAX_SEED
+  for seed in (2**32, 2**32 + 5, 2**64):
+    message = config_error(C.load_config, None, [f"seed={seed}"])
+    assert message == f"seed: must be an integer in [0, 2**32 - 1], got {seed}"
+  # Every use of the seed in jaxrl.runtime works at the largest one.
+  assert not np.array_equal(jax.random.PRNGKey(C.MAX_SEED), jax.random.PRNGKey(0))
+  assert np.random.SeedSequence([C.MAX_SEED, 1, 0, 0]).generate_state(1).dtype == np.uint32
+
+
+@pytest.mark.parametrize("text, get, expected", [
+    ("stop.env_steps=1e5", lambda c: c.stop.env_steps, 100_000),
+    ("stop.env_steps=1.5e5", lambda c: c.stop.env_steps, 150_000),
+    ("stop.env_steps=100_000", lambda c: c.stop.env_steps, 100_000),
+    ("replay.capacity=2E+5", lambda c: c.replay.capacity, 200_000),
+    ("agent.hidden_sizes=[1e2, 64]", lambda c: c.agent.hidden_sizes, (100, 64)),
+    ("agent.learning_rate=1e-3", lambda c: c.agent.learning_rate, 1e-3),
+])
+def test_integers_may_be_written_with_an_exponent_or_underscores(tmp_path, text, get, expected):
+  """Item 16: 1e5 and 100_000 are integers where an int is expected, in
+  overrides and in YAML files; the value keeps its field's type."""
+  value = get(C.load_config(None, [text]))
+  assert value == expected and type(value) is type(expected)
+  key, _, raw = text.partition("=")
+  section, _, name = key.partition(".")
+  path = tmp_path / "c.yaml"
+  path.write_text(f"{section}:\n  {name}: {raw}\n")
+  value = get(C.load_config(path))
+  assert value == expected and type(value) is type(expected)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("stop.env_steps=1.5", "stop.env_steps: expected int or null, got 1.5"),
+    ("learner.batch_size=1e-3", "learner.batch_size: expected int, got 0.001"),
+    ("learner.batch_size=1e999", "learner.batch_size: expected int, got inf"),
+    ("agent.hidden_sizes=[64.5]", "agent.hidden_sizes[0]: expected int, got 64.5"),
+])
+def test_a_fractional_integer_is_still_a_one_line_error(text, expected):
+  assert config_error(C.load_config, None, [text]) == expected
+
+
+def test_every_key_is_documented_in_the_help_with_its_type_and_default():
+  """Item 16: the text of jaxrl-train --help lists every dotted key, grouped by section."""
+  text = C.config_keys_help()
+  defaults = C.config_to_dict(C.RunConfig())
+  for section, hint in C._hints(C.RunConfig).items():
+    if dataclasses.is_dataclass(hint):
+      assert f"\n{section}: " in text
+      assert set(C._field_docs(hint)) == set(C._hints(hint)), f"{section}: undocumented fields"
+  for key in LEAF_KEYS[:-1]:   # all but env.kwargs.max_episode_steps
+    section, _, name = key.rpartition(".")
+    default = defaults[section][name] if section else defaults[name]
+    line = f"  {key}: "
+    assert line in text, key
+    entry = text[text.index(line):].splitlines()
+    assert entry[0].endswith(f" = {json.dumps(default)}"), entry[0]
+    assert entry[1].startswith("      ") and entry[1].strip(), key   # its description
+  assert "  stop.env_steps: int or null = null\n" in text
+  assert "  agent.hidden_sizes: list of int = [120, 84]\n" in text
+  assert "  env.kwargs: mapping = {}\n" in text
+
+
+def test_env_imports_is_a_list_of_module_names(tmp_path):
+  """Item 17: env.imports, documented, a tuple of dotted module names, () by default."""
+  assert C.EnvConfig().imports == ()
+  cfg = C.load_config(None, ["env.imports=[minatar.gym, ale_py]"])
+  assert cfg.env.imports == ("minatar.gym", "ale_py")
+  path = tmp_path / "c.yaml"
+  C.save_config(cfg, path)
+  assert C.load_config(path) == cfg
+  assert "env:\n  id: CartPole-v1\n  kwargs: {}\n  imports:\n  - minatar.gym\n  - ale_py\n" in path.read_text()
+  for bad in ("[1]", "['']", "[a.]", "[a b]", "{a: 1}"):
+    assert config_error(C.load_config, None, [f"env.imports={bad}"]).startswith("env.imports")

@@ -1,0 +1,87 @@
+"""Loading a trained run in research code: ``jaxrl.load_run(run_dir)``.
+
+  run = jaxrl.load_run("runs/NAME")        # latest checkpoint; checkpoint=PATH for another
+  agent, state = run.learners[run.learner_of("agent_0")]
+  q = agent.q_values(state.params, obs, key)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from jaxrl import runtime
+from jaxrl.checkpoint import CheckpointError, latest_checkpoint, restore_checkpoint
+from jaxrl.config import ConfigError, RunConfig, load_config
+from jaxrl.learner import Agent, LearnerState, make_agent
+
+
+@dataclasses.dataclass(frozen=True)
+class SavedRun:
+  """A run directory's config and the learners' states of one checkpoint.
+
+  Attributes:
+    config: the run's ``RunConfig`` (``RUN_DIR/config.yaml``).
+    checkpoint: the checkpoint file the states were restored from.
+    counters: the run counters saved with it (``env_steps``, ``episodes``,
+      ``learner_steps``).
+    learners: ``{learner_id: (agent, LearnerState)}``, each agent built for
+      its learner's config and spaces, each state restored bit for bit.
+    agents: ``{agent_id: learner_id}``: the learner serving each agent id.
+  """
+
+  config: RunConfig
+  checkpoint: Path
+  counters: dict[str, Any]
+  learners: dict[str, tuple[Agent, LearnerState]]
+  agents: dict[str, str]
+
+  def learner_of(self, agent_id: str) -> str:
+    """The id of the learner serving ``agent_id``; KeyError naming it if the
+    run has no such agent."""
+    if agent_id not in self.agents:
+      raise KeyError(f"agent id {agent_id!r} is not an agent of this run (its agents: "
+                     f"{', '.join(self.agents)})")
+    return self.agents[agent_id]
+
+
+def load_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = None) -> SavedRun:
+  """The run in ``run_dir`` with its learners restored from a checkpoint.
+
+  Args:
+    run_dir: a run directory (holding ``config.yaml`` and ``checkpoints/``).
+    checkpoint: a checkpoint file, or a directory of checkpoints (its latest
+      is read); None = the latest in ``run_dir/checkpoints``.
+
+  Raises:
+    CheckpointError: not a run directory, no checkpoint, or an unreadable one
+      or one of another agent (one line naming the path).
+    ConfigError: ``config.yaml`` does not load under this version of jaxrl.
+    EnvError: the run's environment cannot be made here.
+  """
+  run_dir = Path(run_dir)
+  config_path = run_dir / "config.yaml"
+  if not config_path.is_file():
+    raise CheckpointError(f"{run_dir}: not a run directory (no config.yaml)")
+  try:
+    cfg = load_config(config_path)
+  except ConfigError as e:  # A key this version of jaxrl no longer reads, say.
+    message = str(e)
+    raise ConfigError(message if message.startswith(f"{config_path}:") else f"{config_path}: {message}") from None
+  path = Path(checkpoint) if checkpoint is not None else run_dir / "checkpoints"
+  if path.is_dir() or checkpoint is None:
+    latest = latest_checkpoint(path)
+    if latest is None:
+      raise CheckpointError(f"{path}: no checkpoint in this directory")
+    path = latest
+  obs_shape, _, num_actions = runtime.env_spaces(cfg)
+  agent = make_agent(cfg.agent, obs_shape, num_actions)
+  state, counters, _ = restore_checkpoint(path, jax.eval_shape(agent.init, jax.random.PRNGKey(0)))
+  # A gymnasium env has the one agent runtime.AGENT_ID; with ``agents.share:
+  # none`` (design section 4) its learner is named after it.
+  return SavedRun(config=cfg, checkpoint=path, counters=counters,
+                  learners={runtime.AGENT_ID: (agent, state)}, agents={runtime.AGENT_ID: runtime.AGENT_ID})
