@@ -21,6 +21,7 @@ the actor's seed, so acting is deterministic for a seed on both paths.
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, NamedTuple
 
 import gymnasium as gym
@@ -35,10 +36,23 @@ class EnvError(ValueError):
   """An environment jaxrl cannot serve (one-line message)."""
 
 
+def import_env_modules(env: EnvConfig) -> None:
+  """Imports ``env.imports`` (modules that register environment ids, e.g.
+  ``minatar.gym``); raises EnvError naming the module that fails."""
+  for name in env.imports:
+    try:
+      importlib.import_module(name)
+    except Exception as e:  # pylint: disable=broad-except  # A user's module may raise anything.
+      raise EnvError(f"env.imports: cannot import {name!r}: {type(e).__name__}: {e}") from None
+
+
 def make_vec_env(env: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
   """The fastest gymnasium vector env for ``env.id``: native vectorisation
-  when the environment has one, else ``SyncVectorEnv``. Checks that jaxrl
-  can serve it (discrete actions, Box observations of rank 1 or 3)."""
+  when the environment has one, else ``SyncVectorEnv``. Imports
+  ``env.imports`` first. Checks that jaxrl can serve it: discrete actions,
+  Box observations of rank 1 or 3, and gymnasium's NEXT_STEP autoreset
+  (the mode ``NStepAccumulator`` and ``Actor`` are written for)."""
+  import_env_modules(env)
   try:
     try:
       envs = gym.make_vec(env.id, num_envs=num_envs, vectorization_mode="vector_entry_point", **env.kwargs)
@@ -46,17 +60,29 @@ def make_vec_env(env: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
       envs = gym.make_vec(env.id, num_envs=num_envs, vectorization_mode="sync", **env.kwargs)
   except gym.error.Error as e:
     raise EnvError(f"env.id: cannot make {env.id!r}: {str(e).splitlines()[0]}") from None
-  except TypeError as e:
+  except (TypeError, ValueError) as e:
     raise EnvError(f"env.kwargs: {env.id!r} rejects them: {e}") from None
-  if not isinstance(envs.single_action_space, gym.spaces.Discrete):
-    envs.close()
-    raise EnvError(f"env.id: {env.id!r} has {type(envs.single_action_space).__name__} actions; "
-                   "jaxrl's DQN and IQN need Discrete actions")
+  problem = None
+  mode = envs.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
   space = envs.single_observation_space
-  if not (isinstance(space, gym.spaces.Box) and len(space.shape) in (1, 3)):
+  if not isinstance(envs.single_action_space, gym.spaces.Discrete):
+    problem = (f"env.id: {env.id!r} has {type(envs.single_action_space).__name__} actions; "
+               "jaxrl's DQN and IQN need Discrete actions")
+  elif not (isinstance(space, gym.spaces.Box) and len(space.shape) in (1, 3)):
+    problem = f"env.id: {env.id!r} has {space} observations; jaxrl needs a Box of rank 1 or 3"
+  elif mode != gym.vector.AutoresetMode.NEXT_STEP:
+    problem = (f"env.kwargs: {env.id!r} autoresets in {getattr(mode, 'value', mode)} mode; jaxrl's "
+               "n-step and truncation bookkeeping needs gymnasium's NextStep mode (the default)")
+  if problem is not None:
     envs.close()
-    raise EnvError(f"env.id: {env.id!r} has {space} observations; jaxrl needs a Box of rank 1 or 3")
+    raise EnvError(problem)
   return envs
+
+
+def has_time_limit(envs: gym.vector.VectorEnv) -> bool:
+  """Whether the episodes of ``envs`` end by a time limit of their own."""
+  spec = envs.envs[0].spec if hasattr(envs, "envs") else envs.spec
+  return bool(getattr(spec, "max_episode_steps", None) or getattr(envs, "max_episode_steps", None))
 
 
 # --- Numpy inference ----------------------------------------------------------
@@ -107,13 +133,23 @@ class Episode(NamedTuple):
   policy_lag: float
 
 
+class ActorStep(NamedTuple):
+  """What one ``Actor.step`` gives: the n-step transitions it completed (a
+  dict of NStepAccumulator.step, None if not collecting), the episodes that
+  ended, and ``env_steps``: the real environment transitions taken (the
+  envs stepped, less those whose step was gymnasium's no-op autoreset)."""
+  transitions: dict[str, np.ndarray] | None
+  episodes: list[Episode]
+  env_steps: int
+
+
 class Actor:
   """Steps ``num_envs`` environments with an epsilon-greedy policy.
 
   Call ``set_policy`` with each new snapshot; ``step`` advances every env
-  once and returns the n-step transitions completed (None if not
-  ``collect``: evaluation, which saves a fifth of the step) and the
-  episodes that finished.
+  once and returns an ``ActorStep``: the n-step transitions completed (None
+  if not ``collect``: evaluation, which saves a fifth of the step), the
+  episodes that finished and the real env steps taken.
   Episode returns and lengths exclude gymnasium's autoreset step.
   Deterministic for a given ``seed``, params and sequence of calls.
   """
@@ -124,9 +160,9 @@ class Actor:
     self.num_envs = envs.num_envs
     self.num_actions = int(envs.single_action_space.n)
     space = envs.single_observation_space
-    # DQN with an MLP torso acts in numpy; IQN and the conv torso in JAX.
-    self._jax_q_values = (None if agent.config.algo == "dqn" and len(space.shape) == 1
-                          else jax.jit(agent.q_values))
+    # DQN with the built-in MLP acts in numpy; IQN, the conv torso and a user's network in JAX.
+    numpy_path = agent.config.algo == "dqn" and len(space.shape) == 1 and agent.builtin_network
+    self._jax_q_values = None if numpy_path else jax.jit(agent.q_values)
     self._accumulator = NStepAccumulator(self.num_envs, n_step, gamma, space.shape, space.dtype) if collect else None
     self._rng = np.random.default_rng(seed)
     # Exploration draws, float [S, E] uniforms and int [S, E] random actions,
@@ -146,6 +182,11 @@ class Actor:
     self.params: Any = None
     self.epsilon = 1.0
     self.policy_step = 0
+
+  @property
+  def running_returns(self) -> np.ndarray:
+    """float [E]: the return so far of each env's current episode."""
+    return self._returns.copy()
 
   def set_policy(self, params: Any, epsilon: float, step: int) -> None:
     """Acts from now on with a copy of ``params`` (numpy or jax tree), so
@@ -174,18 +215,14 @@ class Actor:
       q = np.asarray(self._jax_q_values(self.params, obs, key))
     return np.where(explore, random_action, q.argmax(axis=1))
 
-  def step(self, learner_step: int = 0) -> tuple[dict[str, np.ndarray] | None, list[Episode]]:
-    """One step of every env; ``learner_step`` is the learner's newest step.
-
-    Returns:
-      (transitions, episodes): the dict of NStepAccumulator.step (None if
-      not ``collect``), and an Episode for each episode that ended.
-    """
+  def step(self, learner_step: int = 0) -> ActorStep:
+    """One step of every env; ``learner_step`` is the learner's newest step."""
     action = self._act(self.obs)
     next_obs, reward, terminated, truncated, _ = self.envs.step(action)
     transitions = None if self._accumulator is None else self._accumulator.step(
         self.obs, action, reward, terminated, truncated, next_obs, self.policy_step)
     self.obs = next_obs
+    env_steps = self.num_envs - len(self._resetting)
     self._steps += 1
     self._lag_sum += learner_step - self.policy_step
     self._returns += reward
@@ -200,22 +237,38 @@ class Actor:
       length = self._steps - int(self._start_steps[i])
       episodes.append(Episode(i, float(self._returns[i]), length,
                               (self._lag_sum - float(self._start_lag_sums[i])) / length))
-    return transitions, episodes
+    return ActorStep(transitions, episodes, env_steps)
 
 
-def evaluate(agent, params: Any, envs: gym.vector.VectorEnv, epsilon: float, seed: int) -> float:
-  """Mean return of the first episode of each of ``envs``' environments,
+class Evaluation(NamedTuple):
+  """The result of ``evaluate``: ``mean_return`` of one episode per env, and
+  ``capped``: how many of those episodes were cut at ``max_steps``."""
+  mean_return: float
+  capped: int
+
+
+def evaluate(agent, params: Any, envs: gym.vector.VectorEnv, epsilon: float, seed: int,
+             max_steps: int | None = None) -> Evaluation:
+  """The return of the first episode of each of ``envs``' environments,
   acting ``epsilon``-greedily (0 = greedy); nothing is written to replay.
 
   Taking one whole episode per env (rather than the first N to finish)
-  keeps the mean unbiased towards short episodes.
+  keeps the mean unbiased towards short episodes. An episode still running
+  after ``max_steps`` env steps (None = no cap) counts with its return so
+  far, so that a policy that never ends its episode cannot hang the caller.
   """
   actor = Actor(agent, envs, seed, collect=False)
   actor.set_policy(params, epsilon, 0)
   first_return = np.full(envs.num_envs, np.nan)
+  steps = 0
   while np.isnan(first_return).any():
-    _, finished = actor.step()
+    _, finished, _ = actor.step()
+    steps += 1
     for episode in finished:
       if np.isnan(first_return[episode.env]):
         first_return[episode.env] = episode.episode_return
-  return float(first_return.mean())
+    if max_steps is not None and steps >= max_steps:
+      break
+  capped = np.isnan(first_return)
+  first_return[capped] = actor.running_returns[capped]   # still in their first episode
+  return Evaluation(float(first_return.mean()), int(capped.sum()))

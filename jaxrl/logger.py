@@ -27,7 +27,9 @@ from rich import console as rich_console
 from rich import live as rich_live
 from rich import progress as rich_progress
 from rich import text as rich_text
+import yaml
 from tensorboardX import FileWriter
+from tensorboardX import summary as tb_summary
 from tensorboardX.proto.summary_pb2 import Summary
 
 METRICS_FILE = "metrics.jsonl"
@@ -37,13 +39,39 @@ SUMMARY_FIELDS = ("eval_return", "env_steps", "learner_steps", "wall_seconds", "
 RETURN_WINDOW = 20  # episodes in the "recent return" mean, on screen and in the plot.
 _TB_FLUSH_SECS = 10  # a killed run loses at most this much TensorBoard data.
 
+# TensorBoard tags of record fields, grouped as CleanRL's users know them.
+# Other numeric fields go under misc/; identifiers and counters are not curves.
+TB_TAGS = {
+    "episode_return": "charts/episodic_return",
+    "episode_length": "charts/episodic_length",
+    "eval_return": "charts/eval_return",
+    "eval_capped": "charts/eval_capped_episodes",
+    "sps": "charts/SPS",
+    "updates_per_s": "charts/updates_per_s",
+    "epsilon": "charts/epsilon",
+    "learning_rate": "charts/learning_rate",
+    "policy_lag": "charts/policy_lag",
+    "sample_age": "charts/sample_age",
+    "actor_restarts": "charts/actor_restarts",
+    "loss": "losses/td_loss",
+    "q_mean": "losses/q_values",
+    "grad_norm": "losses/grad_norm",
+    "acting_seconds": "perf/acting_seconds",
+    "learning_seconds": "perf/learning_seconds",
+}
+RECENT_RETURN_TAG = f"charts/episodic_return_mean{RETURN_WINDOW}"
+_NOT_CURVES = {"time", "env_steps", "learner_steps", "eval_learner_steps", "agent_id", "actor_id", "learner_id"}
+
 
 def _plain(key: str, value: Any) -> Any:
   """Returns ``value`` as a JSON-ready Python scalar.
 
   numpy and JAX scalars become int/float/bool; non-finite floats become None
-  (JSON null). Raises TypeError for arrays with more than one element.
+  (JSON null); a list or tuple becomes a list of such values. Raises
+  TypeError for arrays with more than one element.
   """
+  if isinstance(value, (list, tuple)):
+    return [_plain(key, v) for v in value]
   if value is not None and not isinstance(value, str):
     array = np.asarray(value)
     if array.ndim != 0:
@@ -94,10 +122,17 @@ class MetricsLogger:
   Each record is one JSON line written with one ``write`` call on an
   unbuffered file, so a killed run keeps every record logged before it died
   and never leaves half a line except on a write error (resume cuts such a
-  line away). Every numeric field except ``time``, ``env_steps`` and
-  ``agent_id`` also goes to TensorBoard at global step ``env_steps``:
-  ``episode_<x>`` fields under ``episode/<x>``, and with ``/agent_<id>``
-  appended when the record has an ``agent_id``.
+  line away).
+
+  TensorBoard gets one event per record at global step ``env_steps``, its
+  numeric fields tagged by ``TB_TAGS`` (``charts/episodic_return``,
+  ``losses/td_loss``, ...; others under ``misc/``; ids and counters not at
+  all), plus ``RECENT_RETURN_TAG``, the mean of each agent's last
+  ``RETURN_WINDOW`` episode returns. With several ``agent_ids`` a tag ends
+  in the record's ``/<agent_id>`` (or ``/<learner_id>``), and per-agent
+  fields (``eval_return/<agent_id>``) get tags of their own; with one, the
+  tags are those of a single-agent run. ``config`` (plain data), if given,
+  is written once as text.
 
   ``time`` is seconds since ``launch_time``. With ``resume=True`` it
   continues from the last record instead, so that ``time`` counts the
@@ -105,7 +140,8 @@ class MetricsLogger:
   Without ``resume``, an existing metrics.jsonl raises FileExistsError.
   """
 
-  def __init__(self, run_dir: str | os.PathLike, launch_time: float, resume: bool = False):
+  def __init__(self, run_dir: str | os.PathLike, launch_time: float, resume: bool = False,
+               config: dict[str, Any] | None = None, agent_ids: tuple[str, ...] = ()):
     self.run_dir = Path(run_dir)
     self.run_dir.mkdir(parents=True, exist_ok=True)
     self.path = self.run_dir / METRICS_FILE
@@ -118,6 +154,12 @@ class MetricsLogger:
       flags |= os.O_EXCL
     self._fd = os.open(self.path, flags, 0o644)
     self._tb = FileWriter(str(self.run_dir), flush_secs=_TB_FLUSH_SECS)
+    self._several_agents = len(agent_ids) > 1
+    self._returns: dict[Any, collections.deque] = collections.defaultdict(
+        lambda: collections.deque(maxlen=RETURN_WINDOW))
+    if config is not None:
+      text = "```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```"
+      self._tb.add_summary(tb_summary.text("config", text), global_step=0)
 
   def _truncate_partial_line(self) -> float:
     """Cuts a crashed run's partial last line; returns the last record's time."""
@@ -155,14 +197,21 @@ class MetricsLogger:
   def _write_tensorboard(self, line: dict[str, Any]) -> None:
     """One event per record, holding its scalars: a quarter of the cost of
     an event per scalar, which an episode-per-record run pays per episode."""
-    agent_id = line.get("agent_id")
-    suffix = "" if agent_id is None else f"/agent_{agent_id}"
+    owner = line.get("agent_id", line.get("learner_id"))
+    suffix = f"/{owner}" if self._several_agents and owner is not None else ""
     values = []
     for key, value in line.items():
-      if key in ("time", "env_steps", "agent_id") or not _is_number(value):
+      if key in _NOT_CURVES or not _is_number(value):
         continue
-      tag = "episode/" + key.removeprefix("episode_") if key.startswith("episode_") else key
-      values.append(Summary.Value(tag=tag + suffix, simple_value=value))
+      base, _, agent = key.partition("/")
+      if agent and not self._several_agents:
+        continue   # eval_return/<agent_id> of the one agent: eval_return itself
+      tag = TB_TAGS.get(base, f"misc/{base}") + (f"/{agent}" if agent else suffix)
+      values.append(Summary.Value(tag=tag, simple_value=value))
+    if _is_number(line.get("episode_return")):
+      recent = self._returns[owner]
+      recent.append(line["episode_return"])
+      values.append(Summary.Value(tag=RECENT_RETURN_TAG + suffix, simple_value=float(np.mean(recent))))
     if values:
       self._tb.add_summary(Summary(value=values), global_step=line["env_steps"])
 

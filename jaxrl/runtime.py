@@ -46,32 +46,53 @@ import numpy as np
 from jaxrl.config import RunConfig, config_to_dict, save_config
 from jaxrl.logger import MetricsLogger, ProgressDisplay, plot_learning_curve, write_summary
 from jaxrl.replay import SharedReplay
-from jaxrl.shm import ParamStore, SharedBlock, unlink_orphaned
+from jaxrl.shm import ParamStore, SharedBlock, check_free_space, check_memory_ordering, unlink_orphaned
 
 _POLL_S = 0.0005      # back-off of a process waiting on the rate limiter or the supervisor
-_STOP_GRACE_S = 8.0   # seconds children get to save and exit before they are killed
 CHECKPOINT_DIR = "checkpoints"
 ERRORS_FILE = "errors.log"
 
 
+_jax_role: str | None = None   # the role configure_jax set this process's JAX up for
+
+
 def configure_jax(role: str, compilation_cache: str | None = None) -> None:
-  """Per-process JAX setup, before the first computation. Actors and the
-  supervisor stay on one CPU thread and off any accelerator; the learner
-  takes the default backend (the GPU when there is one). With
-  ``compilation_cache`` (a directory), compiled programs persist across runs."""
+  """Per-process JAX setup, before the first computation. Actors, the
+  supervisor and sync mode ("actor", "supervisor") stay on one CPU thread
+  and off any accelerator; the learner takes the default backend (the GPU
+  when there is one). With ``compilation_cache`` (a directory), compiled
+  programs persist across runs.
+
+  Each process sets JAX up for its own role only: the environment that the
+  processes it starts inherit is left as it was. The backend settings are
+  made once per process (JAX reads them when it creates its first client);
+  later calls only update the compilation cache.
+  """
+  global _jax_role
   import jax  # pylint: disable=import-outside-toplevel
-  if role == "learner":
-    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
-  else:
-    import threadpoolctl  # pylint: disable=import-outside-toplevel
-    threadpoolctl.threadpool_limits(1)   # numpy's BLAS: the numpy forward pass at E >= 16
-    os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
-    jax.config.update("jax_platforms", "cpu")
-    jax.config.update("jax_cpu_enable_async_dispatch", False)
   if compilation_cache is not None:
     jax.config.update("jax_compilation_cache_dir", os.path.expanduser(compilation_cache))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+  if _jax_role is not None:
+    return
+  _jax_role = role
+  if role == "learner":
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")   # read by this process only
+    return
+  import threadpoolctl  # pylint: disable=import-outside-toplevel
+  threadpoolctl.threadpool_limits(1)   # numpy's BLAS: the numpy forward pass at E >= 16
+  jax.config.update("jax_platforms", "cpu")
+  jax.config.update("jax_cpu_enable_async_dispatch", False)
+  flags = os.environ.get("XLA_FLAGS")
+  os.environ["XLA_FLAGS"] = f"{flags or ''} --xla_cpu_multi_thread_eigen=false".strip()
+  try:
+    jax.devices("cpu")   # creates the CPU client, which reads XLA_FLAGS now and never again
+  finally:
+    if flags is None:
+      del os.environ["XLA_FLAGS"]
+    else:
+      os.environ["XLA_FLAGS"] = flags
 
 
 def env_spaces(cfg: RunConfig) -> tuple[tuple[int, ...], np.dtype, int]:
@@ -168,6 +189,8 @@ class Learner:
     self._batch = cfg.learner.batch_size
     self._fused = cfg.learner.updates_per_call
     self._publish_interval = cfg.learner.publish_interval
+    self._report_seconds = cfg.runtime.log_interval_seconds
+    self._report_steps = cfg.runtime.log_interval_learner_steps
     self.steps = int(state.step)
     self._rng = np.random.default_rng(_seed(cfg, 2, self.steps))
 
@@ -178,8 +201,10 @@ class Learner:
     padding = self._fused_batches(replay.padding_batch(self._batch * self._fused))
     _, metric_shapes = jax.eval_shape(agent.train_step, state, jax.tree.map(lambda x: x[0], padding))
     self._zeros = jax.tree.map(lambda m: jax.numpy.zeros(m.shape, m.dtype), metric_shapes)
-    self._totals, self._reported_at = self._zeros, self.steps   # metric sums since step `_reported_at`
-    self._lag_total = 0.0
+    # Metric sums since learner step `_reported_at` (reported at `_reported_time`),
+    # and the learner steps between acting and sampling, summed over valid samples.
+    self._totals, self._reported_at, self._reported_time = self._zeros, self.steps, time.monotonic()
+    self._age_sum, self._age_count = 0.0, 0
     self._in_flight: collections.deque = collections.deque()   # step outputs of dispatched calls
     self._publish(state)
     self._published_at = self.steps
@@ -198,7 +223,9 @@ class Learner:
     finds the copy complete. The device never idles for a publish, at the cost
     of at most ``_MAX_IN_FLIGHT`` calls of policy lag."""
     batch, policy_step = self.replay.sample(self._batch * self._fused, self._rng)
-    self._lag_total += self._fused * (self.steps - float(policy_step.mean()))
+    valid = batch.valid > 0   # an invalid row's policy_step is 0, not an age
+    self._age_sum += float((self.steps - policy_step[valid]).sum())
+    self._age_count += int(valid.sum())
     if self._outgoing is None and self.steps - self._published_at >= self._publish_interval:
       self._outgoing = self.state
       for leaf in self._jax.tree.leaves((self.state.params, self.state.epsilon, self.state.step)):
@@ -217,16 +244,25 @@ class Learner:
     """[F * B, ...] -> [F, B, ...]: one batch per fused update."""
     return self._jax.tree.map(lambda x: x.reshape(self._fused, self._batch, *x.shape[1:]), batch)
 
+  def report_due(self) -> bool:
+    """Whether ``runtime.log_interval_seconds`` or ``log_interval_learner_steps``
+    have passed since the last report."""
+    return (self.steps - self._reported_at >= self._report_steps
+            or time.monotonic() - self._reported_time >= self._report_seconds)
+
   def report(self) -> dict[str, float]:
-    """Means of ``train_step``'s metrics since the last report, and
-    ``sample_age``: learner steps between the params that acted and the
-    learner step that sampled. Empty if there was no update since.
+    """A learner record: the means of ``train_step``'s metrics since the
+    last report, except ``epsilon`` and ``learning_rate``, which are their
+    values at the record's ``learner_steps``; ``sample_age``, learner steps
+    between the params that acted and the learner step that sampled (valid
+    samples only); ``updates_per_s`` since the last report. Empty if there
+    was no update since.
 
     Raises:
       NonFiniteError: a loss or gradient norm since the last report was not
         finite (a non-finite term makes its total non-finite).
     """
-    totalled = self.steps - self._reported_at
+    totalled, now = self.steps - self._reported_at, time.monotonic()
     if not totalled:
       return {}
     totals = self._jax.device_get(self._totals)
@@ -234,8 +270,13 @@ class Learner:
       if not np.isfinite(totals[key]):
         raise NonFiniteError(f"non-finite {key} ({totals[key]}) before learner step {self.steps}")
     out = {k: float(v) / totalled for k, v in totals.items()}
-    out["sample_age"] = self._lag_total / totalled
-    self._totals, self._reported_at, self._lag_total = self._zeros, self.steps, 0.0
+    out.update(learner_steps=self.steps, epsilon=float(self.state.epsilon),
+               learning_rate=float(self.agent.learning_rate_schedule(self.state.step)),
+               updates_per_s=totalled / max(now - self._reported_time, 1e-9))
+    if self._age_count:
+      out["sample_age"] = self._age_sum / self._age_count
+    self._totals, self._reported_at, self._reported_time = self._zeros, self.steps, now
+    self._age_sum, self._age_count = 0.0, 0
     return out
 
 
@@ -285,15 +326,17 @@ def _restored_state(agent, cfg: RunConfig, checkpoint: Path | None):
 # --- Child processes -----------------------------------------------------------
 
 
+AGENT_ID = "agent_0"   # the one agent of a gymnasium env (design section 4)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Shared:
-  """What a child needs: picklable segment handles, the run's files, the parent."""
+  """What a child needs: picklable segment handles and the run's files."""
   control: Any          # BlockHandle: stop flag and counters (see _control_specs)
-  params: Any           # ParamStoreHandle of agent 0
-  replay: Any           # ReplayHandle of agent 0
+  params: Any           # ParamStoreHandle of the learner
+  replay: Any           # ReplayHandle of the learner
   run_dir: Path
   checkpoint: Path | None   # checkpoint the learner resumes from
-  parent_pid: int
   compilation_cache: str | None
   placement: tuple[set[int], set[int]] | None   # cpu_placement: the learner's CPUs, the others'
 
@@ -301,10 +344,10 @@ class _Shared:
 def _control_specs(num_actors: int) -> dict:
   """The control block: ``stop`` (0 = run, _STOP_ACTORS, _STOP_ALL); per-actor ``env_steps`` and
   ``episodes`` since launch; counts ``restored`` from a checkpoint (env
-  steps, episodes); the learner's ``learner_steps`` and ``reported_steps``."""
+  steps, episodes); the learner's ``learner_steps``."""
   return {"stop": ((1,), "int64"), "env_steps": ((num_actors,), "int64"),
           "episodes": ((num_actors,), "int64"), "restored": ((2,), "int64"),
-          "learner_steps": ((1,), "int64"), "reported_steps": ((1,), "int64")}
+          "learner_steps": ((1,), "int64")}
 
 
 def _counters(arrays: dict) -> dict[str, int]:
@@ -314,23 +357,42 @@ def _counters(arrays: dict) -> dict[str, int]:
           "learner_steps": int(arrays["learner_steps"][0])}
 
 
-def _orphaned(shared: _Shared) -> bool:
-  return os.getppid() != shared.parent_pid
-
-
 # A run stops in two phases, so that the learner's final checkpoint counts
 # every env step: the actors first, then the learner.
 _STOP_ACTORS, _STOP_ALL = 1, 2
+_ORPHAN_CHECK_S = 0.05   # how often a child looks whether its supervisor is alive
 
 
-def _should_stop(shared: _Shared, arrays: dict, phase: int = _STOP_ACTORS) -> bool:
-  """True when this process should stop: the supervisor asked for ``phase``, or it died."""
-  return arrays["stop"][0] >= phase or _orphaned(shared)
+class _ChildControl:
+  """A child's view of the run: the control block's arrays, and whether it
+  should stop. A child stops when the supervisor asks (``arrays["stop"]``)
+  or when the supervisor has died: ``multiprocessing.parent_process()``'s
+  sentinel is a pipe whose write end only the supervisor holds, so it reads
+  EOF once the supervisor is gone, whichever start method made the child
+  (a forkserver child's parent process is the fork server)."""
+
+  def __init__(self, block: SharedBlock):
+    self.arrays = block.arrays
+    self._supervisor = mp.parent_process()
+    self._checked_at = -np.inf
+    self._orphaned = False
+
+  def orphaned(self) -> bool:
+    """Whether the supervisor has died (looked up at most every _ORPHAN_CHECK_S)."""
+    now = time.monotonic()
+    if not self._orphaned and now - self._checked_at >= _ORPHAN_CHECK_S:
+      self._checked_at = now
+      self._orphaned = self._supervisor is not None and not self._supervisor.is_alive()
+    return self._orphaned
+
+  def should_stop(self, phase: int = _STOP_ACTORS) -> bool:
+    """True when this process should stop: the supervisor asked for ``phase``, or it died."""
+    return bool(self.arrays["stop"][0] >= phase) or self.orphaned()
 
 
 def _episode_record(episode, actor_id: int) -> dict:
   return {"episode_return": episode.episode_return, "episode_length": episode.length,
-          "policy_lag": episode.policy_lag, "agent_id": 0, "actor_id": actor_id}
+          "policy_lag": episode.policy_lag, "agent_id": AGENT_ID, "actor_id": actor_id}
 
 
 def _error_message(process: str, error: BaseException) -> tuple[str, dict]:
@@ -383,19 +445,39 @@ def _inbox(connections: dict[str, Any]):
       connection.close()
 
 
+_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def _signals_ignored_by_children():
+  """Processes started inside this block ignore SIGINT and SIGTERM from
+  birth: an ignored disposition survives spawn's and the fork server's
+  exec, so a Ctrl-C or a ``kill -TERM -PGID`` that reaches the whole process
+  group while a child still imports is the supervisor's alone to handle.
+  Signals to this process are held meanwhile and delivered on exit."""
+  signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
+  previous = {s: signal.signal(s, signal.SIG_IGN) for s in _SIGNALS}
+  try:
+    yield
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
+
+
 @contextlib.contextmanager
 def _child(role: str, process: str, shared: _Shared, connection):
   """Runs the body of child ``process``: sets it up, attaches (control,
   store, replay), reports an exception as an "error" message (exit status 1,
   no traceback on the console), and detaches. The learner of a dead
   supervisor also unlinks the segments."""
+  signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)   # ignored since birth; the supervisor stops us
   if shared.placement is not None:   # before JAX sizes its thread pools
     os.sched_setaffinity(0, shared.placement[0 if role == "learner" else 1])
-  signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the supervisor's to handle.
-  signal.signal(signal.SIGTERM, signal.SIG_DFL)
   outbox = _Outbox(connection)
   configure_jax(role, shared.compilation_cache)
-  control = SharedBlock.attach(shared.control)
+  block = SharedBlock.attach(shared.control)
+  control = _ChildControl(block)
   store = ParamStore.attach(shared.params)
   replay = SharedReplay.attach(shared.replay)
   failed = False
@@ -407,8 +489,8 @@ def _child(role: str, process: str, shared: _Shared, connection):
   finally:
     replay.close()
     store.close()
-    control.close()
-    orphaned = _orphaned(shared)
+    block.close()
+    orphaned = control.orphaned()
     outbox.close(flush=not orphaned)
     if orphaned and role == "learner":
       for handle in (shared.control, shared.params.block, shared.replay.block):
@@ -425,21 +507,21 @@ def _actor_main(actor_id: int, cfg: RunConfig, shared: _Shared, seed: int, conne
     actor = Actor(_make_agent(cfg), envs, seed=seed, n_step=cfg.replay.n_step, gamma=cfg.replay.gamma)
     arrays = control.arrays
     while store.latest_version() == 0:
-      if _should_stop(shared, arrays):
+      if control.should_stop():
         return
       time.sleep(_POLL_S)
     version = 0
-    while not _should_stop(shared, arrays):
+    while not control.should_stop():
       if store.latest_version() != version:
         snap = store.read()
         actor.set_policy(snap.params, snap.epsilon, snap.step)
         version = snap.version
-      transitions, episodes = actor.step(int(arrays["learner_steps"][0]))
+      transitions, episodes, env_steps = actor.step(int(arrays["learner_steps"][0]))
       n = len(transitions["action"])
-      while not writer.can_insert(n) and not _should_stop(shared, arrays):
+      while not writer.can_insert(n) and not control.should_stop():
         time.sleep(_POLL_S)
       writer.add(transitions)
-      arrays["env_steps"][actor_id] += actor.num_envs
+      arrays["env_steps"][actor_id] += env_steps
       arrays["episodes"][actor_id] += len(episodes)
       for episode in episodes:
         outbox.put(("episode", _episode_record(episode, actor_id)))
@@ -454,24 +536,19 @@ def _learner_main(cfg: RunConfig, shared: _Shared, connection) -> None:
     agent = _make_agent(cfg)
     learner = Learner(cfg, agent, replay, _restored_state(agent, cfg, shared.checkpoint), param_publisher(store))
     checkpointer = _Checkpointer(cfg, shared.run_dir, replay)
-    last_report = time.monotonic()
 
     def report() -> None:
-      nonlocal last_report
-      interval, last_report = time.monotonic() - last_report, time.monotonic()
       metrics = learner.report()
       if metrics:
-        metrics["updates_per_s"] = (learner.steps - arrays["reported_steps"][0]) / interval
-        arrays["reported_steps"][0] = learner.steps
-        outbox.put(("learner", {"agent_id": 0, **metrics}))
+        outbox.put(("learner", {"learner_id": AGENT_ID, **metrics}))
 
-    while not _should_stop(shared, arrays, _STOP_ALL):
+    while not control.should_stop(_STOP_ALL):
       if learner.can_update():
         learner.update()
         arrays["learner_steps"][0] = learner.steps
       else:
         time.sleep(_POLL_S)
-      if time.monotonic() - last_report >= cfg.runtime.log_interval_seconds:
+      if learner.report_due():
         report()
       if checkpointer.due():
         report()
@@ -494,9 +571,14 @@ class Resume:
 def load_resume(cfg: RunConfig, run_dir: str | os.PathLike) -> Resume:
   """Checks that ``run_dir``'s latest checkpoint restores into ``cfg``'s agent.
 
+  Sets this process's JAX up as the supervisor's first (``configure_jax``):
+  reading a checkpoint must not start JAX with its defaults (on a GPU host,
+  the GPU with its default preallocation).
+
   Raises:
     CheckpointError: no checkpoint, a corrupt one, or one of another agent.
   """
+  configure_jax("supervisor", cfg.runtime.compilation_cache)
   import jax  # pylint: disable=import-outside-toplevel
   from jaxrl import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
   directory = Path(run_dir) / CHECKPOINT_DIR
@@ -511,6 +593,31 @@ def load_resume(cfg: RunConfig, run_dir: str | os.PathLike) -> Resume:
                 replay or None)
 
 
+def _shared_memory_bytes(cfg: RunConfig) -> int:
+  """Bytes of /dev/shm the run's segments take: the replay, and in async
+  mode the ParamStore and the control block too."""
+  import jax  # pylint: disable=import-outside-toplevel
+  obs_shape, obs_dtype, _ = env_spaces(cfg)
+  total = SharedReplay.nbytes(obs_shape, obs_dtype, cfg.replay.capacity, cfg.actors.num)
+  if cfg.runtime.mode == "async":
+    template = jax.eval_shape(_make_agent(cfg).init, jax.random.PRNGKey(0)).params
+    total += ParamStore.nbytes(template) + SharedBlock.nbytes(_control_specs(cfg.actors.num))
+  return total
+
+
+def preflight(cfg: RunConfig) -> None:
+  """Every check a run can fail before it writes anything: the environment
+  (``actor.EnvError``), and for the shared-memory segments this CPU's memory
+  ordering (async mode) and the free space in /dev/shm
+  (``shm.SharedMemoryError``). Sets this process's JAX up as the
+  supervisor's."""
+  configure_jax("supervisor", cfg.runtime.compilation_cache)
+  env_spaces(cfg)
+  if cfg.runtime.mode == "async":
+    check_memory_ordering()
+  check_free_space(_shared_memory_bytes(cfg), "this run's replay and parameters")
+
+
 class _Run:
   """Run-directory bookkeeping shared by sync and async mode."""
 
@@ -518,7 +625,7 @@ class _Run:
     self.cfg, self.run_dir, self.launch_time = cfg, run_dir, launch_time
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    self.logger = MetricsLogger(run_dir, launch_time, resume=resume is not None)
+    self.logger = MetricsLogger(run_dir, launch_time, resume=resume is not None, config=config_to_dict(cfg))
     self.progress = ProgressDisplay(cfg.runtime.progress, stop_env_steps=cfg.stop.env_steps,
                                     stop_seconds=cfg.stop.seconds)
     counters = resume.counters if resume else {}
@@ -529,6 +636,8 @@ class _Run:
     self.stopped_because: str | None = None
     self.error: str | None = None
     self.actor_restarts = 0
+    self.killed: list[str] = []   # processes killed because they did not stop in time
+    self._rate_mark = (time.monotonic(), self.env_steps)   # when the last learner record was logged
 
   def set_counters(self, counters: dict[str, int]) -> None:
     """Takes env_steps, episodes and learner_steps from ``_counters``."""
@@ -539,6 +648,13 @@ class _Run:
     record = self.logger.log({"env_steps": int(self.env_steps), "learner_steps": int(self.learner_steps),
                               **record})
     self.progress.update(record)
+
+  def log_learner(self, record: dict) -> None:
+    """Logs a learner's ``Learner.report`` with the run's ``sps``: env steps
+    per second since the previous learner record."""
+    now, (then, env_steps) = time.monotonic(), self._rate_mark
+    self._rate_mark = (now, self.env_steps)
+    self.log({**record, "sps": (self.env_steps - env_steps) / max(now - then, 1e-9)})
 
   def fail(self, process: str, reason: str, trace: str | None = None) -> None:
     """Records a failure: one line on stderr, the traceback in errors.log."""
@@ -564,7 +680,7 @@ class _Run:
                "learner_steps": int(self.learner_steps), "episodes": int(self.episodes),
                "wall_seconds": self.logger.elapsed(), "launch_time": self.launch_time,
                "stopped_because": self.stopped_because or "interrupted",
-               "actor_restarts": self.actor_restarts, **extra}
+               "actor_restarts": self.actor_restarts, "killed": self.killed, **extra}
     if self.error is not None:
       summary["error"] = self.error
     self.logger.close()
@@ -574,12 +690,15 @@ class _Run:
 
 
 class _Evaluator:
-  """Greedy evaluation every ``eval.interval`` learner steps on its own envs."""
+  """Greedy evaluation every ``eval.interval`` learner steps on its own envs.
+  An env without a time limit of its own has its evaluation episodes cut at
+  ``eval.max_episode_steps``."""
 
   def __init__(self, cfg: RunConfig, agent, learner_steps: int):
-    from jaxrl.actor import make_vec_env  # pylint: disable=import-outside-toplevel
+    from jaxrl.actor import has_time_limit, make_vec_env  # pylint: disable=import-outside-toplevel
     self.cfg, self.agent = cfg, agent
     self.envs = make_vec_env(cfg.env, cfg.eval.episodes) if cfg.eval.interval > 0 else None
+    self.max_steps = None if self.envs is None or has_time_limit(self.envs) else cfg.eval.max_episode_steps
     self._schedule(learner_steps)
 
   def _schedule(self, learner_steps: int) -> None:
@@ -589,11 +708,15 @@ class _Evaluator:
   def due(self, learner_steps: int) -> bool:
     return self.envs is not None and learner_steps >= self.next_step
 
-  def __call__(self, params, learner_steps: int) -> float:
+  def __call__(self, params, learner_steps: int) -> dict[str, float]:
+    """An evaluation record: ``eval_return`` (the team return), the return
+    of each agent, and ``eval_capped``, the episodes cut at the step cap."""
     from jaxrl.actor import evaluate  # pylint: disable=import-outside-toplevel
     self._schedule(learner_steps)
-    return evaluate(self.agent, params, self.envs, self.cfg.eval.epsilon,
-                    seed=_seed(self.cfg, 3, learner_steps))
+    result = evaluate(self.agent, params, self.envs, self.cfg.eval.epsilon,
+                      seed=_seed(self.cfg, 3, learner_steps), max_steps=self.max_steps)
+    return {"eval_return": result.mean_return, f"eval_return/{AGENT_ID}": result.mean_return,
+            "eval_capped": result.capped}
 
 
 class _Interrupted:
@@ -602,7 +725,7 @@ class _Interrupted:
 
   def __init__(self):
     self.signum: int | None = None
-    self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    self._previous = {s: signal.signal(s, self._handle) for s in _SIGNALS}
 
   def _handle(self, signum, _frame):
     if self.signum is not None:
@@ -618,12 +741,15 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, launch_time: float | None 
           resume: Resume | None = None) -> dict:
   """Runs training to a stop condition; returns the summary (also in summary.json).
 
-  With ``resume`` (from ``load_resume``), the learner state, counters,
-  metrics.jsonl and (if saved) replay continue from the checkpoint. A second
-  SIGINT/SIGTERM raises KeyboardInterrupt after killing the children and
-  unlinking the segments, without a final checkpoint or summary.
+  Runs ``preflight`` first: a run that cannot start fails before it writes
+  anything. With ``resume`` (from ``load_resume``), the learner state,
+  counters, metrics.jsonl and (if saved) replay continue from the
+  checkpoint. A second SIGINT/SIGTERM raises KeyboardInterrupt after killing
+  the children and unlinking the segments, without a final checkpoint or
+  summary.
   """
   launch_time = time.time() if launch_time is None else launch_time
+  preflight(cfg)
   run = _Run(cfg, Path(run_dir), launch_time, resume)
   interrupted = _Interrupted()
   try:
@@ -638,7 +764,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, launch_time: float | None 
   return run.finish(extra)
 
 
-def _make_replay(cfg: RunConfig, run: _Run, resume: Resume | None) -> SharedReplay:
+def _make_replay(cfg: RunConfig, resume: Resume | None) -> SharedReplay:
   """The agent's replay, filled from the checkpoint when it holds a replay of this layout."""
   obs_shape, obs_dtype, _ = env_spaces(cfg)
   replay = SharedReplay.create(obs_shape, obs_dtype, cfg.replay.capacity, cfg.actors.num,
@@ -653,13 +779,17 @@ def _make_replay(cfg: RunConfig, run: _Run, resume: Resume | None) -> SharedRepl
 
 def _train_sync(cfg: RunConfig, run: _Run, interrupted: _Interrupted, resume: Resume | None) -> dict:
   """Actors and learner interleaved in this process; deterministic for a seed.
-  Episode and eval records carry the run's ``acting_seconds`` and
-  ``learning_seconds`` so far (actor steps; learner updates, blocked on)."""
-  configure_jax("actor", cfg.runtime.compilation_cache)
+
+  With a rate limit, the learner updates whenever the limiter allows it;
+  without one (``replay.samples_per_insert: null``), it makes one fused
+  update per actor step once replay holds ``min_size``. Episode and eval
+  records carry the run's ``acting_seconds`` and ``learning_seconds`` so far
+  (actor steps; learner updates, blocked on)."""
   import jax  # pylint: disable=import-outside-toplevel
   from jaxrl.actor import Actor, make_vec_env  # pylint: disable=import-outside-toplevel
   agent = _make_agent(cfg)
-  replay = _make_replay(cfg, run, resume)
+  replay = _make_replay(cfg, resume)
+  rate_limited = cfg.replay.samples_per_insert is not None
   acting = learning = 0.0
   try:
     actors = [Actor(agent, make_vec_env(cfg.env, cfg.actors.envs_per_actor),
@@ -674,7 +804,6 @@ def _train_sync(cfg: RunConfig, run: _Run, interrupted: _Interrupted, resume: Re
     learner = Learner(cfg, agent, replay, _restored_state(agent, cfg, resume and resume.checkpoint), publish)
     checkpointer = _Checkpointer(cfg, run.run_dir, replay)
     evaluator = _Evaluator(cfg, agent, learner.steps)
-    last_report = time.monotonic()
 
     def counters():
       return {"env_steps": run.env_steps, "episodes": run.episodes, "learner_steps": learner.steps}
@@ -690,7 +819,7 @@ def _train_sync(cfg: RunConfig, run: _Run, interrupted: _Interrupted, resume: Re
     def report():
       metrics = learner.report()
       if metrics:
-        run.log({"agent_id": 0, **metrics})
+        run.log_learner({"learner_id": AGENT_ID, **metrics})
 
     def busy() -> dict[str, float]:
       return {"acting_seconds": acting, "learning_seconds": learning}
@@ -699,22 +828,24 @@ def _train_sync(cfg: RunConfig, run: _Run, interrupted: _Interrupted, resume: Re
       while interrupted.signum is None and not run.check_stop():
         for i, (actor, writer) in enumerate(zip(actors, writers)):
           start = time.perf_counter()
-          transitions, episodes = actor.step(learner.steps)
+          transitions, episodes, env_steps = actor.step(learner.steps)
           acting += time.perf_counter() - start
-          while not writer.can_insert(len(transitions["action"])):
+          while not writer.can_insert(len(transitions["action"])) and interrupted.signum is None:
             learn()
           writer.add(transitions)
-          run.env_steps += actor.num_envs
+          run.env_steps += env_steps
           run.episodes += len(episodes)
           for episode in episodes:
             run.log({**_episode_record(episode, i), **busy()})
-        while learner.can_update():
+          if not rate_limited and learner.can_update():
+            learn()
+        while rate_limited and learner.can_update() and interrupted.signum is None:
           learn()
         if evaluator.due(learner.steps):
-          run.eval_return = evaluator(learner.state.params, learner.steps)
-          run.log({"eval_return": run.eval_return, "agent_id": 0, **busy()})
-        if time.monotonic() - last_report >= cfg.runtime.log_interval_seconds:
-          last_report = time.monotonic()
+          record = evaluator(learner.state.params, learner.steps)
+          run.eval_return = record["eval_return"]
+          run.log({**record, **busy()})
+        if learner.report_due():
           report()
         if checkpointer.due():
           report()
@@ -739,53 +870,69 @@ def _describe_exit(process) -> str:
   return f"exited with status {code}"
 
 
+_ACTORS_STOP_GRACE_S = 5.0    # seconds actors get to exit once asked to stop
+_LEARNER_STOP_GRACE_S = 10.0  # seconds the learner gets to write its final checkpoint and exit,
+_CHECKPOINT_BYTES_PER_S = 50e6   # plus this rate's time for a replay saved with it
+
+
+def learner_stop_grace(cfg: RunConfig, replay_nbytes: int) -> float:
+  """Seconds the learner gets to write its final checkpoint and exit: more
+  when the checkpoint holds the replay (``checkpoint.replay``), at a
+  conservative disk rate."""
+  return _LEARNER_STOP_GRACE_S + (replay_nbytes / _CHECKPOINT_BYTES_PER_S if cfg.checkpoint.replay else 0.0)
+
+
 def _train_async(cfg: RunConfig, run: _Run, interrupted: _Interrupted, resume: Resume | None) -> dict:
   ctx = mp.get_context(cfg.runtime.start_method)
   owned: list[Any] = []
-  actors: list[Any] = []
-  learner: Any = None
-  connections: dict[str, Any] = {}   # process -> receiving end of its pipe
-  errors: dict[str, dict] = {}   # process -> its "error" message, until handled
+  processes: dict[str, Any] = {}   # name -> its Process: "learner", "actor <i>"
+  connections: dict[str, Any] = {}   # name -> receiving end of its pipe
+  errors: dict[str, dict] = {}   # name -> its "error" message, until handled
 
   def drain() -> None:
     for kind, payload in _inbox(connections):
       if kind == "error":
         errors[payload["process"]] = payload
+      elif kind == "learner":
+        run.log_learner(payload)
       else:
         run.log(payload)
 
-  def start(process: str, target, *args):
+  def start(name: str, target, *args) -> None:
     receiver, sender = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=target, args=(*args, sender), name=f"jaxrl-{process.replace(' ', '-')}",
+    child = ctx.Process(target=target, args=(*args, sender), name=f"jaxrl-{name.replace(' ', '-')}",
                         daemon=True)
-    child.start()
+    with _signals_ignored_by_children():
+      child.start()
     sender.close()
-    connections[process] = receiver
-    return child
+    connections[name], processes[name] = receiver, child
 
   placement = _async_placement(cfg)   # its two sets make up this process's CPU set, restored at the end
   hurry = False
+  replay_nbytes = 0
   try:
     control = SharedBlock.create(_control_specs(cfg.actors.num))
     owned.append(control)
     arrays = control.arrays
     arrays["restored"][:] = (run.env_steps, run.episodes)
-    arrays["learner_steps"][0] = arrays["reported_steps"][0] = run.learner_steps
-    replay = _make_replay(cfg, run, resume)
+    arrays["learner_steps"][0] = run.learner_steps
+    replay = _make_replay(cfg, resume)
     owned.append(replay)
-    configure_jax("supervisor", cfg.runtime.compilation_cache)
+    replay_nbytes = SharedReplay.nbytes(*env_spaces(cfg)[:2], cfg.replay.capacity, cfg.actors.num)
     import jax  # pylint: disable=import-outside-toplevel
     agent = _make_agent(cfg)
     store = ParamStore.create(jax.eval_shape(agent.init, jax.random.PRNGKey(0)).params)
     owned.append(store)
     shared = _Shared(control.handle, store.handle, replay.handle, run.run_dir,
-                     resume and resume.checkpoint, os.getpid(), cfg.runtime.compilation_cache, placement)
+                     resume and resume.checkpoint, cfg.runtime.compilation_cache, placement)
+    actor_names = [f"actor {i}" for i in range(cfg.actors.num)]
 
-    def start_actor(i: int):
-      return start(f"actor {i}", _actor_main, i, cfg, shared, _actor_seed(cfg, i, _counters(arrays)["env_steps"]))
+    def start_actor(i: int) -> None:
+      start(actor_names[i], _actor_main, i, cfg, shared, _actor_seed(cfg, i, _counters(arrays)["env_steps"]))
 
-    learner = start("learner", _learner_main, cfg, shared)
-    actors = [start_actor(i) for i in range(cfg.actors.num)]
+    start("learner", _learner_main, cfg, shared)
+    for i in range(cfg.actors.num):
+      start_actor(i)
     if placement:   # only now: the children's start-up (imports) runs on every CPU
       os.sched_setaffinity(0, placement[1])
     restarts = [0] * cfg.actors.num
@@ -793,53 +940,63 @@ def _train_async(cfg: RunConfig, run: _Run, interrupted: _Interrupted, resume: R
     while interrupted.signum is None:
       run.set_counters(_counters(arrays))
       drain()
+      learner = processes["learner"]
       if not learner.is_alive():
         drain()   # its last message may have come after the drain above
         error = errors.pop("learner", None)
         reason = error["reason"] if error else f"exited unexpectedly ({_describe_exit(learner)})"
         run.error = f"learner: {reason}"
         run.fail("learner", reason, error and error["traceback"])
-      for i, actor in enumerate(actors):
-        if actor.is_alive() or run.error is not None:
+      for i, name in enumerate(actor_names):
+        if processes[name].is_alive() or run.error is not None:
           continue
         drain()
-        error = errors.pop(f"actor {i}", None)
-        reason = error["reason"] if error else _describe_exit(actor)
-        run.fail(f"actor {i}", reason, error and error["traceback"])
+        error = errors.pop(name, None)
+        reason = error["reason"] if error else _describe_exit(processes[name])
+        run.fail(name, reason, error and error["traceback"])
         if restarts[i] >= cfg.actors.max_restarts:
-          run.error = f"actor {i}: {reason} (after {restarts[i]} restarts)"
+          run.error = f"{name}: {reason} (after {restarts[i]} restarts)"
           break
         restarts[i] += 1
         run.actor_restarts += 1
-        run.log({"actor_restarts": run.actor_restarts, "actor_id": i, "agent_id": 0})
-        actors[i] = start_actor(i)
+        run.log({"actor_restarts": run.actor_restarts, "actor_id": i, "agent_id": AGENT_ID})
+        start_actor(i)
       if run.check_stop():
         break
       if evaluator.due(run.learner_steps) and store.latest_version() > 0:
         snap = store.read()
-        run.eval_return = evaluator(snap.params, snap.step)
-        run.log({"eval_return": run.eval_return, "agent_id": 0, "eval_learner_steps": snap.step})
+        record = evaluator(snap.params, snap.step)
+        run.eval_return = record["eval_return"]
+        run.log({**record, "eval_learner_steps": snap.step})
       else:
         time.sleep(0.02)
   except KeyboardInterrupt:
     hurry = True
     raise
   finally:
-    children = [p for p in [learner, *actors] if p is not None]
     try:
-      deadline = time.monotonic() + (0 if hurry else _STOP_GRACE_S)
-      for phase, stopping in ((_STOP_ACTORS, actors), (_STOP_ALL, children)):
+      # Two phases, each with its own grace: the actors, then the learner.
+      # A process still running at the end of its phase is killed, and named in the summary.
+      phases = ((_STOP_ACTORS, [n for n in processes if n != "learner"], _ACTORS_STOP_GRACE_S),
+                (_STOP_ALL, [n for n in processes if n == "learner"], learner_stop_grace(cfg, replay_nbytes)))
+      for phase, names, grace in phases:
         if owned:
           owned[0].arrays["stop"][0] = phase
-        while any(p.is_alive() for p in stopping) and time.monotonic() < deadline:
+        deadline = time.monotonic() + (0 if hurry else grace)
+        while any(processes[n].is_alive() for n in names) and time.monotonic() < deadline:
           drain()   # children flush their queued messages before they exit
           time.sleep(0.01)
+        for name in names:
+          if processes[name].is_alive():
+            processes[name].kill()
+            if not hurry:
+              run.killed.append(name)
       drain()
     finally:
       # Nothing interrupts the rest: a late Ctrl-C must not leave a segment behind.
-      signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+      signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
       try:
-        for p in children:
+        for p in processes.values():
           if p.is_alive():
             p.kill()
           p.join()
@@ -853,10 +1010,15 @@ def _train_async(cfg: RunConfig, run: _Run, interrupted: _Interrupted, resume: R
         if placement:
           os.sched_setaffinity(0, placement[0] | placement[1])
       finally:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
   error = errors.pop("learner", None)
   if error is not None and run.error is None:   # it failed saving the final checkpoint
     run.error = f"learner: {error['reason']}"
     run.stopped_because = "error"
     run.fail("learner", error["reason"], error["traceback"])
+  if "learner" in run.killed and run.error is None:
+    reason = (f"did not stop within {learner_stop_grace(cfg, replay_nbytes):.0f} s and was killed; "
+              "its final checkpoint may be missing")
+    run.error = f"learner: {reason}"
+    run.fail("learner", reason)
   return {}

@@ -390,11 +390,20 @@ def main():
   if results["ratios"]:
     print("\n== ratios")
     _print_table(results["ratios"])
-  results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "backend": jax.default_backend(),
-                        "jax": jax.__version__}
+  results["machine"] = {"platform": platform.platform(), "cpu_model": _cpu_model(), "cpus": os.cpu_count(),
+                        "backend": jax.default_backend(), "jax": jax.__version__}
   with open(args.out, "w") as f:
     json.dump(results, f, indent=2)
   print(f"\nwrote {args.out}")
+
+
+def _cpu_model() -> str:
+  """The CPU's model name (Linux /proc/cpuinfo), else platform.processor()."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+  except (OSError, StopIteration):
+    return platform.processor()
 
 
 if __name__ == "__main__":

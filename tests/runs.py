@@ -26,15 +26,17 @@ def segments_of(pid):
   return [p for p in os.listdir("/dev/shm") if p.startswith(f"jaxrl_{pid}_")]
 
 
-def start_cli(*args):
-  """Starts ``scripts/train.py args`` with stdout and stderr piped."""
+def start_cli(*args, env=None, new_session=False):
+  """Starts ``scripts/train.py args`` with stdout and stderr piped; ``env``
+  adds to the environment; ``new_session`` makes it lead a process group of
+  its own (its pid is the group id), as a shell job or a batch job is."""
   return subprocess.Popen(TRAIN + list(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          cwd=ROOT, env=ENV)
+                          cwd=ROOT, env={**ENV, **(env or {})}, start_new_session=new_session)
 
 
-def train_cli(*args, timeout=120):
+def train_cli(*args, timeout=120, env=None):
   """Runs ``scripts/train.py args`` to the end; the process gets ``.stderr`` text."""
-  proc = start_cli(*args)
+  proc = start_cli(*args, env=env)
   proc.stdout_text, proc.stderr = proc.communicate(timeout=timeout)
   return proc
 

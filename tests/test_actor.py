@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import functools
 
+import gymnasium as gym
 from hypothesis import example, given, settings, strategies as st
 import jax
 import numpy as np
 import pytest
 
 import jaxrl
-from jaxrl.actor import Actor, make_vec_env, mlp_params, numpy_q_values
+from jaxrl.actor import Actor, EnvError, evaluate, make_vec_env, mlp_params, numpy_q_values
 from jaxrl.config import EnvConfig
 
 
@@ -43,7 +44,7 @@ def run(actor, steps, learner_step=lambda t: 0):
   """
   transitions, episodes = [], []
   for t in range(steps):
-    out, ended = actor.step(learner_step(t))
+    out, ended, _ = actor.step(learner_step(t))
     transitions.append(out)
     episodes += [(t, episode) for episode in ended]
   return {k: np.concatenate([out[k] for out in transitions]) for k in transitions[0]}, episodes
@@ -110,7 +111,7 @@ def test_an_actor_that_does_not_collect_acts_and_ends_episodes_the_same():
   evaluating = Actor(agent, make_vec_env(EnvConfig("CartPole-v1", {}), 8), seed=5, collect=False)
   evaluating.set_policy(params, 0.3, step=0)
   for t in range(80):
-    (transitions, ended), (nothing, also_ended) = collecting.step(t), evaluating.step(t)
+    (transitions, ended, _), (nothing, also_ended, _) = collecting.step(t), evaluating.step(t)
     assert nothing is None and "action" in transitions
     assert ended == also_ended
     np.testing.assert_array_equal(collecting.obs, evaluating.obs)
@@ -144,3 +145,55 @@ def test_episodes_exclude_the_autoreset_step_and_average_the_policy_lag():
       truncated += episode.length == 12
       first_step = t + 2
   assert truncated > 0
+
+
+def test_env_steps_count_real_transitions_not_the_autoreset_steps():
+  """An env whose episode ended spends its next step on gymnasium's no-op
+  autoreset: that step is no env step, and makes no transition either."""
+  agent, params = make("dqn")
+  actor = cartpole_actor(agent, params, epsilon=0.5, num_envs=4, max_episode_steps=5)
+  total = transitions = resets = 0
+  for _ in range(40):
+    out, ended, env_steps = actor.step()
+    total += env_steps
+    transitions += len(out["action"])   # n_step 1: one per real env step
+    resets += len(ended)
+  assert resets > 4 and total == transitions == 4 * 40 - resets + len(ended)
+
+
+def test_another_autoreset_mode_is_refused_in_one_line():
+  with pytest.raises(EnvError, match="autoresets in SameStep mode") as error:
+    make_vec_env(EnvConfig("CartPole-v1", {"vector_kwargs": {"autoreset_mode": "SameStep"}}), 2)
+  assert "\n" not in str(error.value)
+
+
+def test_env_imports_are_imported_before_the_env_is_made_and_a_bad_one_is_one_line():
+  """faulty_env (tests/) registers its id on import: without env.imports the id is unknown."""
+  with pytest.raises(EnvError, match="env.id"):
+    make_vec_env(EnvConfig("jaxrl_tests/Registered-v0"), 1)
+  envs = make_vec_env(EnvConfig("jaxrl_tests/Registered-v0", imports=("registered_env",)), 1)
+  assert envs.num_envs == 1
+  with pytest.raises(EnvError, match="env.imports: cannot import 'no_such_module'"):
+    make_vec_env(EnvConfig("CartPole-v1", imports=("no_such_module",)), 1)
+
+
+class _Endless(gym.Env):
+  """An env without a time limit whose episodes never end: reward 1 a step."""
+  observation_space = gym.spaces.Box(-1.0, 1.0, (4,), np.float32)
+  action_space = gym.spaces.Discrete(2)
+
+  def reset(self, *, seed=None, options=None):
+    super().reset(seed=seed)
+    return np.zeros(4, np.float32), {}
+
+  def step(self, action):
+    return np.zeros(4, np.float32), 1.0, False, False, {}
+
+
+def test_evaluation_of_an_env_without_a_time_limit_stops_at_the_cap():
+  agent, params = make("dqn")
+  envs = gym.vector.SyncVectorEnv([_Endless] * 3)
+  result = evaluate(agent, params, envs, epsilon=0.0, seed=0, max_steps=50)
+  assert result == (50.0, 3)   # each episode's return so far; all three cut
+  finished = evaluate(agent, params, make_vec_env(EnvConfig("CartPole-v1"), 3), 0.0, seed=0, max_steps=10_000)
+  assert finished.capped == 0 and finished.mean_return > 0

@@ -7,6 +7,7 @@ reason, and a machine with no process and no shared-memory segment left.
 """
 
 import json
+import os
 import shutil
 import signal
 import time
@@ -38,11 +39,20 @@ def summary_of(run_dir):
   return json.loads((run_dir / "summary.json").read_text())
 
 
-def learning_run(run_dir):
+def learning_run(run_dir, *args, **kwargs):
   """A long async run, once it learns: (process, its descendants)."""
-  proc = start_cli(CARTPOLE, f"run_dir={run_dir}", *LONG, *SHORT, "actors.num=2")
+  proc = start_cli(CARTPOLE, f"run_dir={run_dir}", *LONG, *SHORT, "actors.num=2", *args, **kwargs)
   wait_until_learning(run_dir, proc)
   return proc, psutil.Process(proc.pid).children(recursive=True)
+
+
+def assert_final_checkpoint(run_dir, stopped_because):
+  """The run stopped for ``stopped_because`` and its last checkpoint holds all it learned."""
+  summary = summary_of(run_dir)
+  assert summary["stopped_because"] == stopped_because and summary["killed"] == []
+  state, counters, _ = checkpoint_state(latest_checkpoint(run_dir / "checkpoints"), run_dir / "config.yaml")
+  assert int(state.step) == counters["learner_steps"] == summary["learner_steps"] > 0
+  assert counters["env_steps"] == summary["env_steps"]
 
 
 def one_line_errors(stderr):
@@ -61,11 +71,100 @@ def test_a_signal_writes_a_final_checkpoint_and_leaves_nothing(tmp_path, signum)
   assert time.time() - sent < 10   # the contract: stops within 10 seconds
   assert proc.returncode == 0, err
   assert_clean_exit(proc, descendants, err)
+  assert_final_checkpoint(run_dir, signum.name)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_whole_process_group_is_handled_by_the_supervisor(tmp_path, signum):
+  """Ctrl-C in a terminal, or scancel / systemd / docker stop (SIGTERM to every
+  process of the group): the children ignore it and the supervisor stops the run."""
+  run_dir = tmp_path / "run"
+  proc, descendants = learning_run(run_dir, new_session=True)
+  os.killpg(proc.pid, signum)
+  _, err = proc.communicate(timeout=30)
+  assert proc.returncode == 0, err
+  assert "Traceback" not in err, err
+  assert_clean_exit(proc, descendants, err)
+  assert_final_checkpoint(run_dir, signum.name)
+
+
+def test_a_group_sigint_while_the_children_start_stops_the_run_cleanly(tmp_path):
+  run_dir = tmp_path / "run"
+  proc = start_cli(CARTPOLE, f"run_dir={run_dir}", *LONG, *SHORT, "actors.num=2", new_session=True)
+  wait_for(lambda: proc.poll() is not None or len(workers(proc)) == 3, what="the children")
+  descendants = psutil.Process(proc.pid).children(recursive=True)
+  os.killpg(proc.pid, signal.SIGINT)   # they are still importing
+  _, err = proc.communicate(timeout=30)
+  assert proc.returncode == 0, err
+  assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+  assert_clean_exit(proc, descendants, err)
+  assert summary_of(run_dir)["stopped_because"] == "SIGINT"
+
+
+def test_a_learner_that_does_not_stop_in_time_is_killed_and_the_summary_says_so(tmp_path):
+  run_dir = tmp_path / "run"
+  proc, descendants = learning_run(run_dir)
+  workers(proc)[0].suspend()   # the learner: it can neither checkpoint nor exit
+  proc.send_signal(signal.SIGTERM)
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 1, err
+  assert_clean_exit(proc, descendants, err)
   summary = summary_of(run_dir)
-  assert summary["stopped_because"] == signum.name
-  state, counters, _ = checkpoint_state(latest_checkpoint(run_dir / "checkpoints"), run_dir / "config.yaml")
-  assert int(state.step) == counters["learner_steps"] == summary["learner_steps"] > 0
-  assert counters["env_steps"] == summary["env_steps"]
+  assert summary["stopped_because"] == "SIGTERM" and summary["killed"] == ["learner"]
+  assert "final checkpoint may be missing" in summary["error"]
+  assert one_line_errors(err)[-1].startswith("jaxrl-train: error: learner: did not stop within"), err
+
+
+def test_the_learner_gets_the_callers_environment_not_the_actors_jax_flags(tmp_path):
+  """The supervisor sets XLA up for one CPU thread; the learner it starts
+  afterwards must not inherit that (its matmuls would run single-threaded)."""
+  flags = "--xla_cpu_enable_fast_math=false"
+  proc, descendants = learning_run(tmp_path / "run", env={"XLA_FLAGS": flags})
+  try:
+    assert [p.environ().get("XLA_FLAGS") for p in workers(proc)] == [flags] * 3   # learner, actors
+  finally:
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+  assert_clean_exit(proc, descendants, err)
+
+
+def test_forkserver_children_notice_a_killed_supervisor(tmp_path):
+  """A forkserver child's parent is the fork server, not the supervisor: it
+  must still notice the supervisor's death (and the learner unlink the segments)."""
+  run_dir = tmp_path / "run"
+  proc, descendants = learning_run(run_dir, "runtime.start_method=forkserver")
+  proc.kill()
+  proc.wait()
+  gone, alive = psutil.wait_procs(descendants, timeout=10)
+  assert not alive, alive
+  assert not segments_of(proc.pid)
+  state, counters, _ = checkpoint_state(run_dir / "checkpoints", run_dir / "config.yaml")
+  assert int(state.step) == counters["learner_steps"] > 0
+
+
+def test_sync_without_a_rate_limit_stops_on_a_signal(tmp_path):
+  run_dir = tmp_path / "run"
+  proc = start_cli(CARTPOLE, f"run_dir={run_dir}", *LONG, *SHORT, "runtime.mode=sync",
+                   "replay.samples_per_insert=null")
+  wait_until_learning(run_dir, proc)
+  proc.send_signal(signal.SIGTERM)
+  sent = time.time()
+  _, err = proc.communicate(timeout=30)
+  assert time.time() - sent < 10 and proc.returncode == 0, err
+  assert not segments_of(proc.pid)
+  assert_final_checkpoint(run_dir, "SIGTERM")
+
+
+def test_resume_sets_jax_up_before_it_reads_the_checkpoint(tmp_path):
+  """JAX_PLATFORMS=cuda on a machine without CUDA: a supervisor that starts
+  JAX before configuring it for the CPU fails to start the CUDA backend."""
+  run_dir = tmp_path / "run"
+  cuda = {"JAX_PLATFORMS": "cuda"}
+  first = train_cli(CARTPOLE, f"run_dir={run_dir}", "runtime.mode=sync", "stop.env_steps=1000", *SHORT, env=cuda)
+  assert first.returncode == 0, first.stderr
+  more = train_cli("--resume", str(run_dir), "stop.env_steps=2000", env=cuda)
+  assert more.returncode == 0, more.stderr
+  assert summary_of(run_dir)["env_steps"] >= 2000
 
 
 def test_second_sigint_stops_at_once_and_leaves_no_segment(tmp_path):

@@ -29,9 +29,9 @@ def make_learner():
   step 0, so that every sample is the same batch whatever the rng."""
   replays = []
 
-  def make(reward: float, publish):
+  def make(reward: float, publish, *overrides: str):
     cfg = load_config(CARTPOLE, [f"learner.batch_size={_BATCH}", f"learner.updates_per_call={_FUSED}",
-                                 f"learner.publish_interval={_PUBLISH_INTERVAL}"])
+                                 f"learner.publish_interval={_PUBLISH_INTERVAL}", *overrides])
     agent = jaxrl.make_agent(cfg.agent, (4,), 2)
     replay = SharedReplay.create((4,), np.float32, 16)
     replays.append(replay)
@@ -73,9 +73,14 @@ def test_report_means_every_fused_step_and_publishes_whole_states(make_learner):
   expected_state, metrics, params = _trace(agent, state, steps)
   chex.assert_trees_all_close(learner.state, expected_state, rtol=1e-5)
   assert learner.steps == steps == int(learner.state.step)
-  assert set(report) == {*metrics, "sample_age"}
-  for key, values in metrics.items():
-    np.testing.assert_allclose(report[key], np.mean(values), rtol=1e-5, err_msg=key)
+  assert set(report) == {*metrics, "sample_age", "learner_steps", "updates_per_s"}
+  assert report["learner_steps"] == steps and report["updates_per_s"] > 0
+  for key in ("loss", "grad_norm", "q_mean"):   # means over the steps since the last report
+    np.testing.assert_allclose(report[key], np.mean(metrics[key]), rtol=1e-5, err_msg=key)
+  # epsilon and learning_rate: their values at the record's learner step, not means.
+  assert report["epsilon"] == pytest.approx(float(agent.epsilon_schedule(steps)))
+  assert report["learning_rate"] == pytest.approx(float(agent.learning_rate_schedule(steps)))
+  assert report["epsilon"] < np.mean(metrics["epsilon"])
   # Every row was acted at step 0 and call i samples at step i * F.
   assert report["sample_age"] == pytest.approx(np.mean(np.arange(_CALLS)) * _FUSED)
   assert learner.report() == {}   # the totals restart after a report
@@ -96,3 +101,30 @@ def test_one_non_finite_loss_fails_the_report(make_learner):
   learner.update()
   with pytest.raises(runtime.NonFiniteError, match=rf"non-finite loss \(nan\) before learner step {_FUSED}"):
     learner.report()
+
+
+def test_sample_age_counts_valid_samples_only(make_learner):
+  """A slot being written (odd version) samples as an invalid row whose
+  policy_step is 0: it must not count as an age of ``steps``."""
+  _, _, learner = make_learner(1.0, lambda s: None)
+  arrays = learner.replay._arrays   # pylint: disable=protected-access
+  arrays["policy_step"][:] = 1000
+  arrays["version"][:8] += 1   # half the slots "being written": invalid when sampled
+  for _ in range(_CALLS):
+    learner.update()
+  report = learner.report()
+  # Valid rows were acted at step 1000 and sampled at steps 0 .. (_CALLS - 1) * _FUSED;
+  # an invalid row counted as acted at step 0 would pull the age up to about +steps.
+  assert -1000 <= report["sample_age"] <= (_CALLS - 1) * _FUSED - 1000
+
+
+def test_reports_are_due_every_log_interval_learner_steps(make_learner):
+  _, _, learner = make_learner(1.0, lambda s: None, "runtime.log_interval_seconds=1e6",
+                               "runtime.log_interval_learner_steps=30")
+  assert not learner.report_due()
+  while learner.steps < 30:
+    assert not learner.report_due()
+    learner.update()
+  assert learner.report_due()
+  learner.report()
+  assert not learner.report_due()

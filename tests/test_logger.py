@@ -121,21 +121,43 @@ def test_resume_appends_after_cutting_a_partial_line_and_keeps_time_monotonic(fi
     assert times == sorted(times) and times[len(first)] >= 50.0
 
 
-def test_tensorboard_gets_every_numeric_field_at_env_steps_with_episode_tags_per_agent(tmp_path):
-  with logger_lib.MetricsLogger(tmp_path, time.time()) as log:
-    log.log({"env_steps": 10, "learner_steps": 2, "loss": np.float32(0.5), "note": "x", "done": True})
+def test_tensorboard_tags_group_measurements_and_leave_out_ids_and_counters(tmp_path):
+  with logger_lib.MetricsLogger(tmp_path, time.time(), config={"seed": 3}) as log:
+    log.log({"env_steps": 10, "learner_steps": 2, "loss": np.float32(0.5), "q_mean": 2.0, "sps": 900.0,
+             "learner_id": "agent_0", "note": "x", "done": True, "custom": 1.0})
     log.log({"env_steps": 20, "learner_steps": 3, "loss": float("nan")})
-    for agent, ret in ((0, 1.5), (1, 7.0)):
-      log.log({"env_steps": 30, "learner_steps": 4, "episode_return": ret, "episode_length": 9, "agent_id": agent})
+    for ret in (1.5, 7.0, 2.0):
+      log.log({"env_steps": 30, "learner_steps": 4, "episode_return": ret, "episode_length": 9,
+               "agent_id": "agent_0", "actor_id": 1})
+    log.log({"env_steps": 40, "learner_steps": 5, "eval_return": 4.0, "eval_return/agent_0": 4.0})
   scalars = _tensorboard_scalars(tmp_path)
-  assert scalars["loss"] == [(10, 0.5)]  # NaN is null in JSON and left out of TensorBoard.
-  assert scalars["learner_steps"] == [(10, 2.0), (20, 3.0)]
-  assert scalars["episode/return/agent_0"] == [(30, 1.5)]
-  assert scalars["episode/return/agent_1"] == [(30, 7.0)]
-  assert scalars["episode/length/agent_1"] == [(30, 9.0)]
-  assert scalars["learner_steps/agent_0"] == [(30, 4.0)]
-  assert not {"time", "env_steps", "note", "done", "agent_id"} & set(scalars)
-  assert len(_tensorboard_events(tmp_path)) == 4   # one event per record
+  assert scalars["losses/td_loss"] == [(10, 0.5)]  # NaN is null in JSON and left out of TensorBoard.
+  assert scalars["losses/q_values"] == [(10, 2.0)]
+  assert scalars["charts/SPS"] == [(10, 900.0)]
+  assert scalars["misc/custom"] == [(10, 1.0)]
+  assert scalars["charts/episodic_return"] == [(30, 1.5), (30, 7.0), (30, 2.0)]
+  assert scalars["charts/episodic_length"] == [(30, 9.0)] * 3
+  assert scalars[logger_lib.RECENT_RETURN_TAG] == [(30, 1.5), (30, 4.25), (30, 3.5)]
+  assert scalars["charts/eval_return"] == [(40, 4.0)]
+  tags = {tag.split("/")[0] for tag in scalars}
+  assert tags == {"charts", "losses", "misc", "config"}, scalars.keys()   # no ids, counters or note/done
+  assert len(_tensorboard_events(tmp_path)) == 6   # the config, and one event per record with a curve
+  texts = [v for e in _tensorboard_events(tmp_path) for v in e.summary.value if v.tag.startswith("config")]
+  assert len(texts) == 1 and b"seed: 3" in texts[0].tensor.string_val[0]
+
+
+def test_tensorboard_tags_of_several_agents_end_in_the_agent(tmp_path):
+  with logger_lib.MetricsLogger(tmp_path, time.time(), agent_ids=("a_0", "b_0")) as log:
+    for agent, ret in (("a_0", 1.5), ("b_0", 7.0)):
+      log.log({"env_steps": 30, "learner_steps": 4, "episode_return": ret, "agent_id": agent})
+    log.log({"env_steps": 40, "learner_steps": 5, "loss": 1.0, "learner_id": "b_0"})
+    log.log({"env_steps": 50, "learner_steps": 6, "eval_return": 3.0, "eval_return/a_0": 1.0})
+  scalars = _tensorboard_scalars(tmp_path)
+  assert scalars["charts/episodic_return/a_0"] == [(30, 1.5)]
+  assert scalars["charts/episodic_return/b_0"] == [(30, 7.0)]
+  assert scalars[logger_lib.RECENT_RETURN_TAG + "/b_0"] == [(30, 7.0)]
+  assert scalars["losses/td_loss/b_0"] == [(40, 1.0)]
+  assert scalars["charts/eval_return"] == [(50, 3.0)] and scalars["charts/eval_return/a_0"] == [(50, 1.0)]
 
 
 @_SETTINGS

@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import platform
 import threading
 import time
 
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from jaxrl import runtime
 from jaxrl.config import load_config
 from jaxrl.logger import read_metrics
+from jaxrl.shm import SharedMemoryError
 from runs import CARTPOLE, ROOT, SHORT, records, segments_of, train_cli
 
 
@@ -28,11 +30,21 @@ def test_sync_run_writes_the_run_directory(tmp_path):
   records = read_metrics(run_dir)
   assert all({"time", "env_steps", "learner_steps"} <= set(r) for r in records)
   episodes = [r for r in records if "episode_return" in r]
-  assert episodes and all(r["agent_id"] == 0 and r["episode_return"] > 0 for r in episodes)
+  assert episodes and all(r["agent_id"] == "agent_0" and r["episode_return"] > 0 for r in episodes)
   assert [r["env_steps"] for r in records] == sorted(r["env_steps"] for r in records)
-  assert any("eval_return" in r for r in records)
+  evals = [r for r in records if "eval_return" in r]
+  assert evals and all(r["eval_return/agent_0"] == r["eval_return"] and r["eval_capped"] == 0 for r in evals)
   learner = [r for r in records if "loss" in r]
-  assert learner and all(r["learner_steps"] > 0 for r in learner)
+  assert learner and all(r["learner_steps"] > 0 and r["learner_id"] == "agent_0" for r in learner)
+  # A readable curve: a learner record every runtime.log_interval_learner_steps at least.
+  cfg = load_config(run_dir / "config.yaml")
+  assert len(learner) >= max(r["learner_steps"] for r in learner) // cfg.runtime.log_interval_learner_steps
+  # Rates in every learner record; epsilon and learning_rate of the record's learner step.
+  agent = runtime._make_agent(cfg)   # pylint: disable=protected-access
+  for r in learner:
+    assert r["sps"] > 0 and r["updates_per_s"] > 0
+    assert r["epsilon"] == pytest.approx(float(agent.epsilon_schedule(r["learner_steps"])))
+    assert r["learning_rate"] == pytest.approx(float(agent.learning_rate_schedule(r["learner_steps"])))
   busy = [(r["acting_seconds"], r["learning_seconds"]) for r in records if "episode_return" in r or "eval_return" in r]
   for column in zip(*busy):   # running totals, up to each record
     assert list(column) == sorted(column) and column[-1] > 0
@@ -55,17 +67,24 @@ def test_sync_mode_is_deterministic(tmp_path):
   assert first == second
 
 
-def test_async_run_reports_progress_and_leaks_nothing(tmp_path):
+@pytest.mark.parametrize("start_method", ["spawn", "forkserver"])
+def test_async_run_reports_progress_and_leaks_nothing(tmp_path, start_method):
   run_dir = tmp_path / "run"
-  proc = train_cli(CARTPOLE, "stop.env_steps=6000", f"run_dir={run_dir}", "actors.num=2", *SHORT)
+  proc = train_cli(CARTPOLE, "stop.env_steps=6000", f"run_dir={run_dir}", "actors.num=2",
+                   f"runtime.start_method={start_method}", *SHORT)
   assert proc.returncode == 0, proc.stderr
   assert "resource_tracker" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
   records = read_metrics(run_dir)
   episodes = [r for r in records if "episode_return" in r]
   assert {r["actor_id"] for r in episodes} == {0, 1}
-  assert all(r["policy_lag"] >= 0 for r in episodes)
+  # Actors act with fresh params: a publish every publish_interval learner steps,
+  # copied to the host at most _MAX_IN_FLIGHT fused calls later, read at the actor's next step.
+  cfg = load_config(run_dir / "config.yaml")
+  bound = cfg.learner.publish_interval + (runtime.Learner._MAX_IN_FLIGHT + 2) * cfg.learner.updates_per_call
+  lags = [r["policy_lag"] for r in episodes]
+  assert all(lag >= 0 for lag in lags) and max(lags) <= 2 * bound, (bound, sorted(lags)[-5:])
   learner = [r for r in records if "loss" in r]
-  assert learner and all(r["updates_per_s"] > 0 for r in learner)
+  assert learner and all(r["updates_per_s"] > 0 and r["sps"] >= 0 for r in learner[1:])
   assert max(r["learner_steps"] for r in records) > 0
   assert not segments_of(proc.pid)
 
@@ -124,6 +143,8 @@ def test_async_learner_runs_on_its_own_cpus_and_train_restores_the_callers(tmp_p
     ([CARTPOLE, "env.id=NoSuchEnv-v0"], "env.id"),
     ([CARTPOLE, "env.id=Pendulum-v1"], "Discrete actions"),
     (["no/such/config.yaml"], "no/such/config.yaml"),
+    ([CARTPOLE, "env.kwargs.vector_kwargs={autoreset_mode: SameStep}"], "NextStep mode"),
+    ([CARTPOLE, "actors.num=4", "replay.capacity=1000", "replay.min_size=500"], "replay.min_size"),
 ])
 def test_bad_input_is_a_one_line_error(tmp_path, args, message):
   proc = train_cli(*args, f"run_dir={tmp_path / 'run'}" if len(args) > 1 else "seed=0", timeout=60)
@@ -145,3 +166,31 @@ def test_config_reaches_its_target(tmp_path, config, target, env_steps):
   summary = runtime.train(cfg, tmp_path / "run")
   assert summary["stopped_because"] == "eval_return", summary
   assert summary["eval_return"] >= target
+
+
+def test_without_a_rate_limit_sync_mode_updates_once_per_actor_step(tmp_path):
+  cfg = load_config(CARTPOLE, ["runtime.mode=sync", "replay.samples_per_insert=null", "stop.env_steps=3000",
+                               *SHORT])
+  summary = runtime.train(cfg, tmp_path / "run")
+  assert summary["stopped_because"] == "env_steps"
+  actor_steps = summary["env_steps"] / cfg.actors.envs_per_actor   # at least; autoreset steps are no env steps
+  calls = summary["learner_steps"] / cfg.learner.updates_per_call
+  assert calls == int(calls) and actor_steps - 100 <= calls <= actor_steps + 10
+
+
+def test_preflight_refuses_async_mode_off_x86_64_and_lets_sync_run(monkeypatch, tmp_path):
+  monkeypatch.setattr(platform, "machine", lambda: "aarch64")
+  with pytest.raises(SharedMemoryError, match="aarch64"):
+    runtime.train(load_config(CARTPOLE, [*SHORT]), tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+  runtime.preflight(load_config(CARTPOLE, ["runtime.mode=sync"]))
+
+
+def test_a_run_larger_than_dev_shm_is_a_one_line_error_before_anything_is_written(tmp_path):
+  stat = os.statvfs("/dev/shm")
+  capacity = stat.f_bavail * stat.f_frsize // 30   # CartPole's replay takes 60 bytes a slot
+  proc = train_cli(CARTPOLE, f"run_dir={tmp_path / 'run'}", f"replay.capacity={capacity}", timeout=60)
+  assert proc.returncode == 2
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1 and "--shm-size" in lines[0] and "replay.capacity" in lines[0], proc.stderr
+  assert not (tmp_path / "run").exists()
