@@ -267,7 +267,7 @@ def plot_learning_curve(run_dir: str | os.PathLike, out_path: str | os.PathLike 
     for (kind, agent), rows in sorted(series.items(), key=lambda item: (item[0][0], str(item[0][1]))):
       x = np.array([row[x_key] for row in rows], dtype=np.float64)
       y = np.array([row[kind] for row in rows], dtype=np.float64)
-      name = "" if agent is None else f"agent {agent} "
+      name = "" if agent is None else f"{agent} "
       if kind == "episode_return":
         ax.scatter(x, y, s=4, alpha=0.25, color=colours[agent], linewidths=0)
         ax.plot(x, trailing_mean(y), color=colours[agent], label=f"{name}return (mean of last {RETURN_WINDOW})")
