@@ -13,7 +13,7 @@ _WHERE = {
     "Agent": "jaxrl.learner",
     "LearnerState": "jaxrl.learner",
     "make_agent": "jaxrl.learner",
-    "Transition": "jaxrl.replay",
+    "Transition": "jaxrl.transition",
     "load_run": "jaxrl.saved_run",
     "SavedRun": "jaxrl.saved_run",
 }

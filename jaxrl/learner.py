@@ -21,7 +21,7 @@ import optax
 
 from jaxrl import networks
 from jaxrl.config import AgentConfig
-from jaxrl.replay import Transition
+from jaxrl.transition import Transition
 
 Params = Any
 

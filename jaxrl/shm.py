@@ -17,6 +17,10 @@ Before a run starts processes that share these blocks, it checks the machine
 (``check_memory_ordering``) and the room in ``/dev/shm`` (``check_free_space``
 with ``SharedReplay.nbytes`` and ``ParamStore.nbytes``): the constructors do
 neither, since one process on any CPU may use them.
+
+Importing this module imports no JAX (replay and actors use blocks alone);
+``ParamStore`` flattens its pytrees with ``jax.tree_util``, imported when a
+store is made or publishes.
 """
 
 from __future__ import annotations
@@ -29,7 +33,6 @@ import shutil
 from multiprocessing import shared_memory
 from typing import Any, NamedTuple
 
-import jax
 import numpy as np
 
 _ALIGN = 64  # bytes; every array starts on a cache line.
@@ -261,7 +264,8 @@ class ParamStore:
   @staticmethod
   def _specs(template: Any) -> tuple[dict[str, tuple[tuple[int, ...], Any]], Any]:
     """The block's specs for trees shaped like ``template``, and its treedef."""
-    leaves, treedef = jax.tree_util.tree_flatten(template)
+    from jax import tree_util  # pylint: disable=import-outside-toplevel
+    leaves, treedef = tree_util.tree_flatten(template)
     specs = {
         "latest": ((1,), "int64"),
         "seq": ((_NUM_SLOTS,), "int64"),
@@ -303,7 +307,8 @@ class ParamStore:
     Raises ValueError if the structure, a shape, or a dtype kind differs from
     the template's. Never waits for readers; one publisher at a time.
     """
-    paths_leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    from jax import tree_util  # pylint: disable=import-outside-toplevel
+    paths_leaves, treedef = tree_util.tree_flatten_with_path(params)
     if treedef != self.handle.treedef:
       raise ValueError(f"params structure {treedef} differs from the template's {self.handle.treedef}")
     leaves = [np.asarray(leaf) for _, leaf in paths_leaves]   # one host copy each; 8x cheaper than device_get
@@ -311,7 +316,7 @@ class ParamStore:
     for (path, _), src, dst in zip(paths_leaves, leaves, (arrays[k] for k in self._keys[0])):
       if src.shape != dst.shape or not np.can_cast(src.dtype, dst.dtype, "same_kind"):
         raise ValueError(
-            f"params{jax.tree_util.keystr(path)} is {src.dtype}{list(src.shape)}, "
+            f"params{tree_util.keystr(path)} is {src.dtype}{list(src.shape)}, "
             f"the template has {dst.dtype}{list(dst.shape)}"
         )
     epsilon, step = float(epsilon), int(step)
@@ -341,7 +346,7 @@ class ParamStore:
       leaves = [arrays[key].copy() for key in self._keys[slot]]
       epsilon, step = float(arrays["epsilon"][slot]), int(arrays["step"][slot])
       if seq[slot] == 2 * version:
-        params = jax.tree_util.tree_unflatten(self.handle.treedef, leaves)
+        params = self.handle.treedef.unflatten(leaves)
         return ParamSnapshot(params, epsilon, step, version)
       self.torn_reads += 1
 

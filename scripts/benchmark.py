@@ -65,6 +65,7 @@ import numpy as np
 
 import jaxrl
 from jaxrl import runtime
+from jaxrl.runtime import local
 from jaxrl.config import RunConfig, load_config
 from jaxrl.logger import RETURN_WINDOW, read_metrics, trailing_mean
 from jaxrl.replay import SharedReplay
@@ -216,7 +217,7 @@ def bench_learner(cfg: RunConfig, args) -> dict:
   try:
     silent = runtime.Learner(cfg, agent, replay, agent.init(jax.random.PRNGKey(0)), publish=lambda _: None)
     publishing = runtime.Learner(cfg, agent, replay, agent.init(jax.random.PRNGKey(0)),
-                                 publish=runtime.param_publisher(store))
+                                 publish=local.param_publisher(store))
     rates = _interleaved_rates({
         "train_step_fused": (bare_step, lambda: jax.block_until_ready(state)),
         "learner_loop_no_publish": (silent.update, silent.report),

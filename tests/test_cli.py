@@ -81,7 +81,7 @@ def test_dependencies_are_what_the_code_imports():
   used by tests only, is a dev one), at a version that has what the code uses."""
   project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
   floors = {re.match(r"[\w-]+", r).group(0): r for r in project["dependencies"]}
-  sources = "\n".join(p.read_text() for d in ("jaxrl", "scripts") for p in (ROOT / d).glob("*.py"))
+  sources = "\n".join(p.read_text() for d in ("jaxrl", "scripts") for p in (ROOT / d).rglob("*.py"))
   imported = set(re.findall(r"^\s*(?:import|from) (\w+)", sources, re.MULTILINE))
   module = {"pyyaml": "yaml", "jaxlib": "jax"}   # jaxlib: jax's backend, never imported by name
   assert {name for name in floors if module.get(name, name) not in imported} == set()

@@ -31,7 +31,7 @@ NO_EVAL = ["eval.interval=0", "stop.eval_return=null"]   # faulty envs must fail
 def checkpoint_state(path, cfg_path):
   """The LearnerState saved at ``path``, restored against the run's config."""
   cfg = load_config(cfg_path)
-  agent = runtime._make_agent(cfg)  # pylint: disable=protected-access
+  agent = runtime.make_agent(cfg)
   return restore_checkpoint(path, agent.init(jax.random.PRNGKey(0)))
 
 

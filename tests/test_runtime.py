@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jaxrl import runtime
+from jaxrl.runtime import local
 from jaxrl.config import load_config
 from jaxrl.logger import read_metrics
 from jaxrl.shm import SharedMemoryError
@@ -40,7 +41,7 @@ def test_sync_run_writes_the_run_directory(tmp_path):
   cfg = load_config(run_dir / "config.yaml")
   assert len(learner) >= max(r["learner_steps"] for r in learner) // cfg.runtime.log_interval_learner_steps
   # Rates in every learner record; epsilon and learning_rate of the record's learner step.
-  agent = runtime._make_agent(cfg)   # pylint: disable=protected-access
+  agent = runtime.make_agent(cfg)
   for r in learner:
     assert r["sps"] > 0 and r["updates_per_s"] > 0
     assert r["epsilon"] == pytest.approx(float(agent.epsilon_schedule(r["learner_steps"])))
@@ -103,7 +104,7 @@ def test_cpu_placement_gives_the_learner_the_first_cpus_and_the_rest_to_the_othe
 def test_learner_cpus_that_leave_none_for_the_actors_is_a_note_not_a_pin(capsys):
   available = os.sched_getaffinity(0)
   cfg = load_config(CARTPOLE, [f"runtime.learner_cpus={len(available)}"])
-  assert runtime._async_placement(cfg) is None   # pylint: disable=protected-access
+  assert local._async_placement(cfg) is None   # pylint: disable=protected-access
   assert f"would leave none of the {len(available)} CPUs" in capsys.readouterr().err
 
 

@@ -1,0 +1,53 @@
+"""The actor-learner runtime: one set of loops, run by a backend.
+
+Modules, in the order a reader meets them:
+  builders  the parts of a run, the same for every backend: JAX set up per
+            process role, the environment's spaces, the agent and its first
+            state, the replay, seeds.
+  acting    ``ActingLoop``: an actor's loop body (newest policy, env step,
+            insert, counts, episodes).
+  learning  ``Learner`` (fused updates, publishes, metrics) and
+            ``LearningLoop``: the learner's loop body (update, report,
+            checkpoint).
+  run       the run itself: run directory, counters, stop conditions,
+            evaluation, summary; ``preflight``, ``load_resume`` and ``train``,
+            which hands the run to a backend.
+  sync      the one-thread backend (``runtime.mode: sync``): the loops
+            interleaved in this process, deterministic for a seed.
+  local     the local-processes backend (``runtime.mode: async``): a learner
+            process and actor processes over shared memory; spawning, pipes,
+            signals, orphan detection and CPU placement live here only.
+
+The loops know nothing of processes, signals, shared-memory names or Ray.
+Public names load lazily, so an actor process that imports
+``jaxrl.runtime.local`` does not import the logger.
+"""
+
+import importlib
+
+_WHERE = {
+    "AGENT_ID": "jaxrl.runtime.builders",
+    "configure_jax": "jaxrl.runtime.builders",
+    "env_spaces": "jaxrl.runtime.builders",
+    "make_agent": "jaxrl.runtime.builders",
+    "Learner": "jaxrl.runtime.learning",
+    "NonFiniteError": "jaxrl.runtime.learning",
+    "Resume": "jaxrl.runtime.run",
+    "load_resume": "jaxrl.runtime.run",
+    "preflight": "jaxrl.runtime.run",
+    "train": "jaxrl.runtime.run",
+    "cpu_placement": "jaxrl.runtime.local",
+    "learner_stop_grace": "jaxrl.runtime.local",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name):
+  if name in _WHERE:
+    return getattr(importlib.import_module(_WHERE[name]), name)
+  raise AttributeError(f"module 'jaxrl.runtime' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(list(globals()) + __all__)

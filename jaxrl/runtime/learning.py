@@ -1,0 +1,216 @@
+"""Learning: the ``Learner`` of fused updates and the ``LearningLoop``.
+
+``LearningLoop`` is the learner's loop body, the same in every backend: an
+update whenever the rate limiter allows, a metrics record when one is due,
+a checkpoint when one is due and once more at the end. A backend calls
+``step`` (and ``housekeeping``) for as long as the run goes on, and
+``finish`` when it stops; how the records and counters travel is the
+backend's (callbacks).
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from jaxrl.config import RunConfig, config_to_dict
+from jaxrl.replay import SharedReplay
+from jaxrl.runtime.builders import seed
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class NonFiniteError(RuntimeError):
+  """The learner produced a non-finite loss, gradient or state."""
+
+
+class Learner:
+  """Samples replay, applies fused train_steps, publishes params.
+
+  ``update`` runs ``learner.updates_per_call`` train_steps in one jitted
+  ``lax.scan`` dispatch; JAX's async dispatch lets the next batch be sampled
+  and transferred while the device computes, up to ``_MAX_IN_FLIGHT`` calls
+  ahead of it: a bound on how stale a publish can be and on how far the
+  samples counted by the rate limiter run ahead of the updates made. The same
+  dispatch adds each step's metrics to device-side totals, which ``report``
+  reads once (and checks are finite): a read per update would cost the loop a
+  tenth of its rate.
+  """
+
+  _MAX_IN_FLIGHT = 2
+
+  def __init__(self, cfg: RunConfig, agent, replay: SharedReplay, state, publish):
+    import jax  # pylint: disable=import-outside-toplevel
+    self._jax = jax
+    self.agent, self.replay, self.state = agent, replay, state
+    self._publish = publish
+    self._batch = cfg.learner.batch_size
+    self._fused = cfg.learner.updates_per_call
+    self._publish_interval = cfg.learner.publish_interval
+    self._report_seconds = cfg.runtime.log_interval_seconds
+    self._report_steps = cfg.runtime.log_interval_learner_steps
+    self.steps = int(state.step)
+    self._rng = np.random.default_rng(seed(cfg, 2, self.steps))
+
+    def fused_steps(state, batches, totals):
+      state, metrics = jax.lax.scan(agent.train_step, state, batches)
+      return state, jax.tree.map(lambda total, m: total + m.sum(0), totals, metrics)
+    self._update = jax.jit(fused_steps)
+    padding = self._fused_batches(replay.padding_batch(self._batch * self._fused))
+    _, metric_shapes = jax.eval_shape(agent.train_step, state, jax.tree.map(lambda x: x[0], padding))
+    self._zeros = jax.tree.map(lambda m: jax.numpy.zeros(m.shape, m.dtype), metric_shapes)
+    # Metric sums since learner step `_reported_at` (reported at `_reported_time`),
+    # and the learner steps between acting and sampling, summed over valid samples.
+    self._totals, self._reported_at, self._reported_time = self._zeros, self.steps, time.monotonic()
+    self._age_sum, self._age_count = 0.0, 0
+    self._in_flight: collections.deque = collections.deque()   # step outputs of dispatched calls
+    self._publish(state)
+    self._published_at = self.steps
+    self._outgoing = None   # a state being copied to the host for its publish
+    # Compile while the actors fill replay: the update is pure, so a padding
+    # batch compiles it without touching the state.
+    self._update(state, padding, self._zeros)
+
+  def can_update(self) -> bool:
+    return self.replay.can_sample(self._batch * self._fused)
+
+  def update(self) -> None:
+    """Samples and dispatches one fused update, and publishes without waiting
+    for the device: once a publish is due, the state computed by then starts
+    its copy to the host, and it is published at the first later call that
+    finds the copy complete. The device never idles for a publish, at the cost
+    of at most ``_MAX_IN_FLIGHT`` calls of policy lag."""
+    batch, policy_step = self.replay.sample(self._batch * self._fused, self._rng)
+    valid = batch.valid > 0   # an invalid row's policy_step is 0, not an age
+    self._age_sum += float((self.steps - policy_step[valid]).sum())
+    self._age_count += int(valid.sum())
+    if self._outgoing is None and self.steps - self._published_at >= self._publish_interval:
+      self._outgoing = self.state
+      for leaf in self._jax.tree.leaves((self.state.params, self.state.epsilon, self.state.step)):
+        leaf.copy_to_host_async()
+    self.state, self._totals = self._update(self.state, self._fused_batches(batch), self._totals)
+    self.steps += self._fused
+    self._in_flight.append(self.state.step)
+    if len(self._in_flight) > self._MAX_IN_FLIGHT:
+      self._in_flight.popleft().block_until_ready()
+    # One computation's outputs are ready together: its step stands for all.
+    if self._outgoing is not None and self._outgoing.step.is_ready():
+      self._publish(self._outgoing)
+      self._published_at, self._outgoing = int(self._outgoing.step), None
+
+  def _fused_batches(self, batch):
+    """[F * B, ...] -> [F, B, ...]: one batch per fused update."""
+    return self._jax.tree.map(lambda x: x.reshape(self._fused, self._batch, *x.shape[1:]), batch)
+
+  def report_due(self) -> bool:
+    """Whether ``runtime.log_interval_seconds`` or ``log_interval_learner_steps``
+    have passed since the last report."""
+    return (self.steps - self._reported_at >= self._report_steps
+            or time.monotonic() - self._reported_time >= self._report_seconds)
+
+  def report(self) -> dict[str, float]:
+    """A learner record: the means of ``train_step``'s metrics since the
+    last report, except ``epsilon`` and ``learning_rate``, which are their
+    values at the record's ``learner_steps``; ``sample_age``, learner steps
+    between the params that acted and the learner step that sampled (valid
+    samples only); ``updates_per_s`` since the last report. Empty if there
+    was no update since.
+
+    Raises:
+      NonFiniteError: a loss or gradient norm since the last report was not
+        finite (a non-finite term makes its total non-finite).
+    """
+    totalled, now = self.steps - self._reported_at, time.monotonic()
+    if not totalled:
+      return {}
+    totals = self._jax.device_get(self._totals)
+    for key in ("loss", "grad_norm"):
+      if not np.isfinite(totals[key]):
+        raise NonFiniteError(f"non-finite {key} ({totals[key]}) before learner step {self.steps}")
+    out = {k: float(v) / totalled for k, v in totals.items()}
+    out.update(learner_steps=self.steps, epsilon=float(self.state.epsilon),
+               learning_rate=float(self.agent.learning_rate_schedule(self.state.step)),
+               updates_per_s=totalled / max(now - self._reported_time, 1e-9))
+    if self._age_count:
+      out["sample_age"] = self._age_sum / self._age_count
+    self._totals, self._reported_at, self._reported_time = self._zeros, self.steps, now
+    self._age_sum, self._age_count = 0.0, 0
+    return out
+
+
+class Checkpointer:
+  """Writes ``<run_dir>/checkpoints/step_<n>.ckpt`` every
+  ``checkpoint.interval_seconds`` and on request. A state with a non-finite
+  leaf is never written, so the last checkpoint stays a good one."""
+
+  def __init__(self, cfg: RunConfig, run_dir: Path, replay: SharedReplay):
+    self._cfg, self._directory, self._replay = cfg, run_dir / CHECKPOINT_DIR, replay
+    self._config = config_to_dict(cfg)
+    self._last = time.monotonic()
+
+  def due(self) -> bool:
+    return time.monotonic() - self._last >= self._cfg.checkpoint.interval_seconds
+
+  def save(self, state, counters: dict[str, int]) -> Path:
+    import jax  # pylint: disable=import-outside-toplevel
+    from jaxrl.checkpoint import save_checkpoint  # pylint: disable=import-outside-toplevel
+    state = jax.device_get(state)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+      if np.issubdtype(np.asarray(leaf).dtype, np.floating) and not np.isfinite(leaf).all():
+        raise NonFiniteError(f"non-finite state{jax.tree_util.keystr(path)} at learner step "
+                             f"{counters['learner_steps']}; last good checkpoint kept")
+    extra = ({f"replay.{k}": v for k, v in self._replay.contents().items()}
+             if self._cfg.checkpoint.replay else None)
+    self._last = time.monotonic()
+    return save_checkpoint(self._directory, state, counters, self._config, self._cfg.checkpoint.keep, extra)
+
+
+
+class LearningLoop:
+  """The learner's loop body.
+
+  Args:
+    learner: the Learner.
+    checkpointer: writes the checkpoints.
+    learner_id: the learner's id in its records.
+    counters: () -> the run's counters (env_steps, episodes, learner_steps)
+      saved with a checkpoint.
+    count: (learner_steps) -> None, called after each update.
+    emit: (record) -> None, takes each learner record.
+  """
+
+  def __init__(self, learner: Learner, checkpointer: Checkpointer, learner_id: str,
+               counters: Callable[[], dict[str, int]], count: Callable[[int], None],
+               emit: Callable[[dict], None]):
+    self.learner, self._checkpointer, self._learner_id = learner, checkpointer, learner_id
+    self._counters, self._count, self._emit = counters, count, emit
+
+  def step(self) -> bool:
+    """One fused update if the rate limiter allows it; whether there was one."""
+    if not self.learner.can_update():
+      return False
+    self.learner.update()
+    self._count(self.learner.steps)
+    return True
+
+  def housekeeping(self) -> None:
+    """A metrics record if one is due, a checkpoint if one is due."""
+    if self.learner.report_due():
+      self._report()
+    if self._checkpointer.due():
+      self._report()
+      self._checkpointer.save(self.learner.state, self._counters())
+
+  def finish(self) -> None:
+    """The last metrics record and the final checkpoint."""
+    self._report()
+    self._checkpointer.save(self.learner.state, self._counters())
+
+  def _report(self) -> None:
+    metrics = self.learner.report()
+    if metrics:
+      self._emit({"learner_id": self._learner_id, **metrics})

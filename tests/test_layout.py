@@ -1,0 +1,62 @@
+"""The layout rules of design section 7: what must never import what."""
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "jaxrl"
+
+
+def imported_modules(path: Path) -> set[str]:
+  """Every module a source file imports, at module level or inside functions."""
+  names = set()
+  for node in ast.walk(ast.parse(path.read_text())):
+    if isinstance(node, ast.Import):
+      names.update(alias.name for alias in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.module:
+      names.add(node.module)
+      names.update(f"{node.module}.{alias.name}" for alias in node.names)
+  return names
+
+
+def importing(modules: list[str]) -> set[str]:
+  """sys.modules of a fresh interpreter after importing ``modules``."""
+  code = f"import sys\nfor m in {modules!r}: __import__(m)\nprint('\\n'.join(sys.modules))"
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+  return set(out.split())
+
+
+def top(name: str) -> str:
+  return name.split(".")[0]
+
+
+@pytest.mark.parametrize("module", ["config", "networks", "losses", "learner"])
+def test_the_core_imports_nothing_of_the_runtime(module):
+  forbidden = ("jaxrl.runtime", "jaxrl.shm", "jaxrl.replay", "jaxrl.actor", "jaxrl.envs", "jaxrl.logger",
+               "jaxrl.checkpoint", "multiprocessing", "ray")
+  found = {name for name in imported_modules(PACKAGE / f"{module}.py") if name.startswith(forbidden)}
+  assert not found, f"jaxrl/{module}.py imports {sorted(found)}"
+
+
+def test_replay_and_shared_memory_import_no_jax_and_no_runtime():
+  loaded = importing(["jaxrl.replay", "jaxrl.shm"])
+  assert not {top(m) for m in loaded} & {"jax", "jaxlib", "flax", "optax"}
+  assert not [m for m in loaded if m.startswith("jaxrl.runtime")]
+
+
+@pytest.mark.parametrize("module", ["acting", "learning"])
+def test_the_loops_know_nothing_of_processes_signals_shared_memory_or_ray(module):
+  names = imported_modules(PACKAGE / "runtime" / f"{module}.py")
+  forbidden = {"multiprocessing", "signal", "threading", "subprocess", "jaxrl.shm", "ray", "jaxrl.runtime.local",
+               "jaxrl.runtime.sync"}
+  assert not {n for n in names if top(n) in forbidden or n in forbidden}
+
+
+def test_an_actor_process_imports_no_logger_tensorboard_or_plotting():
+  """What a spawned actor imports: its target's module and what the target builds."""
+  loaded = importing(["jaxrl.runtime.local", "jaxrl.runtime.acting", "jaxrl.runtime.builders", "jaxrl.actor",
+                      "jaxrl.learner", "jaxrl.replay", "jaxrl.shm"])
+  assert not {m for m in loaded if m == "jaxrl.logger" or top(m) in {"tensorboardX", "matplotlib"}}
