@@ -142,6 +142,41 @@ class AgentConfig:
     check_positive("kappa", self.kappa, allow_zero=True)
 
 
+SHARES = ("none", "type", "all")
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentsConfig:
+  """Several agents (PettingZoo envs): which learner serves each agent id.
+
+  Attributes:
+    share: "none": a learner per agent id; "type": agents whose ids agree
+      before the last "_" share one (adversary_0, adversary_1 -> learner
+      adversary); "all": one learner "shared" for every agent (their spaces
+      must match). A gymnasium env has the one agent "agent_0".
+    overrides: per learner id, AgentConfig fields that differ from
+      ``agent`` for that learner, e.g. ``{adversary: {learning_rate: 1e-3}}``.
+  """
+
+  share: str = "none"
+  overrides: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+  def __post_init__(self):
+    check(self.share in SHARES, "share", 'one of "none", "type", "all"', self.share)
+    check(isinstance(self.overrides, Mapping) and all(isinstance(k, str) for k in self.overrides),
+          "overrides", "a mapping {learner_id: {agent field: value}}", self.overrides)
+    overrides = {}
+    for learner_id, fields in self.overrides.items():
+      check(isinstance(fields, Mapping), f"overrides.{learner_id}", "a mapping {agent field: value}",
+            fields)
+      key = _join("agents.overrides", learner_id)
+      # ConfigErrors naming agents.overrides.<learner_id>.<field>, as _build's would.
+      overrides[learner_id] = {
+          name: _coerce(value, _field_hint(AgentConfig, name, _join(key, name)), _join(key, name))
+          for name, value in fields.items()}
+    object.__setattr__(self, "overrides", overrides)
+
+
 def check_optional(field: str, value: Any, checker, **kwargs) -> None:
   """Runs ``checker(field, value, **kwargs)`` unless value is None."""
   if value is not None:
@@ -388,7 +423,9 @@ class RunConfig:
 
   Attributes:
     env: the environment.
-    agent: the learner's hyperparameters.
+    agent: the learners' hyperparameters (each learner's own are ``agent``
+      updated by ``agents.overrides[learner_id]``; see ``agent_config``).
+    agents: which learner serves each agent, and per-learner overrides.
     replay: experience replay and rate limiting.
     actors: the actor processes.
     learner: the learner loop.
@@ -403,6 +440,7 @@ class RunConfig:
 
   env: EnvConfig = dataclasses.field(default_factory=EnvConfig)
   agent: AgentConfig = dataclasses.field(default_factory=AgentConfig)
+  agents: AgentsConfig = dataclasses.field(default_factory=AgentsConfig)
   replay: ReplayConfig = dataclasses.field(default_factory=ReplayConfig)
   actors: ActorsConfig = dataclasses.field(default_factory=ActorsConfig)
   learner: LearnerConfig = dataclasses.field(default_factory=LearnerConfig)
@@ -432,6 +470,17 @@ class RunConfig:
     if self.stop.eval_return is not None:
       check(self.eval.interval > 0, "stop.eval_return",
             "null while evaluation is off (eval.interval = 0)", self.stop.eval_return)
+    for learner_id in self.agents.overrides:
+      try:
+        self.agent_config(learner_id)
+      except ValueError as e:  # "<field> must be ..." from AgentConfig.
+        field, _, rest = str(e).partition(" ")
+        raise ConfigError(f"{_join('agents.overrides', learner_id)}.{field}: {rest}") from None
+
+  def agent_config(self, learner_id: str) -> AgentConfig:
+    """The ``AgentConfig`` of learner ``learner_id``: ``agent`` updated by
+    ``agents.overrides[learner_id]``, if any."""
+    return dataclasses.replace(self.agent, **self.agents.overrides.get(learner_id, {}))
 
 
 class ConfigError(ValueError):
@@ -566,6 +615,8 @@ def _build(cls: type, tree: Any, key: str) -> Any:
             for name, value in tree.items()}
   try:
     return cls(**kwargs)
+  except ConfigError:  # Already names its full key.
+    raise
   except ValueError as e:  # "<field> must be ..." from __post_init__.
     field, _, rest = str(e).partition(" ")
     raise ConfigError(f"{_join(key, field)}: {rest}") from None

@@ -7,37 +7,13 @@ Numpy only (no jax): actor processes import this module.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
 from jaxrl.config import check, check_positive, check_positive_int, check_unit_interval
 from jaxrl.shm import BlockHandle, SharedBlock
-
-
-class Transition(NamedTuple):
-  """A batch of (n-step) transitions, batched on axis 0 (size B).
-
-  A NamedTuple is a JAX pytree; numpy arrays are accepted everywhere.
-
-  Attributes:
-    obs: [B, *obs_shape] observation the action was taken in.
-    action: int32 [B].
-    reward: float32 [B], discounted sum of the k rewards of the transition.
-    discount: float32 [B], factor on the bootstrap value: gamma**k, or 0
-      where the episode terminated (not where it was truncated).
-    next_obs: [B, *obs_shape] observation k steps later (the real final
-      observation when the episode ended).
-    valid: float32 [B], 1.0 for real samples, 0.0 for padding (and for
-      rows ``SharedReplay.sample`` found torn).
-  """
-
-  obs: Any
-  action: Any
-  reward: Any
-  discount: Any
-  next_obs: Any
-  valid: Any
+from jaxrl.transition import Transition
 
 
 # Fields of a stored transition, as produced by ``NStepAccumulator.step`` and
@@ -63,7 +39,9 @@ class NStepAccumulator:
   the step after env i ended ignores its action and returns the reset
   observation with reward 0. The accumulator remembers which envs ended and
   drops their next step, so no transition spans an episode boundary; the
-  caller passes every step as it comes.
+  caller passes every step as it comes. Slots of an ``EnvSet`` (``jaxrl.envs``)
+  also pass ``active``: an inactive slot (an agent already done, or its env
+  copy resetting) is treated like an autoreset step.
 
   Cost: a step is a fixed number of numpy calls, whatever n_step and however
   many episodes end. The last n_step steps live in ring buffers; each env is
@@ -113,7 +91,7 @@ class NStepAccumulator:
     self._oldest_start = self._start[:, :1] + np.arange(e)
 
   def step(self, obs, action, reward, terminated, truncated, next_obs,
-           policy_step) -> dict[str, np.ndarray]:
+           policy_step, active=None) -> dict[str, np.ndarray]:
     """Adds one vector-env step; returns the transitions it completed.
 
     Args:
@@ -124,6 +102,9 @@ class NStepAccumulator:
       next_obs: [E, *obs_shape] observations ``env.step`` returned.
       policy_step: int scalar or [E], the learner step of the params that
         chose the actions.
+      active: bool [E] or None (all active): an env with False here did not
+        act this step; its inputs are ignored, it completes no transition,
+        and its next active step starts afresh (as after an autoreset step).
 
     Returns:
       A dict with the keys of ``FIELDS``: obs and next_obs [N, *obs_shape]
@@ -140,6 +121,12 @@ class NStepAccumulator:
     terminated = np.asarray(terminated, bool)
     done = terminated | np.asarray(truncated, bool)
     any_done = np.count_nonzero(done)
+    if active is not None:
+      inactive = ~np.asarray(active, bool)
+      if inactive.any():
+        self._code[inactive] = 2 * self.n_step  # The autoreset state: no window, none opens.
+        self._reward[row, inactive] = 0.0  # Weighted 0 by later windows, but NaN * 0 is NaN.
+        self._steady = False
     if self._steady and not any_done:
       env, position, flat = self._every_env, self._oldest, self._oldest_start[row]
     else:

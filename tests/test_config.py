@@ -67,6 +67,9 @@ def test_the_four_configs_exist():
     ("env.id=Acrobot-v1", lambda c: c.env.id, "Acrobot-v1"),
     (" run_dir = runs/a=b ", lambda c: c.run_dir, "runs/a=b"),
     ("agent={algo: iqn}", lambda c: c.agent, C.AgentConfig(algo="iqn")),
+    ("agents.share=type", lambda c: c.agents.share, "type"),
+    ("agents.overrides.adversary.learning_rate=1e-3", lambda c: c.agents.overrides,
+     {"adversary": {"learning_rate": 1e-3}}),
 ])
 def test_override_sets_one_typed_value(override, get, expected):
   cfg = C.load_config(None, [override])
@@ -124,13 +127,27 @@ def test_overrides_apply_in_order_then_validate(tmp_path):
     (["seed=18446744073709551616"], "seed: must be an integer in [0, 2**32 - 1], got 18446744073709551616"),
     (["env.imports=minatar.gym"], "env.imports: expected a list of str, got 'minatar.gym'"),
     (["env.imports=[ale_py, '']"], "env.imports: must be a list of module names, e.g. [minatar.gym], got"),
-    (["bogus.x=1"], "bogus: unknown key (expected one of: env, agent, replay,"),
+    (["bogus.x=1"], "bogus: unknown key (expected one of: env, agent, agents, replay,"),
     (["seed.x=1"], "seed.x: unknown key (seed is not a section)"),
     (["agent.hidden_sizes.x=1"], "agent.hidden_sizes.x: unknown key (agent.hidden_sizes is not a section)"),
     (["foo"], "bad override 'foo' (expected key=value)"),
     (["=3"], "bad override '=3' (expected key=value)"),
     (["agent..algo=iqn"], "bad override 'agent..algo=iqn' (expected key=value)"),
     (["agent.hidden_sizes=[1"], "bad override 'agent.hidden_sizes=[1': invalid YAML value, line"),
+    (["agents.share=some"], 'agents.share: must be one of "none", "type", "all", got \'some\''),
+    (["agents.overrides=[1]"], "agents.overrides: expected a mapping, got [1]"),
+    (["agents.overrides={1: {}}"], "agents.overrides: must be a mapping {learner_id: {agent field: value}}"),
+    (["agents.overrides.adversary=3"],
+     "agents.overrides.adversary: must be a mapping {agent field: value}, got 3"),
+    (["agents.overrides.adversary.lerning_rate=1e-3"],
+     "agents.overrides.adversary.lerning_rate: unknown key "
+     "(did you mean agents.overrides.adversary.learning_rate?)"),
+    (["agents.overrides.adversary.epsilon_decay_steps=x"],
+     "agents.overrides.adversary.epsilon_decay_steps: expected int, got 'x'"),
+    (["agents.overrides.adversary.learning_rate=-1"],
+     "agents.overrides.adversary.learning_rate: must be a finite number > 0, got -1.0"),
+    (["agent.epsilon_start=0.5", "agents.overrides.prey.epsilon_end=0.6"],
+     "agents.overrides.prey.epsilon_end: must be <= epsilon_start (0.5), got 0.6"),
 ])
 def test_mistake_is_one_line_naming_the_key(overrides, expected):
   message = config_error(C.load_config, None, overrides)
@@ -184,6 +201,10 @@ def run_configs(draw):
   batch_size = draw(st.integers(1, 256))
   num_actors = draw(st.integers(1, 8))
   capacity = draw(st.integers(batch_size * num_actors, 10**7))
+  overrides = st.dictionaries(st.text(min_size=1), st.fixed_dictionaries({}, optional={
+      "learning_rate": st.floats(1e-8, 1.0),
+      "hidden_sizes": st.lists(st.integers(1, 1024), min_size=1, max_size=3).map(tuple),
+      "double_q": st.booleans()}), max_size=3)
   return C.RunConfig(
       env=C.EnvConfig(id=draw(st.text(min_size=1)), kwargs=draw(kwargs),
                       imports=tuple(draw(st.lists(st.sampled_from(["ale_py", "minatar.gym", "my_envs"]))))),
@@ -194,6 +215,7 @@ def run_configs(draw):
           max_grad_norm=draw(st.none() | st.floats(0.1, 100.0)),
           double_q=draw(st.booleans()),
           target_tau=draw(st.floats(0.0, 1.0, exclude_min=True))),
+      agents=C.AgentsConfig(share=draw(st.sampled_from(C.SHARES)), overrides=draw(overrides)),
       replay=C.ReplayConfig(
           capacity=capacity, min_size=draw(st.integers(batch_size, capacity // num_actors)),
           gamma=draw(st.floats(0.0, 1.0)),
@@ -270,6 +292,8 @@ def test_agent_rejects_unknown_algo(algo):
     (C.CheckpointConfig, "interval_seconds", -1.0),
     (C.CheckpointConfig, "keep", 0),
     (C.CheckpointConfig, "replay", "no"),
+    (C.AgentsConfig, "share", "some"),
+    (C.AgentsConfig, "overrides", [1]),
     (C.RunConfig, "seed", -1),
     (C.RunConfig, "seed", 2**32),
     (C.RunConfig, "run_dir", ""),
@@ -391,3 +415,32 @@ def test_env_imports_is_a_list_of_module_names(tmp_path):
   assert "env:\n  id: CartPole-v1\n  kwargs: {}\n  imports:\n  - minatar.gym\n  - ale_py\n" in path.read_text()
   for bad in ("[1]", "['']", "[a.]", "[a b]", "{a: 1}"):
     assert config_error(C.load_config, None, [f"env.imports={bad}"]).startswith("env.imports")
+
+
+# --- Issue 11 ------------------------------------------------------------------
+
+
+def test_each_learner_has_the_agent_config_updated_by_its_overrides(tmp_path):
+  """agents.overrides[learner_id] updates agent for that learner only; an
+  integer field may be written 1e5 there too; overrides come from YAML, the
+  CLI and after --resume (apply_overrides), and survive a save."""
+  path = tmp_path / "c.yaml"
+  path.write_text("agent: {learning_rate: 0.01}\n"
+                  "agents:\n  share: type\n  overrides:\n    adversary: {hidden_sizes: [64, 64]}\n")
+  cfg = C.load_config(path, ["agents.overrides.adversary.epsilon_decay_steps=1e5",
+                             "agents.overrides.agent.double_q=false"])
+  assert cfg.agents == C.AgentsConfig("type", {
+      "adversary": {"hidden_sizes": (64, 64), "epsilon_decay_steps": 100_000}, "agent": {"double_q": False}})
+  assert type(cfg.agents.overrides["adversary"]["epsilon_decay_steps"]) is int
+  assert cfg.agent_config("adversary") == C.AgentConfig(learning_rate=0.01, hidden_sizes=(64, 64),
+                                                        epsilon_decay_steps=100_000)
+  assert cfg.agent_config("agent") == C.AgentConfig(learning_rate=0.01, double_q=False)
+  assert cfg.agent_config("other") == cfg.agent == C.AgentConfig(learning_rate=0.01)
+  resumed = C.apply_overrides(cfg, ["agents.overrides.adversary.learning_rate=1e-3"])
+  assert resumed.agent_config("adversary") == C.AgentConfig(learning_rate=1e-3, hidden_sizes=(64, 64),
+                                                            epsilon_decay_steps=100_000)
+  C.save_config(resumed, path)
+  assert C.load_config(path) == resumed
+  assert C.RunConfig().agents == C.AgentsConfig("none", {})
+  text = C.config_keys_help()
+  assert '\n  agents.share: str = "none"\n' in text and "\n  agents.overrides: mapping = {}\n" in text

@@ -184,11 +184,13 @@ def test_cartpole_transitions_are_real_n_step_successors(mode):
   assert sorted(starts) == expected  # Exactly one transition per step, once its window closed.
 
 
-def reference_n_step(ends, rewards, n, gamma):
+def reference_n_step(ends, rewards, n, gamma, active=None):
   """The n-step transitions of each step, computed one env and one window at a time.
 
   ends[t][i]: 0 running, 1 truncated, 2 terminated, 3 both; obs of env i at
   step t is t * 100 + i, next_obs -(t * 100 + i) - 1, action i, policy step t.
+  active[t][i] False (None: all True): env i did not act at step t, which
+  drops its open windows, and its next active step starts afresh.
   Returns per step the (obs, action, reward, discount, next_obs, policy_step)
   rows, ordered by env, then by start step.
   """
@@ -197,6 +199,9 @@ def reference_n_step(ends, rewards, n, gamma):
   for i in range(num_envs):
     windows, skip = [], False  # windows: [start step, discounted return, length]
     for t, (end, reward) in enumerate(zip((e[i] for e in ends), (r[i] for r in rewards))):
+      if active is not None and not active[t][i]:
+        windows, skip = [], False
+        continue
       if skip:  # Autoreset step: no transition starts or ends here.
         skip = False
         continue
@@ -234,6 +239,46 @@ def test_n_step_matches_a_per_env_reference(data, num_envs, n, gamma, steps):
     assert ids == [(e[0], e[1], e[4], e[5]) for e in expected[t]]
     np.testing.assert_allclose(np.column_stack([got["reward"], got["discount"]]),
                                np.reshape([e[2:4] for e in expected[t]], (-1, 2)), rtol=1e-6, atol=1e-6)
+
+
+@settings(max_examples=80, deadline=None)
+@given(data=st.data(), num_envs=st.integers(1, 4), n=st.integers(1, 4), gamma=st.floats(0.0, 1.0),
+       steps=st.integers(1, 25))
+def test_n_step_with_inactive_steps_matches_a_per_env_reference(data, num_envs, n, gamma, steps):
+  """Slots of an EnvSet: an inactive step (inputs garbage, done flags
+  included) emits nothing and closes the slot's open windows unemitted."""
+  ends = data.draw(st.lists(st.lists(st.sampled_from([0, 0, 0, 1, 2, 3]), min_size=num_envs,
+                                     max_size=num_envs), min_size=steps, max_size=steps))
+  rewards = data.draw(st.lists(st.lists(st.integers(-3, 3), min_size=num_envs, max_size=num_envs),
+                               min_size=steps, max_size=steps))
+  active = data.draw(st.lists(st.lists(st.sampled_from([True, True, True, False]), min_size=num_envs,
+                                       max_size=num_envs), min_size=steps, max_size=steps))
+  acc = NStepAccumulator(num_envs, n, gamma, (2,), F32)
+  expected = reference_n_step(ends, rewards, n, gamma, active)
+  for t, (end, reward, on) in enumerate(zip(np.array(ends), np.array(rewards, float), np.array(active))):
+    ids = t * 100 + np.arange(num_envs)
+    obs = np.repeat(ids[:, None], 2, 1)
+    reward[~on] = np.nan  # Ignored, as are the other inputs of an inactive slot.
+    action = np.where(on, np.arange(num_envs), -1)
+    got = acc.step(np.where(on[:, None], obs, -7), action, reward, end >= 2, end % 2 == 1, -obs - 1, t,
+                   active=on)
+    ids = list(zip(got["obs"][:, 0], got["action"], got["next_obs"][:, 0], got["policy_step"]))
+    assert ids == [(e[0], e[1], e[4], e[5]) for e in expected[t]]
+    np.testing.assert_allclose(np.column_stack([got["reward"], got["discount"]]),
+                               np.reshape([e[2:4] for e in expected[t]], (-1, 2)), rtol=1e-6, atol=1e-6)
+
+
+def test_all_active_is_the_same_as_no_active_mask():
+  """Passing active all True changes nothing (the CartPole-like steady path included)."""
+  rng = np.random.default_rng(0)
+  plain, masked = (NStepAccumulator(3, 3, 0.9, (2,), F32) for _ in range(2))
+  for t in range(60):
+    obs, next_obs = rng.normal(size=(2, 3, 2))
+    args = (obs, rng.integers(0, 4, 3), rng.normal(size=3), rng.random(3) < 0.05, rng.random(3) < 0.05,
+            next_obs, t)
+    want, got = plain.step(*args), masked.step(*args, active=np.ones(3, bool))
+    for key in want:
+      np.testing.assert_array_equal(got[key], want[key])
 
 
 # ---------------------------------------------------------------- replay

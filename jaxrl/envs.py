@@ -1,0 +1,321 @@
+"""Environment sets: E copies of an environment, their agents grouped by learner.
+
+Every agent id is served by one learner (``learner_ids``). An ``EnvSet``
+steps E copies of an environment and lays each learner's agents out in
+**slots**: for learner l with agents a_1 .. a_k (``LearnerSpace.agent_ids``),
+slot ``s = e * k + j`` is agent a_j of env copy e, so learner l has
+``S_l = E * k`` slots, and its observations, actions and rewards are arrays
+over them, ready for its network and its ``NStepAccumulator``.
+
+Autoreset is gymnasium's NEXT_STEP mode, per env copy: once all agents of a
+copy are done (terminated or truncated), its next step ignores the actions
+and resets it: every slot of that copy is inactive in that step, with reward
+0 and the new episode's first observation. An agent done before the others
+is inactive from the step after its end until its copy resets.
+
+Two implementations: ``GymVectorEnvSet`` (a gymnasium vector env: one agent
+"agent_0") and ``ParallelEnvSet`` (copies of a PettingZoo parallel env);
+``make_env_set`` picks one from the config. Numpy only (no jax); the
+gymnasium path imports ``jaxrl.actor`` when called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+import importlib
+from typing import Any, NamedTuple
+
+import gymnasium as gym
+import numpy as np
+
+from jaxrl.config import AgentsConfig, EnvConfig
+
+AGENT_ID = "agent_0"  # The one agent of a gymnasium env.
+SHARED = "shared"     # The one learner of share "all".
+
+
+def learner_ids(agent_ids: Sequence[str], share: str) -> dict[str, str]:
+  """Agent id -> the id of the learner serving it, by ``agents.share``:
+  "none": the agent id; "type": the id before its last "_" (``adversary_0``
+  -> ``adversary``; an id without "_" is its own type); "all": "shared"."""
+  if share == "none":
+    return {a: a for a in agent_ids}
+  if share == "type":
+    return {a: a.rpartition("_")[0] or a for a in agent_ids}
+  if share == "all":
+    return {a: SHARED for a in agent_ids}
+  raise ValueError(f'share must be one of "none", "type", "all", got {share!r}')
+
+
+class LearnerSpace(NamedTuple):
+  """What one learner serves: its agents, in slot order within an env copy,
+  and their (shared) spaces."""
+  agent_ids: tuple[str, ...]
+  obs_shape: tuple[int, ...]
+  obs_dtype: np.dtype
+  num_actions: int
+
+
+class SlotStep(NamedTuple):
+  """One step of one learner's S slots.
+
+  Attributes:
+    obs: [S, *obs_shape] next observations (the real final one of an agent
+      whose episode ended this step; the new episode's first on a reset step).
+    reward: float [S].
+    terminated, truncated: bool [S], the agent's episode ended this step.
+    active: bool [S], the slot's agent acted this step: False for an agent
+      already done, and for every slot of an env copy resetting this step.
+  """
+  obs: np.ndarray
+  reward: np.ndarray
+  terminated: np.ndarray
+  truncated: np.ndarray
+  active: np.ndarray
+
+
+def _env_error(message: str) -> Exception:
+  """``jaxrl.actor.EnvError(message)``, imported late: jaxrl.actor imports jax."""
+  from jaxrl.actor import EnvError  # pylint: disable=import-outside-toplevel
+  return EnvError(message)
+
+
+class EnvSet:
+  """E copies of an environment whose agents are grouped by learner into slots.
+
+  Attributes:
+    learners: learner id -> its ``LearnerSpace``, in order of first agent.
+    num_envs: E, the env copies.
+  """
+
+  learners: dict[str, LearnerSpace]
+  num_envs: int
+
+  def reset(self, seed: int) -> dict[str, np.ndarray]:
+    """Resets every copy (copy e seeded from ``seed`` and e); learner id ->
+    first observations [S_l, *obs_shape]."""
+    raise NotImplementedError
+
+  def step(self, actions: Mapping[str, np.ndarray]) -> tuple[dict[str, SlotStep], int]:
+    """Steps every copy with ``actions`` (learner id -> int [S_l]; those of
+    inactive slots are ignored). Returns learner id -> its ``SlotStep``, and
+    the env steps taken: the copies stepped, less those that reset."""
+    raise NotImplementedError
+
+  def close(self) -> None:
+    raise NotImplementedError
+
+  def __enter__(self) -> "EnvSet":
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+class GymVectorEnvSet(EnvSet):
+  """A gymnasium vector env (NEXT_STEP autoreset) as an env set: one learner
+  whose one agent "agent_0" has a slot per env; a slot is inactive in its
+  env's autoreset step (the step after it terminated or was truncated)."""
+
+  def __init__(self, envs: gym.vector.VectorEnv, learner_id: str = AGENT_ID):
+    self.envs = envs
+    self.num_envs = envs.num_envs
+    space = envs.single_observation_space
+    self.learners = {learner_id: LearnerSpace((AGENT_ID,), tuple(space.shape), np.dtype(space.dtype),
+                                              int(envs.single_action_space.n))}
+    self._learner_id = learner_id
+    self._ended = np.zeros(self.num_envs, bool)  # Envs whose next step is their autoreset.
+
+  def reset(self, seed: int) -> dict[str, np.ndarray]:
+    obs, _ = self.envs.reset(seed=seed)
+    self._ended = np.zeros(self.num_envs, bool)
+    return {self._learner_id: obs}
+
+  def step(self, actions: Mapping[str, np.ndarray]) -> tuple[dict[str, SlotStep], int]:
+    obs, reward, terminated, truncated, _ = self.envs.step(actions[self._learner_id])
+    active = ~self._ended
+    self._ended = terminated | truncated
+    return ({self._learner_id: SlotStep(obs, reward, terminated, truncated, active)},
+            int(np.count_nonzero(active)))
+
+  def close(self) -> None:
+    self.envs.close()
+
+
+class ParallelEnvSet(EnvSet):
+  """``num_envs`` copies of a PettingZoo parallel env, built by ``make_env()``.
+
+  Learners come from the env's ``possible_agents`` and ``share``; each
+  agent needs Discrete actions and a Box observation of rank 1 or 3, and the
+  agents of one learner identical spaces (else EnvError, naming ``name``).
+  ``reset(seed)`` seeds copy e with ``seed + e``; its later resets are
+  unseeded, continuing its random stream.
+  """
+
+  def __init__(self, make_env: Callable[[], Any], num_envs: int, share: str = "none",
+               name: str = "env"):
+    self._envs = [make_env()]
+    try:
+      self.learners = _learner_spaces(self._envs[0], share, name)
+      self._envs += [make_env() for _ in range(num_envs - 1)]
+    except BaseException:
+      self.close()
+      raise
+    self.num_envs = num_envs
+    # Per copy: agent id -> (learner id, slot).
+    self._slots = [{a: (learner, e * len(space.agent_ids) + j)
+                    for learner, space in self.learners.items() for j, a in enumerate(space.agent_ids)}
+                   for e in range(num_envs)]
+    self._obs = {learner: np.zeros((num_envs * len(space.agent_ids), *space.obs_shape), space.obs_dtype)
+                 for learner, space in self.learners.items()}
+    self._live: list[list[str]] = [[] for _ in range(num_envs)]  # Agents acting next; [] = resetting.
+
+  def _reset_copy(self, e: int, obs: dict[str, np.ndarray], seed: int | None) -> None:
+    """Resets copy e, writing its first observations into ``obs``."""
+    env = self._envs[e]
+    first, _ = env.reset(seed=seed)
+    self._write(e, obs, first)
+    self._live[e] = list(env.agents)
+
+  def _write(self, e: int, obs: dict[str, np.ndarray], agent_obs: Mapping[str, Any]) -> None:
+    slots = self._slots[e]
+    for agent, ob in agent_obs.items():
+      learner, slot = slots[agent]
+      obs[learner][slot] = ob
+
+  def reset(self, seed: int) -> dict[str, np.ndarray]:
+    obs = {learner: np.zeros_like(o) for learner, o in self._obs.items()}
+    for e in range(self.num_envs):
+      self._reset_copy(e, obs, seed + e)
+    self._obs = obs
+    return obs
+
+  def step(self, actions: Mapping[str, np.ndarray]) -> tuple[dict[str, SlotStep], int]:
+    obs = {learner: o.copy() for learner, o in self._obs.items()}  # Inactive slots keep theirs.
+    reward = {learner: np.zeros(len(o)) for learner, o in obs.items()}
+    terminated = {learner: np.zeros(len(o), bool) for learner, o in obs.items()}
+    truncated = {learner: np.zeros(len(o), bool) for learner, o in obs.items()}
+    active = {learner: np.zeros(len(o), bool) for learner, o in obs.items()}
+    env_steps = 0
+    for e, env in enumerate(self._envs):
+      live, slots = self._live[e], self._slots[e]
+      if not live:  # Every agent of this copy is done: this step is its reset.
+        self._reset_copy(e, obs, None)
+        continue
+      env_actions = {}
+      for agent in live:
+        learner, slot = slots[agent]
+        env_actions[agent] = int(actions[learner][slot])
+        active[learner][slot] = True
+      agent_obs, agent_reward, agent_terminated, agent_truncated, _ = env.step(env_actions)
+      env_steps += 1
+      for agent in live:
+        learner, slot = slots[agent]
+        reward[learner][slot] = agent_reward[agent]
+        terminated[learner][slot] = agent_terminated[agent]
+        truncated[learner][slot] = agent_truncated[agent]
+      self._write(e, obs, agent_obs)
+      self._live[e] = list(env.agents)  # A parallel env drops the agents that are done.
+    self._obs = obs
+    return {learner: SlotStep(obs[learner], reward[learner], terminated[learner], truncated[learner],
+                              active[learner]) for learner in obs}, env_steps
+
+  def close(self) -> None:
+    for env in self._envs:
+      env.close()
+
+
+def _learner_spaces(env: Any, share: str, name: str) -> dict[str, LearnerSpace]:
+  """The learners of the parallel env ``env`` under ``share``; EnvError
+  (one line) for spaces jaxrl cannot serve."""
+  agents = tuple(env.possible_agents)
+  by_learner: dict[str, list[str]] = {}
+  for agent, learner in learner_ids(agents, share).items():
+    by_learner.setdefault(learner, []).append(agent)
+  learners = {}
+  for learner, members in by_learner.items():
+    first = members[0]
+    obs_space, action_space = env.observation_space(first), env.action_space(first)
+    if not isinstance(action_space, gym.spaces.Discrete):
+      raise _env_error(f"env.id: {name!r} agent {first!r} has {type(action_space).__name__} actions; "
+                       "jaxrl's DQN and IQN need Discrete actions")
+    if not (isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) in (1, 3)):
+      raise _env_error(f"env.id: {name!r} agent {first!r} has {obs_space} observations; "
+                       "jaxrl needs a Box of rank 1 or 3")
+    for other in members[1:]:
+      if (env.observation_space(other), env.action_space(other)) != (obs_space, action_space):
+        raise _env_error(
+            f"agents.share: agents {first!r} and {other!r} of {name!r} share learner {learner!r} "
+            f"but their spaces differ ({obs_space}, {action_space} against "
+            f"{env.observation_space(other)}, {env.action_space(other)})")
+    learners[learner] = LearnerSpace(tuple(members), tuple(obs_space.shape), np.dtype(obs_space.dtype),
+                                     int(action_space.n))
+  return learners
+
+
+def _parallel_env_builder(env_id: str) -> Callable[..., Any] | None:
+  """The function named by ``env_id`` that builds a PettingZoo parallel env
+  (a module's ``parallel_env``, or ``module:function``), or None for a
+  gymnasium id (or what can only be one: gymnasium reports what is wrong)."""
+  module_name, colon, function = env_id.partition(":")
+  function = function if colon else "parallel_env"
+  if (env_id in gym.registry or not function.isidentifier()
+      or not all(part.isidentifier() for part in module_name.split("."))):
+    return None
+  try:
+    module = importlib.import_module(module_name)
+  except Exception as e:  # pylint: disable=broad-except  # A user's module may raise anything.
+    raise _env_error(f"env.id: {env_id!r} is no registered gymnasium id, and importing "
+                     f"{module_name!r} failed: {type(e).__name__}: {e}") from None
+  if colon and function in gym.registry:  # "module:EnvId", registered by importing module.
+    return None
+  builder = getattr(module, function, None)
+  if not callable(builder):
+    raise _env_error(f"env.id: {env_id!r} is no registered gymnasium id, and {module_name!r} has no "
+                     f"function {function!r} that builds a PettingZoo parallel env")
+  return builder
+
+
+def make_env_set(env_cfg: EnvConfig, agents_cfg: AgentsConfig, num_envs: int) -> EnvSet:
+  """``num_envs`` copies of ``env_cfg``'s environment, after importing
+  ``env.imports``: a ``GymVectorEnvSet`` for a gymnasium id, else a
+  ``ParallelEnvSet`` of the PettingZoo parallel env that ``env.id`` names
+  (a module whose ``parallel_env(**env.kwargs)`` builds it, or
+  ``module:function``), learners by ``agents.share``.
+
+  Raises:
+    EnvError: one line, for an env jaxrl cannot serve, an ``env.id`` that
+      names none, or ``agents.overrides`` of a learner the env does not have.
+  """
+  from jaxrl.actor import import_env_modules, make_vec_env  # pylint: disable=import-outside-toplevel
+  import_env_modules(env_cfg)
+  builder = _parallel_env_builder(env_cfg.id)
+  if builder is None:
+    learner = learner_ids((AGENT_ID,), agents_cfg.share)[AGENT_ID]
+    envs = GymVectorEnvSet(make_vec_env(env_cfg, num_envs), learner)
+  else:
+    def make_env():
+      try:
+        env = builder(**env_cfg.kwargs)
+      except (TypeError, ValueError) as e:
+        raise _env_error(f"env.kwargs: {env_cfg.id!r} rejects them: {e}") from None
+      from pettingzoo import ParallelEnv  # pylint: disable=import-outside-toplevel
+      if not isinstance(env, ParallelEnv):
+        raise _env_error(f"env.id: {env_cfg.id!r} built a {type(env).__name__}, not a PettingZoo "
+                         "ParallelEnv")
+      return env
+    envs = ParallelEnvSet(make_env, num_envs, agents_cfg.share, env_cfg.id)
+  unknown = [learner for learner in agents_cfg.overrides if learner not in envs.learners]
+  if unknown:
+    envs.close()
+    raise _env_error(f"agents.overrides: {env_cfg.id!r} with agents.share {agents_cfg.share!r} has no "
+                     f"learner {unknown[0]!r} (its learners: {', '.join(envs.learners)})")
+  return envs
+
+
+def env_learner_spaces(env_cfg: EnvConfig, agents_cfg: AgentsConfig) -> dict[str, LearnerSpace]:
+  """Learner id -> its ``LearnerSpace`` for this env and ``agents.share``
+  (builds one copy of the env and closes it); raises EnvError as
+  ``make_env_set``."""
+  with make_env_set(env_cfg, agents_cfg, 1) as envs:
+    return envs.learners
