@@ -1,4 +1,4 @@
-"""Acting: stepping gymnasium vector envs epsilon-greedily with a policy snapshot.
+"""Acting: stepping an env set's agents epsilon-greedily, each with its learner's snapshot.
 
 ``Actor`` is shared by the actor processes, the synchronous mode and
 evaluation; it never writes to replay itself (the caller does), so the same
@@ -15,12 +15,14 @@ snapshot, against the bare vector env stepped with random actions):
 - IQN (K quantile samples per env: K times the rows) and the conv torso
   run the jitted ``agent.q_values``: XLA fuses the cosine embedding, and a
   numpy IQN forward took 2-3x as long (45 against 25 us at batch 4, K=8).
-Exploration draws (and IQN's key) come from a numpy Generator seeded with
-the actor's seed, so acting is deterministic for a seed on both paths.
+Each learner has its own inference path, exploration draws (and IQN's key)
+from a numpy Generator spawned from the actor's seed, n-step accumulator and
+policy step, so acting is deterministic for a seed on both paths.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import importlib
 from typing import Any, NamedTuple
 
@@ -29,6 +31,7 @@ import jax
 import numpy as np
 
 from jaxrl.config import EnvConfig
+from jaxrl.envs import EnvSet, LearnerSpace, SlotStep
 from jaxrl.replay import NStepAccumulator
 
 
@@ -79,9 +82,13 @@ def make_vec_env(env: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
   return envs
 
 
-def has_time_limit(envs: gym.vector.VectorEnv) -> bool:
-  """Whether the episodes of ``envs`` end by a time limit of their own."""
-  spec = envs.envs[0].spec if hasattr(envs, "envs") else envs.spec
+def has_time_limit(env_set: EnvSet) -> bool:
+  """Whether the episodes of ``env_set`` end by a time limit of their own:
+  known for a gymnasium env; a PettingZoo env is taken to have none."""
+  envs = getattr(env_set, "envs", None)
+  if not isinstance(envs, gym.vector.VectorEnv):
+    return False
+  spec = envs.envs[0].spec if isinstance(getattr(envs, "envs", None), list) else envs.spec
   return bool(getattr(spec, "max_episode_steps", None) or getattr(envs, "max_episode_steps", None))
 
 
@@ -113,162 +120,247 @@ def numpy_q_values(layers: tuple[Dense, ...], obs: np.ndarray) -> np.ndarray:
   """
   *hidden, (kernel, bias) = layers
   x = np.asarray(obs, np.float32)
-  for w, b in hidden:
-    x = np.maximum(x @ w + b, 0.0)
+  for w, b in hidden:  # In place: one new array a layer, not three.
+    x = x @ w
+    x += b
+    np.maximum(x, 0.0, out=x)
   return x @ kernel + bias
 
 
 # --- Acting ------------------------------------------------------------------
 
-_DRAW_STEPS = 256  # Steps of exploration draws taken from the Generator at once.
+_DRAW_STEPS = 256  # Steps of exploration draws taken from a Generator at once.
 
 
 class Episode(NamedTuple):
-  """A finished episode of env ``env``: its return, length (env steps) and
-  ``policy_lag``: learner steps between the params that acted and the
-  learner's newest step, averaged over the episode's steps."""
+  """A finished episode of agent ``agent_id`` in env copy ``env``: its return
+  and length (the steps it acted), and ``policy_lag``: learner steps between
+  the params that acted and its learner's newest step, averaged over them."""
   env: int
+  agent_id: str
   episode_return: float
   length: int
   policy_lag: float
 
 
 class ActorStep(NamedTuple):
-  """What one ``Actor.step`` gives: the n-step transitions it completed (a
-  dict of NStepAccumulator.step, None if not collecting), the episodes that
-  ended, and ``env_steps``: the real environment transitions taken (the
-  envs stepped, less those whose step was gymnasium's no-op autoreset)."""
-  transitions: dict[str, np.ndarray] | None
+  """What one ``Actor.step`` gives: per learner id, the n-step transitions it
+  completed (a dict of ``NStepAccumulator.step``; None if not collecting),
+  the agents' episodes that ended, and ``env_steps``: the real environment
+  transitions taken (``EnvSet.step``'s count, without autoreset steps)."""
+  transitions: dict[str, dict[str, np.ndarray]] | None
   episodes: list[Episode]
   env_steps: int
 
 
-class Actor:
-  """Steps ``num_envs`` environments with an epsilon-greedy policy.
+class _LearnerSlots:
+  """One learner's part of an ``Actor``: its policy, exploration draws,
+  n-step accumulator and episode bookkeeping over its S slots, and the
+  observations [S, *obs_shape] they act in next (``obs``)."""
 
-  Call ``set_policy`` with each new snapshot; ``step`` advances every env
-  once and returns an ``ActorStep``: the n-step transitions completed (None
-  if not ``collect``: evaluation, which saves a fifth of the step), the
-  episodes that finished and the real env steps taken.
-  Episode returns and lengths exclude gymnasium's autoreset step.
-  Deterministic for a given ``seed``, params and sequence of calls.
-  """
-
-  def __init__(self, agent, envs: gym.vector.VectorEnv, seed: int, n_step: int = 1, gamma: float = 0.99,
-               collect: bool = True):
-    self.envs = envs
-    self.num_envs = envs.num_envs
-    self.num_actions = int(envs.single_action_space.n)
-    space = envs.single_observation_space
+  def __init__(self, agent, space: LearnerSpace, obs: np.ndarray, rng: np.random.Generator, n_step: int,
+               gamma: float, collect: bool):
+    self.agent_ids = space.agent_ids
+    self.obs = obs
+    self.num_slots = num_slots = len(obs)
+    self.num_actions = space.num_actions
     # DQN with the built-in MLP acts in numpy; IQN, the conv torso and a user's network in JAX.
-    numpy_path = agent.config.algo == "dqn" and len(space.shape) == 1 and agent.builtin_network
+    numpy_path = agent.config.algo == "dqn" and len(space.obs_shape) == 1 and agent.builtin_network
     self._jax_q_values = None if numpy_path else jax.jit(agent.q_values)
-    self._accumulator = NStepAccumulator(self.num_envs, n_step, gamma, space.shape, space.dtype) if collect else None
-    self._rng = np.random.default_rng(seed)
-    # Exploration draws, float [S, E] uniforms and int [S, E] random actions,
-    # taken _DRAW_STEPS steps at a time; row self._draw is this step's.
-    self._explore_u = self._random_actions = np.zeros((0, self.num_envs))
+    self._accumulator = (NStepAccumulator(num_slots, n_step, gamma, space.obs_shape, space.obs_dtype)
+                         if collect else None)
+    self._rng = rng
+    # Exploration draws, float [D, S] uniforms and int [D, S] random actions,
+    # taken _DRAW_STEPS steps at a time; row self._draw is this step's. From
+    # them and epsilon: bool [D, S] explore (uniform < epsilon) and bool [D]
+    # whether a row explores at all (most rows do not, once epsilon is small).
+    self._explore_u = self._random_actions = self._explore = np.zeros((0, num_slots))
+    self._explores = np.zeros(0, bool)
     self._draw = 0
-    self.obs, _ = envs.reset(seed=seed)
-    # Episode bookkeeping: steps taken and the running sum of policy lags
-    # (both actor-wide), and per env the return so far and the values of
-    # those two counters when its episode began.
-    self._steps = 0
+    self._action = np.zeros(num_slots, np.int64)  # This step's actions.
+    # Episode bookkeeping: the running sum of policy lags, and per slot the
+    # return so far and the values of the actor's step count and of that sum
+    # before its episode's first step.
     self._lag_sum = 0.0
-    self._returns = np.zeros(self.num_envs)
-    self._start_steps = np.zeros(self.num_envs, np.int64)
-    self._start_lag_sums = np.zeros(self.num_envs)
-    self._resetting = np.zeros(0, np.int64)  # Envs whose next step is their autoreset.
+    self.returns = np.zeros(num_slots)
+    self._start_steps = np.zeros(num_slots, np.int64)
+    self._start_lag_sums = np.zeros(num_slots)
+    self._ended = np.zeros(0, np.int64)  # Slots whose episode ended last step.
     self.params: Any = None
     self.epsilon = 1.0
     self.policy_step = 0
 
-  @property
-  def running_returns(self) -> np.ndarray:
-    """float [E]: the return so far of each env's current episode."""
-    return self._returns.copy()
-
   def set_policy(self, params: Any, epsilon: float, step: int) -> None:
-    """Acts from now on with a copy of ``params`` (numpy or jax tree), so
-    the caller may reuse or overwrite its buffers."""
     if self._jax_q_values is None:
       self.params = mlp_params(params)
     else:  # Our own copy: JAX on the CPU may alias a numpy buffer.
       self.params = jax.device_put(jax.tree.map(np.array, params))
     self.epsilon = float(epsilon)
     self.policy_step = int(step)
+    self._set_explore()
 
-  def _act(self, obs: np.ndarray) -> np.ndarray:
-    """Epsilon-greedy actions int [E] for obs [E, *obs_shape]: with
-    probability epsilon uniform over all actions, else the argmax of Q."""
+  def _set_explore(self) -> None:
+    """Which draws explore at this epsilon."""
+    self._explore = self._explore_u < self.epsilon
+    self._explores = self._explore.any(axis=1)
+
+  def act(self) -> np.ndarray:
+    """Epsilon-greedy actions int [S] in ``obs``: with probability epsilon
+    uniform over all actions, else the argmax of Q."""
     if self._draw == len(self._explore_u):
-      self._explore_u = self._rng.random((_DRAW_STEPS, self.num_envs))
-      self._random_actions = self._rng.integers(0, self.num_actions, (_DRAW_STEPS, self.num_envs))
+      self._explore_u = self._rng.random((_DRAW_STEPS, self.num_slots))
+      self._random_actions = self._rng.integers(0, self.num_actions, (_DRAW_STEPS, self.num_slots))
+      self._set_explore()
       self._draw = 0
-    explore = self._explore_u[self._draw] < self.epsilon
-    random_action = self._random_actions[self._draw]
+    draw = self._draw
     self._draw += 1
     if self._jax_q_values is None:
-      q = numpy_q_values(self.params, obs)
+      q = numpy_q_values(self.params, self.obs)
     else:
       key = self._rng.integers(0, 2**32, 2, np.uint32)  # A raw jax.random key.
-      q = np.asarray(self._jax_q_values(self.params, obs, key))
-    return np.where(explore, random_action, q.argmax(axis=1))
+      q = np.asarray(self._jax_q_values(self.params, self.obs, key))
+    self._action = q.argmax(axis=1)
+    if self._explores[draw]:
+      self._action = np.where(self._explore[draw], self._random_actions[draw], self._action)
+    return self._action
 
-  def step(self, learner_step: int = 0) -> ActorStep:
-    """One step of every env; ``learner_step`` is the learner's newest step."""
-    action = self._act(self.obs)
-    next_obs, reward, terminated, truncated, _ = self.envs.step(action)
+  def record(self, step: SlotStep, learner_step: int, steps: int,
+             episodes: list[Episode]) -> dict[str, np.ndarray] | None:
+    """Books the actor's ``steps``-th step (``act``'s actions, then ``step``);
+    appends the episodes that ended to ``episodes``; returns the transitions
+    completed (None if not collecting)."""
+    next_obs, reward, terminated, truncated, active = step
+    # A slot whose episode ended is inactive in the next step, which the
+    # accumulator drops by itself: it needs ``active`` only for the others.
+    ended = self._ended
+    if np.count_nonzero(active) + len(ended) == self.num_slots:
+      inactive, accumulator_active = ended, None
+    else:
+      inactive, accumulator_active = (~active).nonzero()[0], active
     transitions = None if self._accumulator is None else self._accumulator.step(
-        self.obs, action, reward, terminated, truncated, next_obs, self.policy_step)
+        self.obs, self._action, reward, terminated, truncated, next_obs, self.policy_step, accumulator_active)
     self.obs = next_obs
-    env_steps = self.num_envs - len(self._resetting)
-    self._steps += 1
     self._lag_sum += learner_step - self.policy_step
-    self._returns += reward
-    if len(self._resetting):  # This was their autoreset step: new episodes start after it.
-      self._returns[self._resetting] = 0.0
-      self._start_steps[self._resetting] = self._steps
-      self._start_lag_sums[self._resetting] = self._lag_sum
-    # Gymnasium's autoreset step reports neither terminated nor truncated.
-    self._resetting = np.nonzero(terminated | truncated)[0]
-    episodes = []
-    for i in self._resetting.tolist():
-      length = self._steps - int(self._start_steps[i])
-      episodes.append(Episode(i, float(self._returns[i]), length,
-                              (self._lag_sum - float(self._start_lag_sums[i])) / length))
-    return ActorStep(transitions, episodes, env_steps)
+    self.returns += reward
+    if len(inactive):  # Out of their episodes: the next ones start after this step.
+      self.returns[inactive] = 0.0
+      self._start_steps[inactive] = steps
+      self._start_lag_sums[inactive] = self._lag_sum
+    self._ended = (terminated | truncated).nonzero()[0]
+    for slot in self._ended.tolist():
+      length = steps - int(self._start_steps[slot])
+      env, agent = divmod(slot, len(self.agent_ids))
+      episodes.append(Episode(env, self.agent_ids[agent], float(self.returns[slot]), length,
+                              (self._lag_sum - float(self._start_lag_sums[slot])) / length))
+    return transitions
+
+
+class Actor:
+  """Steps an ``EnvSet``'s agents epsilon-greedily, each with its learner's policy.
+
+  ``agents`` maps each learner id of ``env_set.learners`` to its Agent. Call
+  ``set_policy`` with each learner's new snapshot; ``step`` advances every
+  env copy once and returns an ``ActorStep``: per learner the n-step
+  transitions of its slots (None if not ``collect``: evaluation, which saves
+  a fifth of the step), one Episode per agent whose episode ended, and the
+  real env steps taken. Inactive slots (an env copy's autoreset step, an
+  agent done before the others) make no transition and add nothing to any
+  episode; a slot's next active step starts its next episode.
+  Deterministic for a given ``seed``, params and sequence of calls.
+  """
+
+  def __init__(self, agents: Mapping[str, Any], env_set: EnvSet, seed: int, n_step: int = 1,
+               gamma: float = 0.99, collect: bool = True):
+    if set(agents) != set(env_set.learners):
+      raise ValueError(f"agents are for learners {sorted(agents)}, the env set has {list(env_set.learners)}")
+    for learner, space in env_set.learners.items():
+      if (agents[learner].obs_shape, agents[learner].num_actions) != (space.obs_shape, space.num_actions):
+        raise ValueError(f"learner {learner!r}: its agent is for obs {agents[learner].obs_shape} and "
+                         f"{agents[learner].num_actions} actions, the env set has {space.obs_shape} and "
+                         f"{space.num_actions}")
+    self.env_set = env_set
+    self.num_envs = env_set.num_envs
+    rngs = np.random.default_rng(seed).spawn(len(env_set.learners))
+    obs = env_set.reset(seed)
+    self._learners = {
+        learner: _LearnerSlots(agents[learner], space, obs[learner], rng, n_step, gamma, collect)
+        for (learner, space), rng in zip(env_set.learners.items(), rngs)}
+    self._steps = 0
+    self._collect = collect
+
+  @property
+  def obs(self) -> dict[str, np.ndarray]:
+    """Learner id -> the observations [S_l, *obs_shape] the next step acts in."""
+    return {learner: slots.obs for learner, slots in self._learners.items()}
+
+  @property
+  def running_returns(self) -> dict[str, np.ndarray]:
+    """Learner id -> float [S_l]: the return so far of each slot's latest
+    episode (0 from its first inactive step on)."""
+    return {learner: slots.returns.copy() for learner, slots in self._learners.items()}
+
+  def set_policy(self, learner_id: str, params: Any, epsilon: float, step: int) -> None:
+    """Learner ``learner_id``'s agents act from now on with a copy of
+    ``params`` (numpy or jax tree), so the caller may reuse or overwrite its
+    buffers; ``step`` is the learner step of these params."""
+    self._learners[learner_id].set_policy(params, epsilon, step)
+
+  def step(self, learner_steps: Mapping[str, int]) -> ActorStep:
+    """One step of every env copy; ``learner_steps``: learner id -> its newest step."""
+    actions = {}  # Loops, not comprehensions: a microsecond a step less.
+    for learner, slots in self._learners.items():
+      actions[learner] = slots.act()
+    slot_steps, env_steps = self.env_set.step(actions)
+    self._steps += 1
+    episodes: list[Episode] = []
+    transitions = {}
+    for learner, slots in self._learners.items():
+      transitions[learner] = slots.record(slot_steps[learner], learner_steps[learner], self._steps, episodes)
+    return ActorStep(transitions if self._collect else None, episodes, env_steps)
 
 
 class Evaluation(NamedTuple):
-  """The result of ``evaluate``: ``mean_return`` of one episode per env, and
-  ``capped``: how many of those episodes were cut at ``max_steps``."""
+  """The result of ``evaluate``, over the first episode of each env copy:
+  ``mean_return``, the team return (the mean over copies of the sum over
+  agents of their returns); ``agent_returns``, agent id -> the mean over
+  copies of its return; ``capped``, the copies whose episode was cut at
+  ``max_steps``."""
   mean_return: float
+  agent_returns: dict[str, float]
   capped: int
 
 
-def evaluate(agent, params: Any, envs: gym.vector.VectorEnv, epsilon: float, seed: int,
-             max_steps: int | None = None) -> Evaluation:
-  """The return of the first episode of each of ``envs``' environments,
-  acting ``epsilon``-greedily (0 = greedy); nothing is written to replay.
+def evaluate(agents: Mapping[str, Any], params: Mapping[str, Any], env_set: EnvSet, epsilon: float,
+             seed: int, max_steps: int | None = None) -> Evaluation:
+  """The returns of the first episode of each of ``env_set``'s env copies,
+  every agent acting ``epsilon``-greedily (0 = greedy) with its learner's
+  ``params[learner_id]``; nothing is written to replay.
 
-  Taking one whole episode per env (rather than the first N to finish)
-  keeps the mean unbiased towards short episodes. An episode still running
-  after ``max_steps`` env steps (None = no cap) counts with its return so
-  far, so that a policy that never ends its episode cannot hang the caller.
+  Taking one whole episode per copy (rather than the first N to finish)
+  keeps the mean unbiased towards short episodes. An agent still in its
+  first episode after ``max_steps`` steps (None = no cap) counts with its
+  return so far, so that a policy that never ends its episode cannot hang
+  the caller.
   """
-  actor = Actor(agent, envs, seed, collect=False)
-  actor.set_policy(params, epsilon, 0)
-  first_return = np.full(envs.num_envs, np.nan)
+  actor = Actor(agents, env_set, seed, collect=False)
+  for learner in env_set.learners:
+    actor.set_policy(learner, params[learner], epsilon, 0)
+  learner_steps = dict.fromkeys(env_set.learners, 0)
+  agent_ids = [agent for space in env_set.learners.values() for agent in space.agent_ids]
+  column = {agent: i for i, agent in enumerate(agent_ids)}
+  first_return = np.full((env_set.num_envs, len(agent_ids)), np.nan)  # [E, agents]
   steps = 0
   while np.isnan(first_return).any():
-    _, finished, _ = actor.step()
+    finished = actor.step(learner_steps).episodes
     steps += 1
     for episode in finished:
-      if np.isnan(first_return[episode.env]):
-        first_return[episode.env] = episode.episode_return
+      cell = episode.env, column[episode.agent_id]
+      if np.isnan(first_return[cell]):
+        first_return[cell] = episode.episode_return
     if max_steps is not None and steps >= max_steps:
       break
-  capped = np.isnan(first_return)
-  first_return[capped] = actor.running_returns[capped]   # still in their first episode
-  return Evaluation(float(first_return.mean()), int(capped.sum()))
+  capped = np.isnan(first_return)  # Still in their first episode.
+  running = np.concatenate([r.reshape(env_set.num_envs, -1) for r in actor.running_returns.values()], axis=1)
+  first_return[capped] = running[capped]
+  return Evaluation(float(first_return.sum(axis=1).mean()),
+                    dict(zip(agent_ids, first_return.mean(axis=0).tolist())), int(capped.any(axis=1).sum()))

@@ -1,10 +1,12 @@
-"""Checkpoints: the whole ``LearnerState``, the run counters and the config.
+"""Checkpoints: whole learner states, the run counters and the config.
 
-A checkpoint is one file, ``<directory>/step_<state.step:09d>.ckpt``: an
+A checkpoint is one file, ``<directory>/step_<step:09d>.ckpt``, where step is
+the state's ``step``, or for a mapping ``{learner_id: LearnerState}`` (what
+the runtime saves: every learner of a run) the sum of their steps: an
 uncompressed zip archive (ZIP64) whose members are
 
   meta.json          {"format": 1, "step", "counters", "config"}
-  state.msgpack      the LearnerState, ``flax.serialization.to_bytes``: every
+  state.msgpack      the state(s), ``flax.serialization.to_bytes``: every
                      leaf's raw bytes, dtype and shape (params, target params,
                      optax state, epsilon, step, rng), so a restore is exact
   extra/<name>.npy   optional arrays (e.g. the replay contents), numpy .npy
@@ -36,6 +38,7 @@ directory cannot be renamed over a non-empty one).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import contextlib
 import json
 import os
@@ -98,14 +101,16 @@ def _fsync_directory(directory: Path) -> None:
     os.close(fd)
 
 
-def save_checkpoint(directory: str | os.PathLike, state: LearnerState, counters: dict[str, Any],
+def save_checkpoint(directory: str | os.PathLike, state: LearnerState | Mapping[str, LearnerState],
+                    counters: dict[str, Any],
                     config: dict[str, Any], keep: int,
                     extra_arrays: dict[str, np.ndarray] | None = None) -> Path:
-  """Atomically writes ``directory/step_<state.step:09d>.ckpt``; keeps ``keep``.
+  """Atomically writes ``directory/step_<step:09d>.ckpt``; keeps ``keep``.
 
   Args:
     directory: the checkpoint directory (created if missing).
-    state: the LearnerState to save, every leaf bit for bit.
+    state: the LearnerState, or learner id -> LearnerState, to save, every
+      leaf bit for bit.
     counters: JSON-able run counters (env_steps, episodes, learner_steps,
       wall_seconds, ...); numpy scalars are accepted.
     config: JSON-able resolved run config (tuples come back as lists).
@@ -122,7 +127,7 @@ def save_checkpoint(directory: str | os.PathLike, state: LearnerState, counters:
   for name in extra_arrays:
     check(isinstance(name, str) and _EXTRA_NAME.fullmatch(name) is not None, "extra_arrays key",
           "made of letters, digits, '_', '-' and '.'", name)
-  step = int(state.step)
+  step = sum(int(s.step) for s in (state.values() if isinstance(state, Mapping) else [state]))
   meta = json.dumps({"format": _FORMAT, "step": step, "counters": counters, "config": config},
                     default=_json_default)
   state_bytes = serialization.to_bytes(jax.device_get(state))
@@ -183,8 +188,8 @@ def restore_checkpoint(path: str | os.PathLike,
 
   Args:
     path: a checkpoint file, or a checkpoint directory (its latest is read).
-    template_state: a state of the same config, e.g. ``agent.init(key)``;
-      only its structure, shapes and dtypes are used.
+    template_state: a state (or learner id -> state) of the same config,
+      e.g. ``agent.init(key)``; only its structure, shapes and dtypes are used.
 
   Returns:
     (state, counters, config): the saved state, bit for bit, as uncommitted

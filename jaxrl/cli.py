@@ -177,27 +177,31 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.error(f"--seed must be in [0, 2**32 - 1], got {args.seed}")
   if args.video is not None and importlib.util.find_spec("imageio") is None:
     return _fail("--video needs imageio: pip install -e '.[video]'", prog)
-  from jaxrl.actor import EnvError, evaluate, has_time_limit, make_vec_env  # pylint: disable=import-outside-toplevel
+  from jaxrl.actor import EnvError, evaluate, has_time_limit  # pylint: disable=import-outside-toplevel
   from jaxrl.checkpoint import CheckpointError  # pylint: disable=import-outside-toplevel
+  from jaxrl.envs import AGENT_ID, make_env_set  # pylint: disable=import-outside-toplevel
   from jaxrl.saved_run import load_run  # pylint: disable=import-outside-toplevel
   try:
     run = load_run(args.run_dir, args.checkpoint)
   except (ConfigError, CheckpointError, EnvError) as e:
     return _fail(str(e), prog)
-  (agent_id,) = run.agents   # a gymnasium env has one agent
-  agent, state = run.learners[run.learner_of(agent_id)]
+  if args.video is not None and list(run.agents) != [AGENT_ID]:
+    return _fail("--video: only runs of a gymnasium environment (one agent) can be recorded", prog)
   episodes = args.episodes or run.config.eval.episodes
-  envs = make_vec_env(run.config.env, episodes)
-  max_steps = None if has_time_limit(envs) else run.config.eval.max_episode_steps
+  env_set = make_env_set(run.config.env, run.config.agents, episodes)
+  max_steps = None if has_time_limit(env_set) else run.config.eval.max_episode_steps
   try:
-    result = evaluate(agent=agent, params=state.params, envs=envs, epsilon=args.epsilon, seed=args.seed,
-                      max_steps=max_steps)
+    evaluation = evaluate({lid: agent for lid, (agent, _) in run.learners.items()},
+                          {lid: state.params for lid, (_, state) in run.learners.items()}, env_set,
+                          epsilon=args.epsilon, seed=args.seed, max_steps=max_steps)
   finally:
-    envs.close()
-  result = {"eval_return": result.mean_return, f"eval_return/{agent_id}": result.mean_return,
-            "episodes": episodes, "eval_capped": result.capped, "checkpoint": str(run.checkpoint),
+    env_set.close()
+  result = {"eval_return": evaluation.mean_return,
+            **{f"eval_return/{agent_id}": value for agent_id, value in evaluation.agent_returns.items()},
+            "episodes": episodes, "eval_capped": evaluation.capped, "checkpoint": str(run.checkpoint),
             "learner_steps": run.counters["learner_steps"]}
   if args.video is not None:
+    agent, state = run.learners[run.learner_of(AGENT_ID)]
     try:
       video = _record_episode(run.config.env, agent, state.params, Path(args.video), args.epsilon, args.seed,
                               max_steps)

@@ -60,7 +60,8 @@ TB_TAGS = {
     "learning_seconds": "perf/learning_seconds",
 }
 RECENT_RETURN_TAG = f"charts/episodic_return_mean{RETURN_WINDOW}"
-_NOT_CURVES = {"time", "env_steps", "learner_steps", "eval_learner_steps", "agent_id", "actor_id", "learner_id"}
+_NOT_CURVES = {"time", "env_steps", "learner_steps", "train_steps", "eval_learner_steps", "agent_id", "actor_id",
+               "learner_id"}
 
 
 def _plain(key: str, value: Any) -> Any:
@@ -307,8 +308,8 @@ class ProgressDisplay:
 
   ``update(stats)`` takes metrics records (the same dicts given to
   ``MetricsLogger.log``, ``time`` optional): the display keeps the latest
-  value of each field per ``agent_id`` and the last ``RETURN_WINDOW``
-  episode returns per agent. On a terminal it is a rich progress bar with a
+  value of each field per ``agent_id`` (``learner_id`` in learner records)
+  and the last ``RETURN_WINDOW`` episode returns per agent. On a terminal it is a rich progress bar with a
   status line, redrawn by rich; when stdout is not a terminal it prints a
   plain status line at most every ``plain_interval_s`` seconds, and once
   more on ``close()``. ``enabled=False`` prints nothing.
@@ -382,9 +383,9 @@ class ProgressDisplay:
     if not self._enabled:
       return
     stats = _plain_record(stats)
-    agent = stats.get("agent_id")
+    agent = stats.get("agent_id", stats.get("learner_id"))   # whose values these are
     for key, value in stats.items():
-      if key != "agent_id":
+      if key not in ("agent_id", "learner_id"):
         self._latest[key][agent] = value
     if stats.get("episode_return") is not None:
       self._returns[agent].append(stats["episode_return"])

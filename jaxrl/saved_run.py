@@ -12,12 +12,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-import jax
-
 from jaxrl import runtime
 from jaxrl.checkpoint import CheckpointError, latest_checkpoint, restore_checkpoint
 from jaxrl.config import ConfigError, RunConfig, load_config
-from jaxrl.learner import Agent, LearnerState, make_agent
+from jaxrl.learner import Agent, LearnerState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,10 +76,8 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = 
     if latest is None:
       raise CheckpointError(f"{path}: no checkpoint in this directory")
     path = latest
-  obs_shape, _, num_actions = runtime.env_spaces(cfg)
-  agent = make_agent(cfg.agent, obs_shape, num_actions)
-  state, counters, _ = restore_checkpoint(path, jax.eval_shape(agent.init, jax.random.PRNGKey(0)))
-  # A gymnasium env has the one agent runtime.AGENT_ID; with ``agents.share:
-  # none`` (design section 4) its learner is named after it.
+  agents = runtime.make_agents(cfg)
+  states, counters, _ = restore_checkpoint(path, runtime.state_templates(agents))
   return SavedRun(config=cfg, checkpoint=path, counters=counters,
-                  learners={runtime.AGENT_ID: (agent, state)}, agents={runtime.AGENT_ID: runtime.AGENT_ID})
+                  learners={lid: (agent, states[lid]) for lid, agent in agents.items()},
+                  agents={a: lid for lid, space in runtime.learner_spaces(cfg).items() for a in space.agent_ids})

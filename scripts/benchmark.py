@@ -1,7 +1,7 @@
 """jaxrl benchmarks: prints a table and writes JSON.
 
   python scripts/benchmark.py [--config configs/cartpole_dqn.yaml] [--sections env actor ...]
-                              [--out benchmark.json] [--quick] [--seeds 3]
+                              [--out benchmark.json] [--quick] [--seeds 3] [--target R]
 
 Each section runs in its own spawned process, so that it sets JAX up as the
 runtime process it stands for does (actor: one CPU thread, no async
@@ -10,10 +10,11 @@ actor, replay, agent and learner settings:
 
   env          raw env steps/s: ``make_vec_env(cfg.env, actors.envs_per_actor)``
                (the fastest vector mode), random actions.
-  actor        one ``Actor`` with a fixed snapshot (``set_policy`` once), its
-               transitions written to a ``SharedReplay`` without rate limiting
-               (the actor process's per-step version read and episode
-               messages are left out).
+  actor        one ``Actor`` on ``make_env_set(cfg.env, cfg.agents, actors.envs_per_actor)``
+               with a fixed snapshot per learner (``set_policy`` once), each
+               learner's transitions written to a ``SharedReplay`` of its own
+               without rate limiting (the actor process's per-step version
+               reads and episode messages are left out).
   train_step   unfused jitted ``train_step``: DQN and IQN, hidden (120, 84), batch 128.
   learner      the runtime's fused ``lax.scan`` of ``learner.updates_per_call``
                train_steps on one device-resident batch, and ``Learner.update``
@@ -34,6 +35,10 @@ actor, replay, agent and learner settings:
                (spawn, imports, compiles, ``replay.min_size``), which sync's
                acting and learning seconds leave out by definition; that
                ratio is listed as well.
+  learning     (not run by default) ``--seeds`` sync-mode runs of the config
+               to its ``stop.env_steps``: env steps and seconds to the first
+               greedy ``eval_return >= --target``, best and last eval_return,
+               and each run's eval curve (the long MPE learning benchmarks).
 
 Each figure is the median of its repeats (listed); a ratio is of two medians
 measured in the same run, printed when both sections ran, or the median of
@@ -142,43 +147,58 @@ def _batch(size: int, obs_shape: tuple[int, ...], num_actions: int, seed: int = 
       valid=np.ones(size, np.float32))
 
 
-def _agent(cfg: RunConfig):
-  obs_shape, obs_dtype, num_actions = runtime.env_spaces(cfg)
-  return jaxrl.make_agent(cfg.agent, obs_shape, num_actions), obs_dtype
+def _agents(cfg: RunConfig) -> dict[str, tuple[Any, np.dtype]]:
+  """Learner id -> (its agent, its observations' dtype)."""
+  return {lid: (jaxrl.make_agent(cfg.agent_config(lid), space.obs_shape, space.num_actions), space.obs_dtype)
+          for lid, space in runtime.learner_spaces(cfg).items()}
 
 
 # --- Sections (each runs in a spawned process) --------------------------------
 
 
 def bench_env(cfg: RunConfig, args) -> dict:
-  from jaxrl.actor import make_vec_env  # pylint: disable=import-outside-toplevel
-  envs = make_vec_env(cfg.env, cfg.actors.envs_per_actor)
-  envs.reset(seed=0)
-  actions = np.random.default_rng(0).integers(0, envs.single_action_space.n, (1024, envs.num_envs))
+  from jaxrl.envs import make_env_set  # pylint: disable=import-outside-toplevel
+  env_set = make_env_set(cfg.env, cfg.agents, cfg.actors.envs_per_actor)
+  env_set.reset(seed=0)
+  rng = np.random.default_rng(0)
+  actions = [{lid: rng.integers(0, space.num_actions, len(space.agent_ids) * env_set.num_envs)
+              for lid, space in env_set.learners.items()} for _ in range(1024)]
   t = itertools.count()
-  rates = _rates(lambda: envs.step(actions[next(t) % len(actions)]), envs.num_envs, args)
-  envs.close()
-  return {"figures": [_figure("env", f"env {cfg.env.id} x{envs.num_envs} ({type(envs).__name__})",
+  rates = _rates(lambda: env_set.step(actions[next(t) % len(actions)]), env_set.num_envs, args)
+  env_set.close()
+  return {"figures": [_figure("env", f"env {cfg.env.id} x{env_set.num_envs} ({type(env_set).__name__})",
                               "env steps/s", rates)]}
 
 
 def bench_actor(cfg: RunConfig, args) -> dict:
   runtime.configure_jax("actor")
-  from jaxrl.actor import Actor, make_vec_env  # pylint: disable=import-outside-toplevel
-  agent, obs_dtype = _agent(cfg)
-  actor = Actor(agent, make_vec_env(cfg.env, cfg.actors.envs_per_actor), seed=0,
-                n_step=cfg.replay.n_step, gamma=cfg.replay.gamma)
-  actor.set_policy(jax.device_get(agent.init(jax.random.PRNGKey(0)).params), cfg.agent.epsilon_end, 0)
-  replay = SharedReplay.create(agent.obs_shape, obs_dtype, cfg.replay.capacity)  # no rate limiting
-  writer = replay.writer(0)
+  from jaxrl.actor import Actor  # pylint: disable=import-outside-toplevel
+  from jaxrl.envs import make_env_set  # pylint: disable=import-outside-toplevel
+  env_set = make_env_set(cfg.env, cfg.agents, cfg.actors.envs_per_actor)
+  agents = {learner: jaxrl.make_agent(cfg.agent_config(learner), space.obs_shape, space.num_actions)
+            for learner, space in env_set.learners.items()}
+  actor = Actor(agents, env_set, seed=0, n_step=cfg.replay.n_step, gamma=cfg.replay.gamma)
+  for learner, agent in agents.items():
+    actor.set_policy(learner, jax.device_get(agent.init(jax.random.PRNGKey(0)).params),
+                     agent.config.epsilon_end, 0)
+  replays = {learner: SharedReplay.create(space.obs_shape, space.obs_dtype, cfg.replay.capacity)
+             for learner, space in env_set.learners.items()}  # no rate limiting
+  writers = {learner: replay.writer(0) for learner, replay in replays.items()}
+  learner_steps = dict.fromkeys(agents, 0)
+
+  def step():
+    transitions = actor.step(learner_steps).transitions
+    for learner, writer in writers.items():
+      writer.add(transitions[learner])
   try:
-    rates = _rates(lambda: writer.add(actor.step()[0]), actor.num_envs, args)
+    rates = _rates(step, actor.num_envs, args)
   finally:
-    actor.envs.close()
-    replay.close()
-    replay.unlink()
-  return {"figures": [_figure("actor", f"actor x{actor.num_envs}, fixed snapshot, into replay",
-                              "env steps/s", rates)]}
+    env_set.close()
+    for replay in replays.values():
+      replay.close()
+      replay.unlink()
+  return {"figures": [_figure("actor", f"actor x{actor.num_envs} ({', '.join(agents)}), fixed snapshot, "
+                              "into replay", "env steps/s", rates)]}
 
 
 def bench_train_step(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-argument
@@ -198,8 +218,12 @@ def bench_train_step(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-ar
 
 
 def bench_learner(cfg: RunConfig, args) -> dict:
+  """The first learner alone (fused train_step; Learner loops), and with
+  several learners every learner's Learner.update in turn, as the learner
+  process steps them."""
   runtime.configure_jax("learner")
-  agent, obs_dtype = _agent(cfg)
+  agents = _agents(cfg)
+  agent, obs_dtype = next(iter(agents.values()))
   fused, size = cfg.learner.updates_per_call, cfg.learner.batch_size
   shape = f"{cfg.agent.algo} {tuple(cfg.agent.hidden_sizes)} batch {size} x{fused}"
   fused_steps = jax.jit(lambda state, batches: jax.lax.scan(agent.train_step, state, batches))
@@ -210,25 +234,36 @@ def bench_learner(cfg: RunConfig, args) -> dict:
   def bare_step():
     state[0], _ = fused_steps(state[0], batches)
 
-  replay = SharedReplay.create(agent.obs_shape, obs_dtype, cfg.replay.capacity, min_size=cfg.replay.min_size)
-  rows = _batch(cfg.replay.capacity, agent.obs_shape, agent.num_actions)._asdict()
-  replay.writer(0).add({**rows, "policy_step": np.zeros(cfg.replay.capacity, np.int64)})
+  replays = {}
+  for lid, (a, dtype) in agents.items():
+    replays[lid] = SharedReplay.create(a.obs_shape, dtype, cfg.replay.capacity, min_size=cfg.replay.min_size)
+    rows = _batch(cfg.replay.capacity, a.obs_shape, a.num_actions)._asdict()
+    replays[lid].writer(0).add({**rows, "policy_step": np.zeros(cfg.replay.capacity, np.int64)})
+  replay = next(iter(replays.values()))
   store = ParamStore.create(state[0].params)
   try:
     silent = runtime.Learner(cfg, agent, replay, agent.init(jax.random.PRNGKey(0)), publish=lambda _: None)
     publishing = runtime.Learner(cfg, agent, replay, agent.init(jax.random.PRNGKey(0)),
                                  publish=local.param_publisher(store))
-    rates = _interleaved_rates({
-        "train_step_fused": (bare_step, lambda: jax.block_until_ready(state)),
-        "learner_loop_no_publish": (silent.update, silent.report),
-        "learner_loop": (publishing.update, publishing.report)}, fused, args)
+    variants = {"train_step_fused": (bare_step, lambda: jax.block_until_ready(state)),
+                "learner_loop_no_publish": (silent.update, silent.report),
+                "learner_loop": (publishing.update, publishing.report)}
+    rates = _interleaved_rates(variants, fused, args)
+    if len(agents) > 1:
+      every = [runtime.Learner(cfg, a, replays[lid], a.init(jax.random.PRNGKey(0)), publish=lambda _: None)
+               for lid, (a, _) in agents.items()]
+      rates.update(_interleaved_rates({"learners_all": (lambda: [learner.update() for learner in every],
+                                                        lambda: [learner.report() for learner in every])},
+                                      fused * len(every), args))
   finally:
-    for segment in (store, replay):
+    for segment in (store, *replays.values()):
       segment.close()
       segment.unlink()
   names = {"train_step_fused": f"train_step fused {shape}, fixed device batch",
            "learner_loop_no_publish": f"Learner.update {shape}, replay, no publish",
            "learner_loop": f"Learner.update {shape}, replay, ParamStore publish"}
+  if "learners_all" in rates:
+    names["learners_all"] = f"all {len(agents)} learners' Learner.update in turn, updates summed, no publish"
   paired = [loop / bare for loop, bare in zip(rates["learner_loop"], rates["train_step_fused"])]
   return {"figures": [*(_figure(key, names[key], "updates/s", rates[key]) for key in names),
                       _figure("learner_loop_over_train_step", "Learner loop / fused train_step, per repeat",
@@ -341,10 +376,41 @@ def bench_time_to_475(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-a
   return {"figures": figures, "runs": runs}
 
 
+def bench_learning(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-argument
+  """``--seeds`` sync-mode runs of the config (deterministic for a seed) to
+  its ``stop.env_steps``: env steps and seconds to the first greedy
+  ``eval_return`` >= ``--target``, and the best and last ``eval_return``;
+  every run's eval curve under "runs"."""
+  runs = []
+  for seed in range(args.seeds):
+    with tempfile.TemporaryDirectory(prefix="jaxrl_bench_") as run_dir:
+      cmd = [sys.executable, str(Path(__file__).with_name("train.py")), args.config, f"seed={seed}",
+             f"run_dir={run_dir}", "runtime.progress=false", "runtime.mode=sync", "stop.eval_return=null"]
+      subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
+      evals = [r for r in read_metrics(run_dir) if "eval_return" in r]
+    first = next((r for r in evals if r["eval_return"] >= args.target), None)
+    runs.append({"seed": seed, "env_steps_to_target": first and first["env_steps"],
+                 "seconds_to_target": first and first["time"], "best_eval_return": max(r["eval_return"] for r in evals),
+                 "last_eval_return": evals[-1]["eval_return"],
+                 "curve": [{k: v for k, v in r.items() if k.startswith(("env_steps", "time", "eval_return"))}
+                           for r in evals]})
+  return {"figures": [
+      _figure("env_steps_to_target", f"sync: env steps to eval_return >= {args.target:g}", "env steps",
+              [r["env_steps_to_target"] for r in runs]),
+      _figure("seconds_to_target", f"sync: s to eval_return >= {args.target:g}", "s",
+              [r["seconds_to_target"] for r in runs]),
+      _figure("best_eval_return", "best eval_return", "return", [r["best_eval_return"] for r in runs]),
+      _figure("last_eval_return", "last eval_return", "return", [r["last_eval_return"] for r in runs])],
+          "runs": runs}
+
+
 SECTIONS = {"env": bench_env, "actor": bench_actor, "train_step": bench_train_step, "learner": bench_learner,
-            "publish": bench_publish, "time_to_475": bench_time_to_475}
+            "publish": bench_publish, "time_to_475": bench_time_to_475, "learning": bench_learning}
+DEFAULT_SECTIONS = ["env", "actor", "train_step", "learner", "publish", "time_to_475"]   # "learning" takes long
 RATIOS = (  # (key, name, numerator key, denominator key, target)
     ("actor_over_env", "actor / env steps/s", "actor", "env", ">= 0.5"),
+    ("learners_all_over_one", "all learners / one learner alone, updates/s", "learners_all",
+     "learner_loop_no_publish", None),
 )
 
 
@@ -369,10 +435,11 @@ def _print_table(figures: list[dict]) -> None:
 def main():
   parser = argparse.ArgumentParser(description="jaxrl benchmarks")
   parser.add_argument("--config", default="configs/cartpole_dqn.yaml")
-  parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=list(SECTIONS))
+  parser.add_argument("--sections", nargs="+", default=DEFAULT_SECTIONS, choices=list(SECTIONS))
   parser.add_argument("--out", default="benchmark.json")
   parser.add_argument("--quick", action="store_true", help="2 short repeats and 1 seed, for testing")
-  parser.add_argument("--seeds", type=int, default=3, help="time_to_475 seeds per mode")
+  parser.add_argument("--seeds", type=int, default=3, help="time_to_475 seeds per mode; learning seeds")
+  parser.add_argument("--target", type=float, default=0.0, help="learning: the eval_return to reach")
   parser.add_argument("--stop-env-steps", type=int, default=100_000, help="time_to_475 runs' stop.env_steps")
   parser.add_argument("--stop-seconds", type=float, default=60.0, help="time_to_475 runs' stop.seconds")
   args = parser.parse_args()

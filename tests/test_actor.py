@@ -1,4 +1,6 @@
-"""Tests of jaxrl.actor: numpy inference, epsilon-greedy acting, episode bookkeeping."""
+"""Tests of jaxrl.actor: numpy inference, epsilon-greedy acting, episode
+bookkeeping and evaluation, on gymnasium vector envs (one learner) and on the
+tiny PettingZoo env of ``parallel_env.py`` (several learners)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,10 @@ import numpy as np
 import pytest
 
 import jaxrl
-from jaxrl.actor import Actor, EnvError, evaluate, make_vec_env, mlp_params, numpy_q_values
-from jaxrl.config import EnvConfig
+from jaxrl.actor import Actor, Episode, EnvError, evaluate, make_vec_env, mlp_params, numpy_q_values
+from jaxrl.config import AgentsConfig, EnvConfig
+from jaxrl.envs import AGENT_ID, GymVectorEnvSet, ParallelEnvSet, make_env_set
+from parallel_env import AGENTS, TinyParallelEnv
 
 
 @functools.cache
@@ -30,24 +34,30 @@ def make(algo="dqn"):
   return agent, jax.tree.map(np.array, params)
 
 
-def cartpole_actor(agent, params, epsilon=0.0, num_envs=8, seed=0, **kwargs):
-  actor = Actor(agent, make_vec_env(EnvConfig("CartPole-v1", kwargs), num_envs), seed=seed)
-  actor.set_policy(params, epsilon, step=0)
+def cartpole_envs(num_envs=8, **kwargs):
+  return GymVectorEnvSet(make_vec_env(EnvConfig("CartPole-v1", kwargs), num_envs))
+
+
+def cartpole_actor(agent, params, epsilon=0.0, num_envs=8, seed=0, collect=True, **kwargs):
+  actor = Actor({AGENT_ID: agent}, cartpole_envs(num_envs, **kwargs), seed=seed, collect=collect)
+  actor.set_policy(AGENT_ID, params, epsilon, step=0)
   return actor
 
 
 def run(actor, steps, learner_step=lambda t: 0):
-  """Steps ``actor`` (n_step 1: one transition per live env and step).
+  """Steps ``actor``, every learner's newest step ``learner_step(t)`` at step t.
 
-  Returns its transitions (fields concatenated over steps) and a list of
-  (step index, Episode) for the episodes that ended.
+  Returns, per learner id, its transitions (fields concatenated over steps;
+  with n_step 1 one per active slot and step), and a list of (step index,
+  Episode) for the episodes that ended.
   """
   transitions, episodes = [], []
   for t in range(steps):
-    out, ended, _ = actor.step(learner_step(t))
-    transitions.append(out)
-    episodes += [(t, episode) for episode in ended]
-  return {k: np.concatenate([out[k] for out in transitions]) for k in transitions[0]}, episodes
+    out = actor.step(dict.fromkeys(actor.env_set.learners, learner_step(t)))
+    transitions.append(out.transitions)
+    episodes += [(t, episode) for episode in out.episodes]
+  return {learner: {k: np.concatenate([out[learner][k] for out in transitions]) for k in first}
+          for learner, first in transitions[0].items()}, episodes
 
 
 @settings(max_examples=20, deadline=None)
@@ -74,7 +84,7 @@ def test_greedy_actor_takes_the_argmax_of_q_values(algo):
   """DQN acts in numpy, IQN in JAX: both take argmax of ``agent.q_values``."""
   agent, params = make(algo)
   transitions, _ = run(cartpole_actor(agent, params), 30)
-  obs, action = transitions["obs"], transitions["action"]
+  obs, action = transitions[AGENT_ID]["obs"], transitions[AGENT_ID]["action"]
   # IQN's Q is a mean over sampled quantile fractions: only obs whose greedy
   # action is the same for each of 32 samples count.
   q_values = jax.jit(agent.q_values)
@@ -88,7 +98,7 @@ def test_greedy_actor_takes_the_argmax_of_q_values(algo):
 @pytest.mark.parametrize("epsilon", [1.0, 0.4])
 def test_epsilon_explores_uniformly_over_all_actions(epsilon):
   agent, params = make("dqn")
-  transitions, _ = run(cartpole_actor(agent, params, epsilon, num_envs=16), 250)
+  transitions = run(cartpole_actor(agent, params, epsilon, num_envs=16), 250)[0][AGENT_ID]
   greedy = np.asarray(agent.q_values(params, transitions["obs"])).argmax(1)
   share = (transitions["action"] != greedy).mean()  # epsilon * (A - 1) / A
   assert abs(share - epsilon / 2) < 0.03, share
@@ -98,23 +108,22 @@ def test_epsilon_explores_uniformly_over_all_actions(epsilon):
 def test_acting_is_deterministic_for_a_seed(algo):
   agent, params = make(algo)
   first, second, other = (run(cartpole_actor(agent, params, 0.3, seed=seed), 60) for seed in (5, 5, 6))
-  for key in first[0]:
-    np.testing.assert_array_equal(first[0][key], second[0][key])
+  for key in first[0][AGENT_ID]:
+    np.testing.assert_array_equal(first[0][AGENT_ID][key], second[0][AGENT_ID][key])
   assert first[1] == second[1]
-  assert not np.array_equal(first[0]["action"], other[0]["action"])
+  assert not np.array_equal(first[0][AGENT_ID]["action"], other[0][AGENT_ID]["action"])
 
 
 def test_an_actor_that_does_not_collect_acts_and_ends_episodes_the_same():
   """Evaluation's actor (collect=False) builds no transitions and is otherwise the same actor."""
   agent, params = make()
   collecting = cartpole_actor(agent, params, 0.3, seed=5)
-  evaluating = Actor(agent, make_vec_env(EnvConfig("CartPole-v1", {}), 8), seed=5, collect=False)
-  evaluating.set_policy(params, 0.3, step=0)
+  evaluating = cartpole_actor(agent, params, 0.3, seed=5, collect=False)
   for t in range(80):
-    (transitions, ended, _), (nothing, also_ended, _) = collecting.step(t), evaluating.step(t)
-    assert nothing is None and "action" in transitions
+    (transitions, ended, _), (nothing, also_ended, _) = collecting.step({AGENT_ID: t}), evaluating.step({AGENT_ID: t})
+    assert nothing is None and "action" in transitions[AGENT_ID]
     assert ended == also_ended
-    np.testing.assert_array_equal(collecting.obs, evaluating.obs)
+    np.testing.assert_array_equal(collecting.obs[AGENT_ID], evaluating.obs[AGENT_ID])
 
 
 @pytest.mark.parametrize("algo", ["dqn", "iqn"])
@@ -125,7 +134,7 @@ def test_set_policy_keeps_its_own_copy_of_the_params(algo):
   for leaf in jax.tree.leaves(params):   # The caller reuses its buffers (as ParamStore.read may).
     leaf *= -1.0
   reference = cartpole_actor(agent, pristine, seed=3)
-  np.testing.assert_array_equal(run(mutated, 40)[0]["action"], run(reference, 40)[0]["action"])
+  np.testing.assert_array_equal(run(mutated, 40)[0][AGENT_ID]["action"], run(reference, 40)[0][AGENT_ID]["action"])
 
 
 def test_episodes_exclude_the_autoreset_step_and_average_the_policy_lag():
@@ -136,6 +145,7 @@ def test_episodes_exclude_the_autoreset_step_and_average_the_policy_lag():
   actor = cartpole_actor(agent, params, epsilon=0.5, num_envs=4, max_episode_steps=12)
   _, episodes = run(actor, 200, learner_step=lambda t: t + 100)
   assert {episode.env for _, episode in episodes} == {0, 1, 2, 3}
+  assert {episode.agent_id for _, episode in episodes} == {AGENT_ID}
   truncated = 0
   for env in range(4):
     first_step = 0
@@ -154,9 +164,9 @@ def test_env_steps_count_real_transitions_not_the_autoreset_steps():
   actor = cartpole_actor(agent, params, epsilon=0.5, num_envs=4, max_episode_steps=5)
   total = transitions = resets = 0
   for _ in range(40):
-    out, ended, env_steps = actor.step()
+    out, ended, env_steps = actor.step({AGENT_ID: 0})
     total += env_steps
-    transitions += len(out["action"])   # n_step 1: one per real env step
+    transitions += len(out[AGENT_ID]["action"])   # n_step 1: one per real env step
     resets += len(ended)
   assert resets > 4 and total == transitions == 4 * 40 - resets + len(ended)
 
@@ -192,8 +202,151 @@ class _Endless(gym.Env):
 
 def test_evaluation_of_an_env_without_a_time_limit_stops_at_the_cap():
   agent, params = make("dqn")
-  envs = gym.vector.SyncVectorEnv([_Endless] * 3)
-  result = evaluate(agent, params, envs, epsilon=0.0, seed=0, max_steps=50)
-  assert result == (50.0, 3)   # each episode's return so far; all three cut
-  finished = evaluate(agent, params, make_vec_env(EnvConfig("CartPole-v1"), 3), 0.0, seed=0, max_steps=10_000)
-  assert finished.capped == 0 and finished.mean_return > 0
+  envs = GymVectorEnvSet(gym.vector.SyncVectorEnv([_Endless] * 3))
+  result = evaluate({AGENT_ID: agent}, {AGENT_ID: params}, envs, epsilon=0.0, seed=0, max_steps=50)
+  assert result == (50.0, {AGENT_ID: 50.0}, 3)   # each episode's return so far; all three cut
+  finished = evaluate({AGENT_ID: agent}, {AGENT_ID: params}, cartpole_envs(3), 0.0, seed=0, max_steps=10_000)
+  assert finished.capped == 0 and finished.mean_return == finished.agent_returns[AGENT_ID] > 0
+
+
+# --- Several learners: the tiny PettingZoo env of parallel_env.py -------------
+# Agent i of AGENTS (speaker_0, listener_0, listener_1) observes obs[0] =
+# 1000 * episode + 10 * t + i and gets reward 100 * t + 10 * i + action at step t.
+
+
+def tiny_agents(envs, algo="dqn"):
+  """Per learner of ``envs``: an agent and its init params (numpy)."""
+  agents = {learner: jaxrl.make_agent(jaxrl.AgentConfig(algo=algo, hidden_sizes=(8,), quantile_embedding_dim=8),
+                                      space.obs_shape, space.num_actions)
+            for learner, space in envs.learners.items()}
+  return agents, {learner: jax.tree.map(np.array, jax.device_get(agent.init(jax.random.PRNGKey(0)).params))
+                  for learner, agent in agents.items()}
+
+
+def fixed_policy(envs, actions):
+  """Per learner of ``envs``: an agent (DQN, built-in MLP: the numpy path)
+  and params whose greedy action is always ``actions[learner]`` (output
+  layer: kernel 0, bias one-hot)."""
+  agents, params = tiny_agents(envs)
+  for learner, space in envs.learners.items():
+    out = params[learner]["params"]["Dense_0"]
+    out["kernel"][:] = 0.0
+    out["bias"][:] = np.eye(space.num_actions)[actions[learner]]
+  return agents, params
+
+
+def tiny_actor(envs, agents, params, seed=0, epsilon=0.0, **kwargs):
+  actor = Actor(agents, envs, seed=seed, **kwargs)
+  for learner in envs.learners:
+    actor.set_policy(learner, params[learner], epsilon, step=0)
+  return actor
+
+
+@pytest.mark.parametrize("share, actions", [
+    ("none", {"speaker_0": 2, "listener_0": 1, "listener_1": 3}),
+    ("type", {"speaker": 2, "listener": 3}),
+])
+def test_each_agent_acts_with_its_learners_policy(share, actions):
+  """Two copies, max_cycles 3 (resets included): every transition of a
+  learner is one of its own agents' (obs[0] % 10), with its learner's action
+  (in the transition and in the reward the env paid)."""
+  with make_env_set(EnvConfig("parallel_env", {"max_cycles": 3}), AgentsConfig(share), 2) as envs:
+    transitions, _ = run(tiny_actor(envs, *fixed_policy(envs, actions)), 8)
+    for learner, space in envs.learners.items():
+      got = transitions[learner]
+      agent = got["obs"][:, 0].astype(int) % 10
+      assert sorted(set(agent.tolist())) == sorted(AGENTS.index(a) for a in space.agent_ids)
+      assert (got["action"] == actions[learner]).all()
+      np.testing.assert_array_equal(got["reward"] % 100, 10 * agent + actions[learner])
+      assert len(got["action"]) == 2 * len(space.agent_ids) * 6  # Steps 4 and 8 reset.
+
+
+def test_transitions_are_routed_per_learner_with_n_step_rewards_and_discounts():
+  """share type, one copy, n = 3, gamma = 0.5, max_cycles 4; listener_1
+  terminates at t = 2, then speaker_0 and listener_0 are truncated at t = 4.
+  The speaker acts 0 (reward 100 t), the listeners 1 (rewards 100 t + 11 and
+  100 t + 21). Steps 1-4 are episode 0, step 5 the reset, steps 6-8 episode 1.
+  Policy steps: speaker 7, listener 9; learner steps at step s: 10 + s and 20 + 2 s."""
+  envs = ParallelEnvSet(lambda: TinyParallelEnv(max_cycles=4, terminate_at=2), 1, share="type")
+  agents, params = fixed_policy(envs, {"speaker": 0, "listener": 1})
+  actor = Actor(agents, envs, seed=0, n_step=3, gamma=0.5)
+  actor.set_policy("speaker", params["speaker"], 0.0, step=7)
+  actor.set_policy("listener", params["listener"], 0.0, step=9)
+  got = {"speaker": [], "listener": []}
+  episodes, env_steps = [], []
+  for s in range(1, 9):
+    out = actor.step({"speaker": 10 + s, "listener": 20 + 2 * s})
+    for learner, rows in out.transitions.items():
+      got[learner].append(list(zip(rows["obs"][:, 0].tolist(), rows["action"].tolist(), rows["reward"].tolist(),
+                                   rows["discount"].tolist(), rows["next_obs"][:, 0].tolist(),
+                                   rows["policy_step"].tolist())))
+    episodes += [(s, episode) for episode in out.episodes]
+    env_steps.append(out.env_steps)
+  envs.close()
+  assert env_steps == [1, 1, 1, 1, 0, 1, 1, 1]
+  assert got["speaker"] == [
+      [], [], [(0, 0, 100 + 200 / 2 + 300 / 4, 0.125, 30, 7)],
+      # Truncated: every open window, bootstrapping from the real final obs with gamma**k.
+      [(10, 0, 200 + 300 / 2 + 400 / 4, 0.125, 40, 7), (20, 0, 300 + 400 / 2, 0.25, 40, 7), (30, 0, 400, 0.5, 40, 7)],
+      [], [], [], [(1000, 0, 100 + 200 / 2 + 300 / 4, 0.125, 1030, 7)],
+  ]
+  assert got["listener"] == [
+      [],
+      # listener_1 terminates: both its windows, discount 0, next_obs its final obs.
+      [(2, 1, 121 + 221 / 2, 0.0, 22, 9), (12, 1, 221, 0.0, 22, 9)],
+      [(1, 1, 111 + 211 / 2 + 311 / 4, 0.125, 31, 9)],
+      [(11, 1, 211 + 311 / 2 + 411 / 4, 0.125, 41, 9), (21, 1, 311 + 411 / 2, 0.25, 41, 9), (31, 1, 411, 0.5, 41, 9)],
+      [],  # The reset step.
+      [],
+      [(1002, 1, 121 + 221 / 2, 0.0, 1022, 9), (1012, 1, 221, 0.0, 1022, 9)],
+      [(1001, 1, 111 + 211 / 2 + 311 / 4, 0.125, 1031, 9)],
+  ]
+  # One episode per agent: its own return and length; lag (learner step - policy
+  # step: speaker 3 + s, listener 11 + 2 s) averaged over the steps it acted.
+  assert episodes == [
+      (2, Episode(0, "listener_1", 121 + 221, 2, 11 + 2 * 1.5)),
+      (4, Episode(0, "speaker_0", 100 + 200 + 300 + 400, 4, 3 + 2.5)),
+      (4, Episode(0, "listener_0", 111 + 211 + 311 + 411, 4, 11 + 2 * 2.5)),
+      (7, Episode(0, "listener_1", 121 + 221, 2, 11 + 2 * 6.5)),
+  ]
+
+
+@pytest.mark.parametrize("share, actions, returns", [
+    # Returns of max_cycles 3, listener_1 leaving at t = 2: sum over its steps of 100 t + 10 i + action.
+    ("none", {"speaker_0": 2, "listener_0": 1, "listener_1": 3},
+     {"speaker_0": 600 + 6, "listener_0": 600 + 33, "listener_1": 300 + 46}),
+    ("type", {"speaker": 2, "listener": 1}, {"speaker_0": 600 + 6, "listener_0": 600 + 33, "listener_1": 300 + 42}),
+])
+def test_evaluation_gives_the_team_and_per_agent_returns_of_the_first_episodes(share, actions, returns):
+  with make_env_set(EnvConfig("parallel_env", {"max_cycles": 3, "terminate_at": 2}), AgentsConfig(share), 2) as envs:
+    agents, params = fixed_policy(envs, actions)
+    result = evaluate(agents, params, envs, epsilon=0.0, seed=0)
+    assert result == (sum(returns.values()), returns, 0)
+    # Cut after 2 steps: listener_1's episode had ended; the others count their returns so far.
+    capped = evaluate(agents, params, envs, epsilon=0.0, seed=0, max_steps=2)
+  so_far = {"speaker_0": 300 + 4, "listener_0": 300 + 22, "listener_1": returns["listener_1"]}
+  assert capped == (sum(so_far.values()), so_far, 2)
+
+
+@pytest.mark.parametrize("algo", ["dqn", "iqn"])
+def test_acting_with_several_learners_is_deterministic_for_a_seed(algo):
+  """DQN acts in numpy, IQN in JAX (with a key per step from the learner's Generator)."""
+  def transitions_and_episodes(seed):
+    with make_env_set(EnvConfig("parallel_env", {"max_cycles": 5, "terminate_at": 3}), AgentsConfig("none"),
+                      2) as envs:
+      return run(tiny_actor(envs, *tiny_agents(envs, algo), seed=seed, epsilon=0.5, n_step=2), 30)
+  (first, first_episodes), (second, second_episodes), (other, _) = map(transitions_and_episodes, (5, 5, 6))
+  assert first_episodes == second_episodes
+  for learner in AGENTS:
+    for key in first[learner]:
+      np.testing.assert_array_equal(first[learner][key], second[learner][key])
+  assert any(not np.array_equal(first[learner]["action"], other[learner]["action"]) for learner in AGENTS)
+
+
+def test_agents_must_match_the_env_sets_learners():
+  with make_env_set(EnvConfig("parallel_env"), AgentsConfig("type"), 1) as envs:
+    agents, _ = fixed_policy(envs, {"speaker": 0, "listener": 0})
+    with pytest.raises(ValueError, match="the env set has"):
+      Actor({"speaker": agents["speaker"]}, envs, seed=0)
+    with pytest.raises(ValueError, match="learner 'listener'"):
+      Actor({"speaker": agents["speaker"], "listener": agents["speaker"]}, envs, seed=0)

@@ -35,7 +35,8 @@ def run_dir(tmp_path_factory):
 
 
 def template(agent):
-  return agent.init(jax.random.PRNGKey(0))
+  """The checkpoint's template: the run's one learner, "agent_0"."""
+  return {"agent_0": agent.init(jax.random.PRNGKey(0))}
 
 
 def test_load_run_restores_the_latest_checkpoint_exactly(run_dir):
@@ -49,7 +50,7 @@ def test_load_run_restores_the_latest_checkpoint_exactly(run_dir):
   agent, state = run.learners["agent_0"]
   assert (agent.obs_shape, agent.num_actions, agent.config) == ((4,), 2, run.config.agent)
   expected, counters, _ = restore_checkpoint(latest, template(agent))
-  chex.assert_trees_all_equal(state, expected)
+  chex.assert_trees_all_equal(state, expected["agent_0"])
   assert run.counters == counters and counters["learner_steps"] == int(state.step) > 0
 
 
@@ -59,7 +60,7 @@ def test_load_run_restores_a_given_checkpoint(run_dir):
   run = jaxrl.load_run(run_dir, checkpoint=first)
   agent, state = run.learners["agent_0"]
   assert run.checkpoint == first
-  chex.assert_trees_all_equal(state, restore_checkpoint(first, template(agent))[0])
+  chex.assert_trees_all_equal(state, restore_checkpoint(first, template(agent))[0]["agent_0"])
   assert int(state.step) < int(jaxrl.load_run(run_dir).learners["agent_0"][1].step)
   assert jaxrl.load_run(run_dir, checkpoint=str(run_dir / "checkpoints")).checkpoint == latest
 

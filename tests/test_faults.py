@@ -29,10 +29,12 @@ NO_EVAL = ["eval.interval=0", "stop.eval_return=null"]   # faulty envs must fail
 
 
 def checkpoint_state(path, cfg_path):
-  """The LearnerState saved at ``path``, restored against the run's config."""
-  cfg = load_config(cfg_path)
-  agent = runtime.make_agent(cfg)
-  return restore_checkpoint(path, agent.init(jax.random.PRNGKey(0)))
+  """(The one learner's LearnerState, counters, config) saved at ``path``,
+  restored against the run's config."""
+  agents = runtime.make_agents(load_config(cfg_path))
+  states, counters, config = restore_checkpoint(path, runtime.state_templates(agents))
+  (state,) = states.values()
+  return state, counters, config
 
 
 def summary_of(run_dir):

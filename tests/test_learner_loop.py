@@ -73,8 +73,8 @@ def test_report_means_every_fused_step_and_publishes_whole_states(make_learner):
   expected_state, metrics, params = _trace(agent, state, steps)
   chex.assert_trees_all_close(learner.state, expected_state, rtol=1e-5)
   assert learner.steps == steps == int(learner.state.step)
-  assert set(report) == {*metrics, "sample_age", "learner_steps", "updates_per_s"}
-  assert report["learner_steps"] == steps and report["updates_per_s"] > 0
+  assert set(report) == {*metrics, "sample_age", "train_steps", "updates_per_s"}
+  assert report["train_steps"] == steps and report["updates_per_s"] > 0
   for key in ("loss", "grad_norm", "q_mean"):   # means over the steps since the last report
     np.testing.assert_allclose(report[key], np.mean(metrics[key]), rtol=1e-5, err_msg=key)
   # epsilon and learning_rate: their values at the record's learner step, not means.

@@ -41,11 +41,12 @@ def test_sync_run_writes_the_run_directory(tmp_path):
   cfg = load_config(run_dir / "config.yaml")
   assert len(learner) >= max(r["learner_steps"] for r in learner) // cfg.runtime.log_interval_learner_steps
   # Rates in every learner record; epsilon and learning_rate of the record's learner step.
-  agent = runtime.make_agent(cfg)
+  (agent,) = runtime.make_agents(cfg).values()
   for r in learner:
     assert r["sps"] > 0 and r["updates_per_s"] > 0
-    assert r["epsilon"] == pytest.approx(float(agent.epsilon_schedule(r["learner_steps"])))
-    assert r["learning_rate"] == pytest.approx(float(agent.learning_rate_schedule(r["learner_steps"])))
+    assert r["train_steps"] == r["learner_steps"]   # one learner: its steps are the run's
+    assert r["epsilon"] == pytest.approx(float(agent.epsilon_schedule(r["train_steps"])))
+    assert r["learning_rate"] == pytest.approx(float(agent.learning_rate_schedule(r["train_steps"])))
   busy = [(r["acting_seconds"], r["learning_seconds"]) for r in records if "episode_return" in r or "eval_return" in r]
   for column in zip(*busy):   # running totals, up to each record
     assert list(column) == sorted(column) and column[-1] > 0

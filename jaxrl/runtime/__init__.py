@@ -26,10 +26,11 @@ Public names load lazily, so an actor process that imports
 import importlib
 
 _WHERE = {
-    "AGENT_ID": "jaxrl.runtime.builders",
+    "AGENT_ID": "jaxrl.envs",
     "configure_jax": "jaxrl.runtime.builders",
-    "env_spaces": "jaxrl.runtime.builders",
-    "make_agent": "jaxrl.runtime.builders",
+    "learner_spaces": "jaxrl.runtime.builders",
+    "make_agents": "jaxrl.runtime.builders",
+    "state_templates": "jaxrl.runtime.builders",
     "Learner": "jaxrl.runtime.learning",
     "NonFiniteError": "jaxrl.runtime.learning",
     "Resume": "jaxrl.runtime.run",

@@ -1,9 +1,10 @@
 """The parts of a run, built the same way whatever backend runs them.
 
-JAX set up for a process's role, the environment's spaces, the agent, its
-first state, the replay and the seeds of the run's random streams: the
-learner process, the actor processes, the supervisor and sync mode all
-build their parts here.
+JAX set up for a process's role, the learners and their spaces, the agents,
+their first states, the replays, the actors and the seeds of the run's
+random streams: the learner process, the actor processes, the supervisor and
+sync mode all build their parts here. Parts of several learners are dicts
+keyed by learner id, in the env set's learner order.
 """
 
 from __future__ import annotations
@@ -15,9 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from jaxrl.config import RunConfig
+from jaxrl.envs import LearnerSpace, env_learner_spaces, make_env_set
 from jaxrl.replay import SharedReplay
-
-AGENT_ID = "agent_0"   # the one agent of a gymnasium env, and its learner (design section 4)
 
 _jax_role: str | None = None   # the role configure_jax set this process's JAX up for
 
@@ -61,32 +61,43 @@ def configure_jax(role: str, compilation_cache: str | None = None) -> None:
       os.environ["XLA_FLAGS"] = flags
 
 
-def env_spaces(cfg: RunConfig) -> tuple[tuple[int, ...], np.dtype, int]:
-  """(obs_shape, obs_dtype, num_actions) of cfg.env; raises EnvError if jaxrl can't serve it."""
-  from jaxrl.actor import make_vec_env  # pylint: disable=import-outside-toplevel
-  envs = make_vec_env(cfg.env, 1)
-  space = envs.single_observation_space
-  spaces = (tuple(space.shape), np.dtype(space.dtype), int(envs.single_action_space.n))
-  envs.close()
-  return spaces
+def learner_spaces(cfg: RunConfig) -> dict[str, LearnerSpace]:
+  """Learner id -> the agents it serves and their spaces; raises EnvError if
+  jaxrl can't serve the environment."""
+  return env_learner_spaces(cfg.env, cfg.agents)
 
 
-def make_agent(cfg: RunConfig):
-  """The run's Agent, built for its environment's spaces."""
-  from jaxrl.learner import make_agent as make  # pylint: disable=import-outside-toplevel
-  obs_shape, _, num_actions = env_spaces(cfg)
-  return make(cfg.agent, obs_shape, num_actions)
+def make_agents(cfg: RunConfig) -> dict:
+  """Learner id -> its Agent, built for its config (``cfg.agent_config``) and spaces."""
+  from jaxrl.learner import make_agent  # pylint: disable=import-outside-toplevel
+  return {lid: make_agent(cfg.agent_config(lid), space.obs_shape, space.num_actions)
+          for lid, space in learner_spaces(cfg).items()}
 
 
-def restored_state(agent, cfg: RunConfig, checkpoint: Path | None):
-  """The learner's first state: fresh for ``cfg.seed`` (``agent.init``,
-  jitted: one compile instead of one per op), or the checkpoint's."""
+def _init_key(cfg: RunConfig, index: int):
+  """The init key of the learner at ``index``: PRNGKey(seed) for the first
+  (a one-learner run is as before several learners were), folded with the
+  index for the others."""
   import jax  # pylint: disable=import-outside-toplevel
-  state = jax.jit(agent.init)(jax.random.PRNGKey(cfg.seed))
+  key = jax.random.PRNGKey(cfg.seed)
+  return key if index == 0 else jax.random.fold_in(key, index)
+
+
+def restored_states(agents: dict, cfg: RunConfig, checkpoint: Path | None) -> dict:
+  """Learner id -> its first state: fresh (``agent.init``, jitted: one
+  compile instead of one per op), or the checkpoint's."""
+  import jax  # pylint: disable=import-outside-toplevel
+  states = {lid: jax.jit(agent.init)(_init_key(cfg, i)) for i, (lid, agent) in enumerate(agents.items())}
   if checkpoint is not None:
     from jaxrl.checkpoint import restore_checkpoint  # pylint: disable=import-outside-toplevel
-    state, _, _ = restore_checkpoint(checkpoint, state)
-  return state
+    states, _, _ = restore_checkpoint(checkpoint, states)
+  return states
+
+
+def state_templates(agents: dict) -> dict:
+  """Learner id -> the shapes and dtypes of its state (no computation)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  return {lid: jax.eval_shape(agent.init, jax.random.PRNGKey(0)) for lid, agent in agents.items()}
 
 
 def seed(cfg: RunConfig, *keys: int) -> int:
@@ -101,31 +112,46 @@ def actor_seed(cfg: RunConfig, actor_id: int, env_steps: int) -> int:
   return seed(cfg, 1, actor_id, env_steps)
 
 
-def make_actor(cfg: RunConfig, agent, actor_id: int, env_steps: int):
-  """Actor ``actor_id`` stepping ``actors.envs_per_actor`` environments."""
-  from jaxrl.actor import Actor, make_vec_env  # pylint: disable=import-outside-toplevel
-  return Actor(agent, make_vec_env(cfg.env, cfg.actors.envs_per_actor), seed=actor_seed(cfg, actor_id, env_steps),
-               n_step=cfg.replay.n_step, gamma=cfg.replay.gamma)
+def learner_stream(index: int) -> tuple[int, ...]:
+  """Seed keys that tell learner ``index``'s random streams from the others'
+  (none for the first: a one-learner run is as before several learners were)."""
+  return () if index == 0 else (index,)
+
+
+def make_actor(cfg: RunConfig, agents: dict, actor_id: int, env_steps: int):
+  """Actor ``actor_id`` stepping ``actors.envs_per_actor`` copies of the
+  environment for every learner's agents."""
+  from jaxrl.actor import Actor  # pylint: disable=import-outside-toplevel
+  return Actor(agents, make_env_set(cfg.env, cfg.agents, cfg.actors.envs_per_actor),
+               seed=actor_seed(cfg, actor_id, env_steps), n_step=cfg.replay.n_step, gamma=cfg.replay.gamma)
 
 
 def replay_nbytes(cfg: RunConfig) -> int:
-  """Bytes of the learner's replay in shared memory."""
-  obs_shape, obs_dtype, _ = env_spaces(cfg)
-  return SharedReplay.nbytes(obs_shape, obs_dtype, cfg.replay.capacity, cfg.actors.num)
+  """Bytes of the learners' replays in shared memory."""
+  return sum(SharedReplay.nbytes(space.obs_shape, space.obs_dtype, cfg.replay.capacity, cfg.actors.num)
+             for space in learner_spaces(cfg).values())
 
 
-def make_replay(cfg: RunConfig, contents: dict[str, np.ndarray] | None) -> SharedReplay:
-  """The learner's replay, one partition per actor, filled with ``contents``
-  (a checkpoint's) when they have this replay's layout."""
-  obs_shape, obs_dtype, _ = env_spaces(cfg)
-  replay = SharedReplay.create(obs_shape, obs_dtype, cfg.replay.capacity, cfg.actors.num,
-                               cfg.replay.min_size, cfg.replay.samples_per_insert, cfg.replay.rate_tolerance)
-  if contents is not None:
-    try:
-      replay.restore(contents)
-    except ValueError as e:
-      print(f"jaxrl: replay not restored, starting empty: {e}", file=sys.stderr)
-  return replay
+def make_replays(cfg: RunConfig, contents: dict[str, dict[str, np.ndarray]] | None) -> dict[str, SharedReplay]:
+  """Learner id -> its replay, one partition per actor, filled with its
+  ``contents`` (a checkpoint's) when they have this replay's layout."""
+  replays = {}
+  try:
+    for lid, space in learner_spaces(cfg).items():
+      replays[lid] = SharedReplay.create(space.obs_shape, space.obs_dtype, cfg.replay.capacity, cfg.actors.num,
+                                         cfg.replay.min_size, cfg.replay.samples_per_insert,
+                                         cfg.replay.rate_tolerance)
+      if contents is not None and lid in contents:
+        try:
+          replays[lid].restore(contents[lid])
+        except ValueError as e:
+          print(f"jaxrl: replay of {lid} not restored, starting empty: {e}", file=sys.stderr)
+  except BaseException:
+    for replay in replays.values():
+      replay.close()
+      replay.unlink()
+    raise
+  return replays
 
 
 def describe_error(error: BaseException) -> tuple[str, str]:

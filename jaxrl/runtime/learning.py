@@ -4,7 +4,7 @@
 update whenever the rate limiter allows, a metrics record when one is due,
 a checkpoint when one is due and once more at the end. A backend calls
 ``step`` (and ``housekeeping``) for as long as the run goes on, and
-``finish`` when it stops; how the records and counters travel is the
+``checkpoint`` when it stops; how the records and counters travel is the
 backend's (callbacks).
 """
 
@@ -29,7 +29,8 @@ class NonFiniteError(RuntimeError):
 
 
 class Learner:
-  """Samples replay, applies fused train_steps, publishes params.
+  """Samples its replay, applies fused train_steps, publishes params: one
+  learner (``stream`` tells its sampling stream from other learners').
 
   ``update`` runs ``learner.updates_per_call`` train_steps in one jitted
   ``lax.scan`` dispatch; JAX's async dispatch lets the next batch be sampled
@@ -43,7 +44,7 @@ class Learner:
 
   _MAX_IN_FLIGHT = 2
 
-  def __init__(self, cfg: RunConfig, agent, replay: SharedReplay, state, publish):
+  def __init__(self, cfg: RunConfig, agent, replay: SharedReplay, state, publish, stream: tuple[int, ...] = ()):
     import jax  # pylint: disable=import-outside-toplevel
     self._jax = jax
     self.agent, self.replay, self.state = agent, replay, state
@@ -54,7 +55,7 @@ class Learner:
     self._report_seconds = cfg.runtime.log_interval_seconds
     self._report_steps = cfg.runtime.log_interval_learner_steps
     self.steps = int(state.step)
-    self._rng = np.random.default_rng(seed(cfg, 2, self.steps))
+    self._rng = np.random.default_rng(seed(cfg, 2, self.steps, *stream))   # stream: builders.learner_stream
 
     def fused_steps(state, batches, totals):
       state, metrics = jax.lax.scan(agent.train_step, state, batches)
@@ -113,9 +114,10 @@ class Learner:
             or time.monotonic() - self._reported_time >= self._report_seconds)
 
   def report(self) -> dict[str, float]:
-    """A learner record: the means of ``train_step``'s metrics since the
-    last report, except ``epsilon`` and ``learning_rate``, which are their
-    values at the record's ``learner_steps``; ``sample_age``, learner steps
+    """A learner record: ``train_steps``, this learner's steps so far; the
+    means of ``train_step``'s metrics since the last report, except
+    ``epsilon`` and ``learning_rate``, which are their values at
+    ``train_steps``; ``sample_age``, learner steps
     between the params that acted and the learner step that sampled (valid
     samples only); ``updates_per_s`` since the last report. Empty if there
     was no update since.
@@ -132,7 +134,7 @@ class Learner:
       if not np.isfinite(totals[key]):
         raise NonFiniteError(f"non-finite {key} ({totals[key]}) before learner step {self.steps}")
     out = {k: float(v) / totalled for k, v in totals.items()}
-    out.update(learner_steps=self.steps, epsilon=float(self.state.epsilon),
+    out.update(train_steps=self.steps, epsilon=float(self.state.epsilon),
                learning_rate=float(self.agent.learning_rate_schedule(self.state.step)),
                updates_per_s=totalled / max(now - self._reported_time, 1e-9))
     if self._age_count:
@@ -143,74 +145,90 @@ class Learner:
 
 
 class Checkpointer:
-  """Writes ``<run_dir>/checkpoints/step_<n>.ckpt`` every
-  ``checkpoint.interval_seconds`` and on request. A state with a non-finite
-  leaf is never written, so the last checkpoint stays a good one."""
+  """Writes ``<run_dir>/checkpoints/step_<n>.ckpt`` (n: the learners' steps
+  summed) every ``checkpoint.interval_seconds`` and on request, holding every
+  learner's state (and with ``checkpoint.replay`` its replay, saved as
+  ``replay.<learner_id>.<array>``). A state with a non-finite leaf is never
+  written, so the last checkpoint stays a good one."""
 
-  def __init__(self, cfg: RunConfig, run_dir: Path, replay: SharedReplay):
-    self._cfg, self._directory, self._replay = cfg, run_dir / CHECKPOINT_DIR, replay
+  def __init__(self, cfg: RunConfig, run_dir: Path, replays: dict[str, SharedReplay]):
+    self._cfg, self._directory, self._replays = cfg, run_dir / CHECKPOINT_DIR, replays
     self._config = config_to_dict(cfg)
     self._last = time.monotonic()
 
   def due(self) -> bool:
     return time.monotonic() - self._last >= self._cfg.checkpoint.interval_seconds
 
-  def save(self, state, counters: dict[str, int]) -> Path:
+  def save(self, states: dict, counters: dict[str, int]) -> Path:
     import jax  # pylint: disable=import-outside-toplevel
     from jaxrl.checkpoint import save_checkpoint  # pylint: disable=import-outside-toplevel
-    state = jax.device_get(state)
-    for path, leaf in jax.tree_util.tree_leaves_with_path(state):
+    states = jax.device_get(states)
+    for path, leaf in jax.tree_util.tree_leaves_with_path(states):
       if np.issubdtype(np.asarray(leaf).dtype, np.floating) and not np.isfinite(leaf).all():
         raise NonFiniteError(f"non-finite state{jax.tree_util.keystr(path)} at learner step "
                              f"{counters['learner_steps']}; last good checkpoint kept")
-    extra = ({f"replay.{k}": v for k, v in self._replay.contents().items()}
+    extra = ({f"replay.{lid}.{k}": v for lid, replay in self._replays.items() for k, v in replay.contents().items()}
              if self._cfg.checkpoint.replay else None)
     self._last = time.monotonic()
-    return save_checkpoint(self._directory, state, counters, self._config, self._cfg.checkpoint.keep, extra)
+    return save_checkpoint(self._directory, states, counters, self._config, self._cfg.checkpoint.keep, extra)
 
+
+def replay_contents(extra: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]] | None:
+  """Learner id -> its replay's contents, from a checkpoint's extra arrays
+  (None if it saved no replay)."""
+  contents: dict[str, dict[str, np.ndarray]] = {}
+  for name, array in extra.items():
+    if name.startswith("replay."):
+      lid, _, key = name.removeprefix("replay.").rpartition(".")
+      contents.setdefault(lid, {})[key] = array
+  return contents or None
 
 
 class LearningLoop:
-  """The learner's loop body.
+  """The learners' loop body, for the learners one process (or thread) runs.
 
   Args:
-    learner: the Learner.
-    checkpointer: writes the checkpoints.
-    learner_id: the learner's id in its records.
+    learners: learner id -> its Learner.
+    checkpointer: writes the checkpoints of all of them.
     counters: () -> the run's counters (env_steps, episodes, learner_steps)
       saved with a checkpoint.
-    count: (learner_steps) -> None, called after each update.
+    count: (learner_id, learner_steps) -> None, called after each update.
     emit: (record) -> None, takes each learner record.
   """
 
-  def __init__(self, learner: Learner, checkpointer: Checkpointer, learner_id: str,
-               counters: Callable[[], dict[str, int]], count: Callable[[int], None],
+  def __init__(self, learners: dict[str, Learner], checkpointer: Checkpointer,
+               counters: Callable[[], dict[str, int]], count: Callable[[str, int], None],
                emit: Callable[[dict], None]):
-    self.learner, self._checkpointer, self._learner_id = learner, checkpointer, learner_id
+    self.learners, self._checkpointer = learners, checkpointer
     self._counters, self._count, self._emit = counters, count, emit
 
   def step(self) -> bool:
-    """One fused update if the rate limiter allows it; whether there was one."""
-    if not self.learner.can_update():
-      return False
-    self.learner.update()
-    self._count(self.learner.steps)
-    return True
+    """One fused update of every learner the rate limiter allows; whether
+    there was any."""
+    updated = False
+    for lid, learner in self.learners.items():
+      if learner.can_update():
+        learner.update()
+        self._count(lid, learner.steps)
+        updated = True
+    return updated
 
   def housekeeping(self) -> None:
-    """A metrics record if one is due, a checkpoint if one is due."""
-    if self.learner.report_due():
-      self._report()
+    """The metrics records that are due, and a checkpoint if one is due."""
+    for lid, learner in self.learners.items():
+      if learner.report_due():
+        self._report(lid)
     if self._checkpointer.due():
-      self._report()
-      self._checkpointer.save(self.learner.state, self._counters())
+      self.checkpoint()
 
-  def finish(self) -> None:
-    """The last metrics record and the final checkpoint."""
-    self._report()
-    self._checkpointer.save(self.learner.state, self._counters())
+  def checkpoint(self) -> None:
+    """Every learner's metrics record since its last, and a checkpoint of
+    all of them (as the run stops, too)."""
+    for lid in self.learners:
+      self._report(lid)
+    self._checkpointer.save({lid: learner.state for lid, learner in self.learners.items()}, self._counters())
 
-  def _report(self) -> None:
-    metrics = self.learner.report()
+  def _report(self, learner_id: str) -> None:
+    metrics = self.learners[learner_id].report()
     if metrics:
-      self._emit({"learner_id": self._learner_id, **metrics})
+      self._emit({"learner_id": learner_id, **metrics})

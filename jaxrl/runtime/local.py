@@ -41,8 +41,8 @@ import numpy as np
 from jaxrl.config import RunConfig
 from jaxrl.replay import SharedReplay
 from jaxrl.runtime.acting import ActingLoop, episode_record
-from jaxrl.runtime.builders import (AGENT_ID, configure_jax, describe_error, make_actor, make_agent,
-                                    make_replay, replay_nbytes, restored_state)
+from jaxrl.runtime.builders import (configure_jax, describe_error, learner_stream, make_actor, make_agents,
+                                    make_replays, replay_nbytes, restored_states, state_templates)
 from jaxrl.runtime.learning import Checkpointer, Learner, LearningLoop
 from jaxrl.shm import (ParamStore, SharedBlock, check_free_space, check_memory_ordering,
                        unlink_orphaned)
@@ -54,11 +54,11 @@ _SIGNALS = {signal.SIGINT, signal.SIGTERM}
 def preflight(cfg: RunConfig) -> None:
   """Raises shm.SharedMemoryError on a CPU whose memory ordering the
   seqlocks do not support, or if the segments would not fit in /dev/shm."""
-  import jax  # pylint: disable=import-outside-toplevel
   check_memory_ordering()
-  template = jax.eval_shape(make_agent(cfg).init, jax.random.PRNGKey(0)).params
-  check_free_space(replay_nbytes(cfg) + ParamStore.nbytes(template) + SharedBlock.nbytes(_control_specs(cfg.actors.num)),
-                   "this run's replay and parameters")
+  templates = state_templates(make_agents(cfg))
+  stores = sum(ParamStore.nbytes(template.params) for template in templates.values())
+  control = SharedBlock.nbytes(_control_specs(cfg.actors.num, len(templates)))
+  check_free_space(replay_nbytes(cfg) + stores + control, "this run's replays and parameters")
 
 
 def cpu_placement(available: set[int], learner_cpus: int) -> tuple[set[int], set[int]] | None:
@@ -105,28 +105,28 @@ def param_publisher(store: ParamStore):
 class _Shared:
   """What a child needs: picklable segment handles and the run's files."""
   control: Any          # BlockHandle: stop flag and counters (see _control_specs)
-  params: Any           # ParamStoreHandle of the learner
-  replay: Any           # ReplayHandle of the learner
+  params: dict[str, Any]    # learner id -> its ParamStoreHandle
+  replays: dict[str, Any]   # learner id -> its ReplayHandle
   run_dir: Path
   checkpoint: Path | None   # checkpoint the learner resumes from
   compilation_cache: str | None
   placement: tuple[set[int], set[int]] | None   # cpu_placement: the learner's CPUs, the others'
 
 
-def _control_specs(num_actors: int) -> dict:
+def _control_specs(num_actors: int, num_learners: int) -> dict:
   """The control block: ``stop`` (0 = run, _STOP_ACTORS, _STOP_ALL); per-actor ``env_steps`` and
   ``episodes`` since launch; counts ``restored`` from a checkpoint (env
-  steps, episodes); the learner's ``learner_steps``."""
+  steps, episodes); each learner's ``learner_steps`` (in learner order)."""
   return {"stop": ((1,), "int64"), "env_steps": ((num_actors,), "int64"),
           "episodes": ((num_actors,), "int64"), "restored": ((2,), "int64"),
-          "learner_steps": ((1,), "int64")}
+          "learner_steps": ((num_learners,), "int64")}
 
 
 def _counters(arrays: dict) -> dict[str, int]:
   """The run's env_steps, episodes and learner_steps from the control block."""
   return {"env_steps": int(arrays["restored"][0] + arrays["env_steps"].sum()),
           "episodes": int(arrays["restored"][1] + arrays["episodes"].sum()),
-          "learner_steps": int(arrays["learner_steps"][0])}
+          "learner_steps": int(arrays["learner_steps"].sum())}
 
 
 # A run stops in two phases, so that the learner's final checkpoint counts
@@ -240,76 +240,85 @@ def _child(role: str, process: str, shared: _Shared, connection):
   configure_jax(role, shared.compilation_cache)
   block = SharedBlock.attach(shared.control)
   control = _ChildControl(block)
-  store = ParamStore.attach(shared.params)
-  replay = SharedReplay.attach(shared.replay)
+  stores = {lid: ParamStore.attach(handle) for lid, handle in shared.params.items()}
+  replays = {lid: SharedReplay.attach(handle) for lid, handle in shared.replays.items()}
   failed = False
   try:
-    yield control, store, replay, outbox
+    yield control, stores, replays, outbox
   except Exception as e:  # pylint: disable=broad-except
     reason, trace = describe_error(e)
     outbox.put(("error", {"process": process, "reason": reason, "traceback": trace}))
     failed = True
   finally:
-    replay.close()
-    store.close()
-    block.close()
+    for segment in [*replays.values(), *stores.values(), block]:
+      segment.close()
     orphaned = control.orphaned()
     outbox.close(flush=not orphaned)
     if orphaned and role == "learner":
-      for handle in (shared.control, shared.params.block, shared.replay.block):
+      for handle in [shared.control, *(h.block for h in shared.params.values()),
+                     *(h.block for h in shared.replays.values())]:
         unlink_orphaned(handle)
   if failed:
     sys.exit(1)
 
 
 def _actor_main(actor_id: int, cfg: RunConfig, shared: _Shared, env_steps: int, connection) -> None:
-  with _child("actor", f"actor {actor_id}", shared, connection) as (control, store, replay, outbox):
+  with _child("actor", f"actor {actor_id}", shared, connection) as (control, stores, replays, outbox):
     arrays = control.arrays
-    actor = make_actor(cfg, make_agent(cfg), actor_id, env_steps)
-    while store.latest_version() == 0:   # no policy to act with yet
+    actor = make_actor(cfg, make_agents(cfg), actor_id, env_steps)
+    while not all(store.latest_version() for store in stores.values()):   # no policy to act with yet
       if control.should_stop():
         return
       time.sleep(_POLL_S)
+    versions = dict.fromkeys(stores, 0)
 
-    def newest_policy():
-      nonlocal version
-      if store.latest_version() == version:
-        return None
-      snap = store.read()
-      version = snap.version
-      return snap.params, snap.epsilon, snap.step
-    version = 0
+    def newest_policies():
+      new = {}
+      for lid, store in stores.items():
+        if store.latest_version() != versions[lid]:
+          snap = store.read()
+          versions[lid] = snap.version
+          new[lid] = (snap.params, snap.epsilon, snap.step)
+      return new
+
+    def learner_steps():
+      return dict(zip(stores, arrays["learner_steps"].tolist()))
 
     def record(env_steps: int, episodes) -> None:
       arrays["env_steps"][actor_id] += env_steps
       arrays["episodes"][actor_id] += len(episodes)
       for episode in episodes:
-        outbox.put(("episode", episode_record(episode, actor_id, AGENT_ID)))
+        outbox.put(("episode", episode_record(episode, actor_id)))
 
-    loop = ActingLoop(actor, replay.writer(actor_id), newest_policy, lambda: int(arrays["learner_steps"][0]), record)
+    writers = {lid: replay.writer(actor_id) for lid, replay in replays.items()}
+    loop = ActingLoop(actor, writers, newest_policies, learner_steps, record)
     while not control.should_stop():
       if not loop.step():
         time.sleep(_POLL_S)
-    actor.envs.close()
+    actor.env_set.close()
 
 
 def _learner_main(cfg: RunConfig, shared: _Shared, connection) -> None:
-  """The learner process: the LearningLoop until the supervisor says stop."""
-  with _child("learner", "learner", shared, connection) as (control, store, replay, outbox):
+  """The learner process: the LearningLoop of every learner until the supervisor says stop."""
+  with _child("learner", "learner", shared, connection) as (control, stores, replays, outbox):
     arrays = control.arrays
-    agent = make_agent(cfg)
-    learner = Learner(cfg, agent, replay, restored_state(agent, cfg, shared.checkpoint), param_publisher(store))
+    agents = make_agents(cfg)
+    states = restored_states(agents, cfg, shared.checkpoint)
+    arrays["learner_steps"][:] = [int(state.step) for state in states.values()]   # before the first publish
+    learners = {lid: Learner(cfg, agents[lid], replays[lid], states[lid], param_publisher(stores[lid]),
+                             learner_stream(i)) for i, lid in enumerate(agents)}
+    index = {lid: i for i, lid in enumerate(learners)}
 
-    def count(learner_steps: int) -> None:
-      arrays["learner_steps"][0] = learner_steps
+    def count(learner_id: str, learner_steps: int) -> None:
+      arrays["learner_steps"][index[learner_id]] = learner_steps
 
-    loop = LearningLoop(learner, Checkpointer(cfg, shared.run_dir, replay), AGENT_ID, lambda: _counters(arrays),
-                        count, lambda record: outbox.put(("learner", record)))
+    loop = LearningLoop(learners, Checkpointer(cfg, shared.run_dir, replays), lambda: _counters(arrays), count,
+                        lambda record: outbox.put(("learner", record)))
     while not control.should_stop(_STOP_ALL):
       if not loop.step():
         time.sleep(_POLL_S)
       loop.housekeeping()
-    loop.finish()
+    loop.checkpoint()
 
 
 def _describe_exit(process) -> str:
@@ -361,17 +370,20 @@ def run(cfg: RunConfig, run, interrupted, resume) -> dict:
   hurry = False
   learner_grace = learner_stop_grace(cfg)
   try:
-    control = SharedBlock.create(_control_specs(cfg.actors.num))
+    templates = state_templates(make_agents(cfg))
+    control = SharedBlock.create(_control_specs(cfg.actors.num, len(templates)))
     owned.append(control)
     arrays = control.arrays
     arrays["restored"][:] = (run.env_steps, run.episodes)
-    arrays["learner_steps"][0] = run.learner_steps
-    replay = make_replay(cfg, resume and resume.replay)
-    owned.append(replay)
-    import jax  # pylint: disable=import-outside-toplevel
-    store = ParamStore.create(jax.eval_shape(make_agent(cfg).init, jax.random.PRNGKey(0)).params)
-    owned.append(store)
-    shared = _Shared(control.handle, store.handle, replay.handle, run.run_dir,
+    arrays["learner_steps"][0] = run.learner_steps   # the sum, until the learner process sets each
+    replays = make_replays(cfg, resume and resume.replay)
+    owned.extend(replays.values())
+    stores = {}
+    for lid, template in templates.items():
+      stores[lid] = ParamStore.create(template.params)
+      owned.append(stores[lid])
+    shared = _Shared(control.handle, {lid: store.handle for lid, store in stores.items()},
+                     {lid: replay.handle for lid, replay in replays.items()}, run.run_dir,
                      resume and resume.checkpoint, cfg.runtime.compilation_cache, placement)
     actor_names = [f"actor {i}" for i in range(cfg.actors.num)]
 
@@ -386,10 +398,10 @@ def run(cfg: RunConfig, run, interrupted, resume) -> dict:
     restarts = [0] * cfg.actors.num
 
     def newest_params():
-      if store.latest_version() == 0:
+      if not all(store.latest_version() for store in stores.values()):
         return None
-      snap = store.read()
-      return snap.params, snap.step
+      snaps = {lid: store.read() for lid, store in stores.items()}
+      return {lid: snap.params for lid, snap in snaps.items()}, sum(snap.step for snap in snaps.values())
     while interrupted.signum is None:
       run.set_counters(_counters(arrays))
       drain()
@@ -412,7 +424,7 @@ def run(cfg: RunConfig, run, interrupted, resume) -> dict:
           break
         restarts[i] += 1
         run.actor_restarts += 1
-        run.log({"actor_restarts": run.actor_restarts, "actor_id": i, "agent_id": AGENT_ID})
+        run.log({"actor_restarts": run.actor_restarts, "actor_id": i})
         start_actor(i)
       if run.check_stop():
         break

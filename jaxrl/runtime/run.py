@@ -21,8 +21,8 @@ import numpy as np
 
 from jaxrl.config import RunConfig, config_to_dict, save_config
 from jaxrl.logger import MetricsLogger, ProgressDisplay, plot_learning_curve, write_summary
-from jaxrl.runtime.builders import AGENT_ID, configure_jax, env_spaces, make_agent, seed
-from jaxrl.runtime.learning import CHECKPOINT_DIR
+from jaxrl.runtime.builders import configure_jax, learner_spaces, make_agents, make_env_set, seed, state_templates
+from jaxrl.runtime.learning import CHECKPOINT_DIR, replay_contents
 
 ERRORS_FILE = "errors.log"
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -40,11 +40,11 @@ class Resume:
   """What ``train`` resumes from: the checkpoint and the counters in it."""
   checkpoint: Path
   counters: dict[str, int]
-  replay: dict[str, np.ndarray] | None   # replay contents, if the checkpoint has them
+  replay: dict[str, dict[str, np.ndarray]] | None   # learner id -> its replay's contents, if saved
 
 
 def load_resume(cfg: RunConfig, run_dir: str | os.PathLike) -> Resume:
-  """Checks that ``run_dir``'s latest checkpoint restores into ``cfg``'s agent.
+  """Checks that ``run_dir``'s latest checkpoint restores into ``cfg``'s learners.
 
   Sets this process's JAX up as the supervisor's first (``configure_jax``):
   reading a checkpoint must not start JAX with its defaults (on a GPU host,
@@ -54,18 +54,14 @@ def load_resume(cfg: RunConfig, run_dir: str | os.PathLike) -> Resume:
     CheckpointError: no checkpoint, a corrupt one, or one of another agent.
   """
   configure_jax("supervisor", cfg.runtime.compilation_cache)
-  import jax  # pylint: disable=import-outside-toplevel
   from jaxrl import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
   directory = Path(run_dir) / CHECKPOINT_DIR
   path = ckpt.latest_checkpoint(directory)
   if path is None:
     raise ckpt.CheckpointError(f"{directory}: no checkpoint to resume from")
-  agent = make_agent(cfg)
-  _, counters, _ = ckpt.restore_checkpoint(path, jax.eval_shape(agent.init, jax.random.PRNGKey(0)))
-  extra = ckpt.load_extra_arrays(path)
-  replay = {k.removeprefix("replay."): v for k, v in extra.items() if k.startswith("replay.")}
+  _, counters, _ = ckpt.restore_checkpoint(path, state_templates(make_agents(cfg)))
   return Resume(path, {k: int(counters[k]) for k in ("env_steps", "episodes", "learner_steps")},
-                replay or None)
+                replay_contents(ckpt.load_extra_arrays(path)))
 
 
 def preflight(cfg: RunConfig) -> None:
@@ -74,7 +70,7 @@ def preflight(cfg: RunConfig) -> None:
   ``shm.SharedMemoryError``). Sets this process's JAX up as the
   supervisor's."""
   configure_jax("supervisor", cfg.runtime.compilation_cache)
-  env_spaces(cfg)
+  learner_spaces(cfg)
   _backend(cfg).preflight(cfg)
 
 
@@ -82,11 +78,13 @@ class Run:
   """The run itself, the same for every backend: its directory (config,
   metrics, errors, summary), counters, stop conditions and evaluation."""
 
-  def __init__(self, cfg: RunConfig, run_dir: Path, launch_time: float, resume: Resume | None, agent):
+  def __init__(self, cfg: RunConfig, run_dir: Path, launch_time: float, resume: Resume | None, agents: dict):
     self.cfg, self.run_dir, self.launch_time = cfg, run_dir, launch_time
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    self.logger = MetricsLogger(run_dir, launch_time, resume=resume is not None, config=config_to_dict(cfg))
+    agent_ids = tuple(a for space in learner_spaces(cfg).values() for a in space.agent_ids)
+    self.logger = MetricsLogger(run_dir, launch_time, resume=resume is not None, config=config_to_dict(cfg),
+                                agent_ids=agent_ids)
     self.progress = ProgressDisplay(cfg.runtime.progress, stop_env_steps=cfg.stop.env_steps,
                                     stop_seconds=cfg.stop.seconds)
     counters = resume.counters if resume else {}
@@ -98,8 +96,9 @@ class Run:
     self.error: str | None = None
     self.actor_restarts = 0
     self.killed: list[str] = []   # processes killed because they did not stop in time
-    self._rate_mark = (time.monotonic(), self.env_steps)   # when the last learner record was logged
-    self._evaluator = Evaluator(cfg, agent, self.learner_steps)
+    self._start_mark = (time.monotonic(), self.env_steps)
+    self._rate_marks: dict[str, tuple[float, int]] = {}   # learner id -> (time, env_steps) of its last record
+    self._evaluator = Evaluator(cfg, agents, self.learner_steps)
 
   def set_counters(self, counters: dict[str, int]) -> None:
     """Takes env_steps, episodes and learner_steps from ``_counters``."""
@@ -113,9 +112,11 @@ class Run:
 
   def log_learner(self, record: dict) -> None:
     """Logs a learner's ``Learner.report`` with the run's ``sps``: env steps
-    per second since the previous learner record."""
-    now, (then, env_steps) = time.monotonic(), self._rate_mark
-    self._rate_mark = (now, self.env_steps)
+    per second since that learner's previous record (since the run began,
+    for its first)."""
+    now, learner_id = time.monotonic(), record["learner_id"]
+    then, env_steps = self._rate_marks.get(learner_id, self._start_mark)
+    self._rate_marks[learner_id] = (now, self.env_steps)
     self.log({**record, "sps": (self.env_steps - env_steps) / max(now - then, 1e-9)})
 
   def evaluate_if_due(self, newest_params: Callable[[], tuple[Any, int] | None], **extra) -> bool:
@@ -168,14 +169,15 @@ class Run:
 
 
 class Evaluator:
-  """Greedy evaluation every ``eval.interval`` learner steps on its own envs.
-  An env without a time limit of its own has its evaluation episodes cut at
+  """Greedy evaluation every ``eval.interval`` learner steps (summed over
+  learners) on ``eval.episodes`` env copies of its own. An env without a
+  time limit of its own has its evaluation episodes cut at
   ``eval.max_episode_steps``."""
 
-  def __init__(self, cfg: RunConfig, agent, learner_steps: int):
-    from jaxrl.actor import has_time_limit, make_vec_env  # pylint: disable=import-outside-toplevel
-    self.cfg, self.agent = cfg, agent
-    self.envs = make_vec_env(cfg.env, cfg.eval.episodes) if cfg.eval.interval > 0 else None
+  def __init__(self, cfg: RunConfig, agents: dict, learner_steps: int):
+    from jaxrl.actor import has_time_limit  # pylint: disable=import-outside-toplevel
+    self.cfg, self.agents = cfg, agents
+    self.envs = make_env_set(cfg.env, cfg.agents, cfg.eval.episodes) if cfg.eval.interval > 0 else None
     self.max_steps = None if self.envs is None or has_time_limit(self.envs) else cfg.eval.max_episode_steps
     self._schedule(learner_steps)
 
@@ -186,14 +188,16 @@ class Evaluator:
   def due(self, learner_steps: int) -> bool:
     return self.envs is not None and learner_steps >= self.next_step
 
-  def __call__(self, params, learner_steps: int) -> dict[str, float]:
-    """An evaluation record: ``eval_return`` (the team return), the return
-    of each agent, and ``eval_capped``, the episodes cut at the step cap."""
+  def __call__(self, params: dict, learner_steps: int) -> dict[str, float]:
+    """An evaluation record of ``params`` (learner id -> params):
+    ``eval_return`` (the team return), ``eval_return/<agent_id>`` of each
+    agent, and ``eval_capped``, the episodes cut at the step cap."""
     from jaxrl.actor import evaluate  # pylint: disable=import-outside-toplevel
     self._schedule(learner_steps)
-    result = evaluate(self.agent, params, self.envs, self.cfg.eval.epsilon,
+    result = evaluate(self.agents, params, self.envs, self.cfg.eval.epsilon,
                       seed=seed(self.cfg, 3, learner_steps), max_steps=self.max_steps)
-    return {"eval_return": result.mean_return, f"eval_return/{AGENT_ID}": result.mean_return,
+    return {"eval_return": result.mean_return,
+            **{f"eval_return/{agent_id}": value for agent_id, value in result.agent_returns.items()},
             "eval_capped": result.capped}
 
 
@@ -228,7 +232,7 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, launch_time: float | None 
   """
   launch_time = time.time() if launch_time is None else launch_time
   preflight(cfg)
-  run = Run(cfg, Path(run_dir), launch_time, resume, make_agent(cfg))
+  run = Run(cfg, Path(run_dir), launch_time, resume, make_agents(cfg))
   interrupted = Interrupted()
   try:
     extra = _backend(cfg).run(cfg, run, interrupted, resume)

@@ -1,13 +1,13 @@
 """The one-thread backend (``runtime.mode: sync``): the acting and learning
 loops interleaved in this process, deterministic for a seed.
 
-Each round steps every actor once; an actor held back by the rate limiter
-lets the learner update until it may insert. With a rate limit the learner
-then updates for as long as the limiter allows; without one
-(``replay.samples_per_insert: null``) it makes one fused update per actor
-step once replay holds ``min_size``. Episode and eval records carry the
-run's ``acting_seconds`` and ``learning_seconds`` so far (actor steps;
-learner updates, blocked on).
+Each round steps every actor once; an actor held back by a rate limiter
+lets the learners update until it may insert. With a rate limit the
+learners then update for as long as the limiters allow; without one
+(``replay.samples_per_insert: null``) each makes one fused update per actor
+step once its replay holds ``min_size``. Episode and eval records carry the
+run's ``acting_seconds`` and ``learning_seconds`` so far (actor steps with
+their inserts; learner updates, blocked on).
 """
 
 from __future__ import annotations
@@ -16,45 +16,47 @@ import time
 
 from jaxrl.config import RunConfig
 from jaxrl.runtime.acting import ActingLoop, episode_record
-from jaxrl.runtime.builders import (AGENT_ID, describe_error, make_actor, make_agent, make_replay, replay_nbytes,
-                                    restored_state)
+from jaxrl.runtime.builders import (describe_error, learner_stream, make_actor, make_agents, make_replays,
+                                    replay_nbytes, restored_states)
 from jaxrl.runtime.learning import Checkpointer, Learner, LearningLoop
 from jaxrl.shm import check_free_space
 
 
 def preflight(cfg: RunConfig) -> None:
-  """Raises shm.SharedMemoryError if the replay would not fit in /dev/shm."""
+  """Raises shm.SharedMemoryError if the replays would not fit in /dev/shm."""
   check_free_space(replay_nbytes(cfg), "this run's replay")
 
 
 class _Published:
-  """The learner's newest publish, for the actors of this thread: each
-  ActingLoop takes it at its next step (``newest_policy``)."""
+  """The learners' newest publishes, for the actors of this thread: each
+  ActingLoop takes the new ones at its next step (``newest_policies``)."""
 
   def __init__(self):
-    self.policy, self.version = None, 0
+    self.policies, self.versions = {}, {}
 
-  def publish(self, state) -> None:
-    self.policy, self.version = (state.params, float(state.epsilon), int(state.step)), self.version + 1
+  def publisher(self, learner_id: str):
+    """The ``publish`` callback of one Learner."""
+    def publish(state) -> None:
+      self.policies[learner_id] = (state.params, float(state.epsilon), int(state.step))
+      self.versions[learner_id] = self.versions.get(learner_id, 0) + 1
+    return publish
 
   def source(self):
-    """A ``newest_policy`` callable for one ActingLoop."""
-    taken = 0
+    """A ``newest_policies`` callable for one ActingLoop."""
+    taken: dict[str, int] = {}
 
-    def newest_policy():
-      nonlocal taken
-      if taken == self.version:
-        return None
-      taken = self.version
-      return self.policy
-    return newest_policy
+    def newest_policies():
+      new = {lid: self.policies[lid] for lid, version in self.versions.items() if taken.get(lid) != version}
+      taken.update(self.versions)
+      return new
+    return newest_policies
 
 
 def run(cfg: RunConfig, run, interrupted, resume) -> dict:
   """Runs ``run`` to a stop condition in this thread; returns the busy seconds."""
   import jax  # pylint: disable=import-outside-toplevel
-  agent = make_agent(cfg)
-  replay = make_replay(cfg, resume and resume.replay)
+  agents = make_agents(cfg)
+  replays = make_replays(cfg, resume and resume.replay)
   rate_limited = cfg.replay.samples_per_insert is not None
   acting = learning = 0.0
 
@@ -63,18 +65,21 @@ def run(cfg: RunConfig, run, interrupted, resume) -> dict:
 
   try:
     published = _Published()
-    learner = Learner(cfg, agent, replay, restored_state(agent, cfg, resume and resume.checkpoint),
-                      published.publish)
+    states = restored_states(agents, cfg, resume and resume.checkpoint)
+    learners = {lid: Learner(cfg, agents[lid], replays[lid], states[lid], published.publisher(lid), learner_stream(i))
+                for i, lid in enumerate(agents)}
+
+    def learner_steps() -> dict[str, int]:
+      return {lid: learner.steps for lid, learner in learners.items()}
 
     def counters():
-      return {"env_steps": run.env_steps, "episodes": run.episodes, "learner_steps": learner.steps}
+      return {"env_steps": run.env_steps, "episodes": run.episodes, "learner_steps": run.learner_steps}
 
-    def count(learner_steps: int) -> None:
-      run.learner_steps = learner_steps
+    def count(_learner_id: str, _steps: int) -> None:
+      run.learner_steps = sum(learner.steps for learner in learners.values())
 
-    learning_loop = LearningLoop(learner, Checkpointer(cfg, run.run_dir, replay), AGENT_ID, counters, count,
+    learning_loop = LearningLoop(learners, Checkpointer(cfg, run.run_dir, replays), counters, count,
                                  run.log_learner)
-
     finished = []   # (actor_id, Episode) to log, outside the acting seconds
 
     def recorder(actor_id: int):
@@ -84,8 +89,9 @@ def run(cfg: RunConfig, run, interrupted, resume) -> dict:
         finished.extend((actor_id, episode) for episode in episodes)
       return record
 
-    acting_loops = [ActingLoop(make_actor(cfg, agent, i, run.env_steps), replay.writer(i), published.source(),
-                               lambda: learner.steps, recorder(i)) for i in range(cfg.actors.num)]
+    acting_loops = [ActingLoop(make_actor(cfg, agents, i, run.env_steps),
+                               {lid: replay.writer(i) for lid, replay in replays.items()},
+                               published.source(), learner_steps, recorder(i)) for i in range(cfg.actors.num)]
 
     def act(loop: ActingLoop) -> bool:
       nonlocal acting
@@ -93,7 +99,7 @@ def run(cfg: RunConfig, run, interrupted, resume) -> dict:
       inserted = loop.step()
       acting += time.perf_counter() - start
       for actor_id, episode in finished:
-        run.log({**episode_record(episode, actor_id, AGENT_ID), **busy()})
+        run.log({**episode_record(episode, actor_id), **busy()})
       finished.clear()
       return inserted
 
@@ -102,27 +108,32 @@ def run(cfg: RunConfig, run, interrupted, resume) -> dict:
       start = time.perf_counter()
       updated = learning_loop.step()
       if updated:
-        jax.block_until_ready(learner.state)
+        jax.block_until_ready([learner.state for learner in learners.values()])
       learning += time.perf_counter() - start
       return updated
+
+    def newest_params():
+      return ({lid: learner.state.params for lid, learner in learners.items()},
+              sum(learner.steps for learner in learners.values()))
 
     try:
       while interrupted.signum is None and not run.check_stop():
         for loop in acting_loops:
           while not act(loop) and interrupted.signum is None:
-            learn()   # the rate limiter holds the actor back until the learner samples
+            learn()   # a rate limiter holds the actor back until its learner samples
           if not rate_limited:
             learn()
         while rate_limited and interrupted.signum is None and learn():
           pass
-        run.evaluate_if_due(lambda: (learner.state.params, learner.steps), **busy())
+        run.evaluate_if_due(newest_params, **busy())
         learning_loop.housekeeping()
-      learning_loop.finish()
+      learning_loop.checkpoint()
     except Exception as e:  # pylint: disable=broad-except
       reason, trace = describe_error(e)
       run.error, run.stopped_because = reason, "error"
       run.fail("learner", reason, trace)
   finally:
-    replay.close()
-    replay.unlink()
+    for replay in replays.values():
+      replay.close()
+      replay.unlink()
   return busy()
