@@ -6,9 +6,21 @@ Public names load lazily, so a process that needs only ``jaxrl.shm`` or
 
 import importlib
 
-__all__ = ["AgentConfig", "Agent", "LearnerState", "SavedRun", "Transition", "load_run", "make_agent"]
 
-_WHERE = {
+def lazy_exports(module: str, where: dict[str, str]):
+  """(``__getattr__``, ``__dir__``) of a package whose public names load on
+  first use: ``where`` maps each name to the module that defines it."""
+  def getattr_(name):
+    if name in where:
+      return getattr(importlib.import_module(where[name]), name)
+    raise AttributeError(f"module {module!r} has no attribute {name!r}")
+
+  def dir_():
+    return sorted(where)
+  return getattr_, dir_
+
+
+__getattr__, __dir__ = lazy_exports(__name__, {
     "AgentConfig": "jaxrl.config",
     "Agent": "jaxrl.learner",
     "LearnerState": "jaxrl.learner",
@@ -16,14 +28,5 @@ _WHERE = {
     "Transition": "jaxrl.transition",
     "load_run": "jaxrl.saved_run",
     "SavedRun": "jaxrl.saved_run",
-}
-
-
-def __getattr__(name):
-  if name in _WHERE:
-    return getattr(importlib.import_module(_WHERE[name]), name)
-  raise AttributeError(f"module 'jaxrl' has no attribute {name!r}")
-
-
-def __dir__():
-  return sorted(list(globals()) + __all__)
+})
+__all__ = sorted(__dir__())

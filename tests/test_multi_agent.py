@@ -10,6 +10,7 @@ import numpy as np
 import psutil
 import pytest
 
+import jaxrl
 from jaxrl import runtime
 from jaxrl.checkpoint import latest_checkpoint, restore_checkpoint
 from jaxrl.config import load_config
@@ -118,3 +119,18 @@ def test_speaker_and_listener_learn_to_talk(tmp_path):
   evals = [r for r in records(tmp_path / "run") if "eval_return" in r]
   assert {"eval_return/speaker_0", "eval_return/listener_0"} <= set(evals[-1])
   assert evals[-1]["eval_return"] == pytest.approx(evals[-1]["eval_return/speaker_0"] + evals[-1]["eval_return/listener_0"])
+
+
+def test_predators_share_a_learner_by_type_and_the_prey_has_its_own(tmp_path):
+  """simple_tag with agents.share=type: adversary_0..2 -> learner "adversary",
+  agent_0 -> "agent"; their observations differ in shape."""
+  run_dir = tmp_path / "run"
+  proc = train_cli(SPREAD, f"run_dir={run_dir}", "env.id=mpe2.simple_tag_v3", "env.kwargs={}", "agents.share=type",
+                   "runtime.mode=sync", "stop.env_steps=1500", *QUICK)
+  assert proc.returncode == 0, proc.stderr
+  run = jaxrl.load_run(run_dir)
+  assert run.agents == {"adversary_0": "adversary", "adversary_1": "adversary", "adversary_2": "adversary",
+                        "agent_0": "agent"}
+  assert {lid: agent.obs_shape for lid, (agent, _) in run.learners.items()} == {"adversary": (16,), "agent": (14,)}
+  assert {r["learner_id"] for r in records(run_dir) if "loss" in r} == {"adversary", "agent"}
+  assert {r["agent_id"] for r in records(run_dir) if "episode_return" in r} == set(run.agents)

@@ -23,9 +23,9 @@ Public names load lazily, so an actor process that imports
 ``jaxrl.runtime.local`` does not import the logger.
 """
 
-import importlib
+from jaxrl import lazy_exports
 
-_WHERE = {
+__getattr__, __dir__ = lazy_exports(__name__, {
     "AGENT_ID": "jaxrl.envs",
     "configure_jax": "jaxrl.runtime.builders",
     "learner_spaces": "jaxrl.runtime.builders",
@@ -39,16 +39,5 @@ _WHERE = {
     "train": "jaxrl.runtime.run",
     "cpu_placement": "jaxrl.runtime.local",
     "learner_stop_grace": "jaxrl.runtime.local",
-}
-
-__all__ = sorted(_WHERE)
-
-
-def __getattr__(name):
-  if name in _WHERE:
-    return getattr(importlib.import_module(_WHERE[name]), name)
-  raise AttributeError(f"module 'jaxrl.runtime' has no attribute {name!r}")
-
-
-def __dir__():
-  return sorted(list(globals()) + __all__)
+})
+__all__ = sorted(__dir__())
