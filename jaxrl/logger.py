@@ -273,7 +273,8 @@ def plot_learning_curve(run_dir: str | os.PathLike, out_path: str | os.PathLike 
         ax.scatter(x, y, s=4, alpha=0.25, color=colours[agent], linewidths=0)
         ax.plot(x, trailing_mean(y), color=colours[agent], label=f"{name}return (mean of last {RETURN_WINDOW})")
       else:
-        ax.plot(x, y, marker="o", markersize=4, linestyle="--", color=colours[agent], label=f"{name}eval return")
+        team = "team " if agent is None and len(agents) > 2 else ""   # agents: each agent id, and None (eval)
+        ax.plot(x, y, marker="o", markersize=4, linestyle="--", color=colours[agent], label=f"{name}{team}eval return")
     if not series:
       ax.text(0.5, 0.5, "no episodes or evaluations yet", transform=ax.transAxes, ha="center", va="center")
   axes[0].set_ylabel("return")
