@@ -199,8 +199,11 @@ def test_supervisor_killed_children_exit_and_unlink(tmp_path):
 
 
 def test_actor_killed_is_restarted_and_the_run_goes_on(tmp_path):
+  """Without a rate limit: with one, two actors race for the room each
+  learner call makes, and a new actor can lose that race for long stretches
+  (see the note on issue 10), which this test is not about."""
   run_dir = tmp_path / "run"
-  proc, descendants = learning_run(run_dir)
+  proc, descendants = learning_run(run_dir, "replay.samples_per_insert=null")
   workers(proc)[2].kill()   # actor 1
   wait_for(lambda: any("actor_restarts" in r for r in records(run_dir)), what="a restart record")
   restart = next(i for i, r in enumerate(records(run_dir)) if "actor_restarts" in r)

@@ -56,8 +56,8 @@ def test_a_learner_trains_the_same_beside_another_as_alone():
       return runtime.Learner(cfg, agents[lid], replays[lid], states[lid], lambda s: None, learner_stream(index))
 
     together = {lid: learner(lid) for lid in agents}
-    loop = LearningLoop(together, checkpointer=None, counters=dict, count=lambda lid, steps: None,
-                        emit=lambda record: None)
+    loop = LearningLoop(together, checkpointer=None, counters=lambda: {"env_steps": 0},
+                        count=lambda lid, steps: None, emit=lambda record: None)
     for _ in range(20):
       assert loop.step()
     for lid in agents:

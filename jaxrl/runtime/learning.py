@@ -187,6 +187,10 @@ def replay_contents(extra: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndar
 class LearningLoop:
   """The learners' loop body, for the learners one process (or thread) runs.
 
+  A learner record is its Learner's ``report`` with ``learner_id`` and
+  ``sps``: the run's env steps per second since that learner's previous
+  record (since the loop began, for its first), taken when it is made.
+
   Args:
     learners: learner id -> its Learner.
     checkpointer: writes the checkpoints of all of them.
@@ -201,10 +205,14 @@ class LearningLoop:
                emit: Callable[[dict], None]):
     self.learners, self._checkpointer = learners, checkpointer
     self._counters, self._count, self._emit = counters, count, emit
+    self._start: tuple[float, int] | None = None   # (time, env steps) when the loop began
+    self._marks: dict[str, tuple[float, int]] = {}   # learner id -> (time, env steps) of its last record
 
   def step(self) -> bool:
     """One fused update of every learner the rate limiter allows; whether
     there was any."""
+    if self._start is None:
+      self._start = (time.monotonic(), self._counters()["env_steps"])
     updated = False
     for lid, learner in self.learners.items():
       if learner.can_update():
@@ -231,4 +239,7 @@ class LearningLoop:
   def _report(self, learner_id: str) -> None:
     metrics = self.learners[learner_id].report()
     if metrics:
-      self._emit({"learner_id": learner_id, **metrics})
+      now, env_steps = time.monotonic(), self._counters()["env_steps"]
+      then, before = self._marks.get(learner_id, self._start or (now, env_steps))
+      self._marks[learner_id] = (now, env_steps)
+      self._emit({"learner_id": learner_id, **metrics, "sps": (env_steps - before) / max(now - then, 1e-9)})

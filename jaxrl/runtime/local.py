@@ -352,9 +352,7 @@ def run(cfg: RunConfig, run, interrupted, resume) -> dict:
     for kind, payload in _inbox(connections):
       if kind == "error":
         errors[payload["process"]] = payload
-      elif kind == "learner":
-        run.log_learner(payload)
-      else:
+      else:   # an episode or learner record
         run.log(payload)
 
   def start(name: str, target, *args) -> None:

@@ -2,9 +2,9 @@
 
 ``preflight`` makes every check a run can fail before it writes anything;
 ``Run`` keeps the run directory, counters, stop conditions, evaluation and
-summary; ``train`` builds the Run and hands it to the backend that
-``runtime.mode`` names (``sync`` or ``local``), which runs the acting and
-learning loops and returns when the run stops.
+summary; ``train`` builds the Run and hands it to the backend of
+``runtime.mode`` (sync: ``runtime.sync``; async: ``runtime.local``), which
+runs the acting and learning loops and returns when the run stops.
 """
 
 from __future__ import annotations
@@ -96,8 +96,6 @@ class Run:
     self.error: str | None = None
     self.actor_restarts = 0
     self.killed: list[str] = []   # processes killed because they did not stop in time
-    self._start_mark = (time.monotonic(), self.env_steps)
-    self._rate_marks: dict[str, tuple[float, int]] = {}   # learner id -> (time, env_steps) of its last record
     self._evaluator = Evaluator(cfg, agents, self.learner_steps)
 
   def set_counters(self, counters: dict[str, int]) -> None:
@@ -109,15 +107,6 @@ class Run:
     record = self.logger.log({"env_steps": int(self.env_steps), "learner_steps": int(self.learner_steps),
                               **record})
     self.progress.update(record)
-
-  def log_learner(self, record: dict) -> None:
-    """Logs a learner's ``Learner.report`` with the run's ``sps``: env steps
-    per second since that learner's previous record (since the run began,
-    for its first)."""
-    now, learner_id = time.monotonic(), record["learner_id"]
-    then, env_steps = self._rate_marks.get(learner_id, self._start_mark)
-    self._rate_marks[learner_id] = (now, self.env_steps)
-    self.log({**record, "sps": (self.env_steps - env_steps) / max(now - then, 1e-9)})
 
   def evaluate_if_due(self, newest_params: Callable[[], tuple[Any, int] | None], **extra) -> bool:
     """Evaluates and logs the newest params (``newest_params() -> (params,

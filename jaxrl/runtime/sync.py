@@ -79,7 +79,7 @@ def run(cfg: RunConfig, run, interrupted, resume) -> dict:
       run.learner_steps = sum(learner.steps for learner in learners.values())
 
     learning_loop = LearningLoop(learners, Checkpointer(cfg, run.run_dir, replays), counters, count,
-                                 run.log_learner)
+                                 run.log)
     finished = []   # (actor_id, Episode) to log, outside the acting seconds
 
     def recorder(actor_id: int):
