@@ -13,6 +13,7 @@ from hypothesis import given, settings, strategies as st
 import numpy as np
 import pytest
 
+from children import reaped
 from jaxrl.replay import NStepAccumulator, SharedReplay, Transition
 
 F32 = np.float32
@@ -443,31 +444,26 @@ def test_two_writer_processes_and_a_sampler():
         checked += int(valid.sum())
         rejected += int((~valid).sum())
 
-  with shared_replay(capacity=128, num_writers=2, obs_shape=obs_shape) as replay:
-    try:
-      inserted, seed, deadline = 0, 0, time.monotonic() + _HAMMER_SECONDS
-      while rejected < _MIN_TORN and time.monotonic() < deadline:  # Rounds of both writers.
-        writers = [start(0, 500, seed), start(1, 500, seed + 1)]
-        sample_while(*writers)
-        inserted, seed = inserted + 2 * 500 * 16, seed + 2
-        assert [p.exitcode for p in writers] == [0, 0] and replay.inserts() == inserted
-      assert rejected >= _MIN_TORN, "too few rows torn by a writer, so the seqlock went untested"
+  with shared_replay(capacity=128, num_writers=2, obs_shape=obs_shape) as replay, reaped(procs):
+    inserted, seed, deadline = 0, 0, time.monotonic() + _HAMMER_SECONDS
+    while rejected < _MIN_TORN and time.monotonic() < deadline:  # Rounds of both writers.
+      writers = [start(0, 500, seed), start(1, 500, seed + 1)]
+      sample_while(*writers)
+      inserted, seed = inserted + 2 * 500 * 16, seed + 2
+      assert [p.exitcode for p in writers] == [0, 0] and replay.inserts() == inserted
+    assert rejected >= _MIN_TORN, "too few rows torn by a writer, so the seqlock went untested"
 
-      doomed = start(1, 10**9, seed)
-      while doomed.is_alive() and replay.inserts() < inserted + 10 * 16:
-        pass
-      doomed.kill()  # SIGKILL, most likely inside add().
-      doomed.join()
-      killed_at = replay.inserts()
-      restarted = start(1, 8, seed + 1)
-      sample_while(restarted)
-      assert restarted.exitcode == 0 and replay.inserts() >= killed_at + 8 * 16
-      batch, policy_step = replay.sample(4_096, rng)  # 8 batches rewrote partition 1 whole.
-      assert batch.valid.all() and self_consistent(batch, policy_step).all()
-    finally:
-      for p in procs:
-        p.kill()
-        p.join()
+    doomed = start(1, 10**9, seed)
+    while doomed.is_alive() and replay.inserts() < inserted + 10 * 16:
+      pass
+    doomed.kill()  # SIGKILL, most likely inside add().
+    doomed.join()
+    killed_at = replay.inserts()
+    restarted = start(1, 8, seed + 1)
+    sample_while(restarted)
+    assert restarted.exitcode == 0 and replay.inserts() >= killed_at + 8 * 16
+    batch, policy_step = replay.sample(4_096, rng)  # 8 batches rewrote partition 1 whole.
+    assert batch.valid.all() and self_consistent(batch, policy_step).all()
   assert checked > 0
 
 
@@ -483,7 +479,7 @@ def test_contents_taken_while_writers_write_restores_no_torn_row():
        shared_replay(128, 2, obs_shape=obs_shape) as restored:
     procs = [ctx.Process(target=_write, args=(replay.handle, w, 10**9, w, obs_shape, stop))
              for w in range(2)]
-    try:
+    with reaped(procs):
       for p in procs:
         p.start()
       deadline = time.monotonic() + _HAMMER_SECONDS
@@ -509,11 +505,6 @@ def test_contents_taken_while_writers_write_restores_no_torn_row():
       for p in procs:
         p.join(timeout=30)
         assert p.exitcode == 0
-    finally:
-      for p in procs:
-        if p.is_alive():
-          p.kill()
-          p.join()
   assert torn >= _MIN_TORN, f"{snapshots} checkpoints saw {torn} torn slots: the test went untested"
 
 

@@ -23,6 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from children import reaped
 from jaxrl.replay import SharedReplay
 from jaxrl.shm import ParamStore, SharedMemoryError, check_free_space, check_memory_ordering
 
@@ -198,18 +199,13 @@ def test_multiprocess_hammer(capfd):
     barrier, readers_left, out = ctx.Barrier(3), ctx.Value("i", 2), ctx.Queue()
     procs = [ctx.Process(target=f, args=(store.handle, barrier, readers_left, out))
              for f in (_publisher, _reader, _reader)]
-    try:
+    with reaped(procs):
       for p in procs:
         p.start()
       results = [out.get(timeout=_HAMMER_SECONDS + 60) for _ in procs]
       for p in procs:
         p.join(timeout=30)
         assert p.exitcode == 0
-    finally:
-      for p in procs:
-        if p.is_alive():
-          p.kill()
-          p.join()
     assert os.path.exists(f"/dev/shm/{store.handle.block.name}")  # Children's exit did not unlink it.
     [(_, last, published)] = [r for r in results if r[0] == "publisher"]
     assert published == last == store.latest_version()
