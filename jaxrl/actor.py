@@ -31,7 +31,7 @@ import jax
 import numpy as np
 
 from jaxrl.config import EnvConfig
-from jaxrl.envs import EnvSet, LearnerSpace, SlotStep
+from jaxrl.envs import EnvSet, LearnerSpace, SlotStep, register_minatar
 from jaxrl.replay import NStepAccumulator
 
 
@@ -41,12 +41,14 @@ class EnvError(ValueError):
 
 def import_env_modules(env: EnvConfig) -> None:
   """Imports ``env.imports`` (modules that register environment ids, e.g.
-  ``minatar.gym``); raises EnvError naming the module that fails."""
+  ``minatar.gym``), raising EnvError naming the module that fails; then
+  registers jaxrl's MinAtar ids if ``env.id`` is one (``register_minatar``)."""
   for name in env.imports:
     try:
       importlib.import_module(name)
     except Exception as e:  # pylint: disable=broad-except  # A user's module may raise anything.
       raise EnvError(f"env.imports: cannot import {name!r}: {type(e).__name__}: {e}") from None
+  register_minatar(env.id)
 
 
 def make_vec_env(env: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:

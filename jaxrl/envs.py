@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 import importlib
+import importlib.util
 from typing import Any, NamedTuple
 
 import gymnasium as gym
@@ -32,6 +33,36 @@ from jaxrl.config import AgentsConfig, EnvConfig
 
 AGENT_ID = "agent_0"  # The one agent of a gymnasium env.
 SHARED = "shared"     # The one learner of share "all".
+
+MINATAR_GAMES = ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")
+MINATAR_MAX_EPISODE_STEPS = 27_000  # Frames; the time limit Dopamine sets for Atari (and MinAtar) episodes.
+
+
+def minatar_game(game: str) -> str:
+  """MinAtar's own name of one of ``MINATAR_GAMES``: "SpaceInvaders" -> "space_invaders"."""
+  return "".join(f"_{c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(game))
+
+
+def register_minatar(env_id: str) -> None:
+  """Registers ``MinAtar/<Game>-v0`` (full action set) and ``-v1`` (minimal
+  action set) with gymnasium, as ``minatar.gym.register_envs()`` does, plus
+  a time limit of ``MINATAR_MAX_EPISODE_STEPS`` frames (MinAtar registers
+  none), when ``env_id`` is a MinAtar id not registered yet. Sticky actions
+  (p = 0.1) stay on, as in the MinAtar paper.
+
+  Raises:
+    EnvError: one line, when the ``minatar`` package is not installed.
+  """
+  if not env_id.startswith("MinAtar/") or env_id in gym.registry:
+    return
+  if importlib.util.find_spec("minatar") is None:
+    raise _env_error(f"env.id: {env_id!r} needs the minatar package: pip install -e '.[minatar]'")
+  for game in MINATAR_GAMES:
+    for version, minimal in (("v0", False), ("v1", True)):
+      if f"MinAtar/{game}-{version}" not in gym.registry:
+        gym.register(f"MinAtar/{game}-{version}", entry_point="minatar.gym:BaseEnv",
+                     kwargs={"game": minatar_game(game), "use_minimal_action_set": minimal},
+                     max_episode_steps=MINATAR_MAX_EPISODE_STEPS)
 
 
 def learner_ids(agent_ids: Sequence[str], share: str) -> dict[str, str]:
@@ -49,11 +80,33 @@ def learner_ids(agent_ids: Sequence[str], share: str) -> dict[str, str]:
 
 class LearnerSpace(NamedTuple):
   """What one learner serves: its agents, in slot order within an env copy,
-  and their (shared) spaces."""
+  and their (shared) spaces.
+
+  Attributes:
+    obs_dtype: the dtype observations are stored as: the space's, but
+      uint8 for bool (MinAtar's frames: one byte each, never a float copy).
+    obs_range: (low, high) bounds of image observations (rank 3) that the
+      network scales to [0, 1] by; None for vectors.
+  """
   agent_ids: tuple[str, ...]
   obs_shape: tuple[int, ...]
   obs_dtype: np.dtype
   num_actions: int
+  obs_range: tuple[float, float] | None = None
+
+
+def learner_space(agent_ids: tuple[str, ...], obs_space: gym.spaces.Box, num_actions: int) -> LearnerSpace:
+  """The LearnerSpace of agents whose observations come from ``obs_space``
+  (a Box of rank 1 or 3; an image's bounds must be finite)."""
+  dtype = np.dtype(np.uint8) if obs_space.dtype == np.bool_ else np.dtype(obs_space.dtype)
+  obs_range = None
+  if len(obs_space.shape) == 3:
+    low, high = float(np.min(obs_space.low)), float(np.max(obs_space.high))
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+      raise _env_error(f"observation space {obs_space}: image observations need finite bounds, "
+                       "which the network scales them to [0, 1] by")
+    obs_range = (low, high)
+  return LearnerSpace(tuple(agent_ids), tuple(obs_space.shape), dtype, int(num_actions), obs_range)
 
 
 class SlotStep(NamedTuple):
@@ -121,8 +174,7 @@ class GymVectorEnvSet(EnvSet):
     self.envs = envs
     self.num_envs = envs.num_envs
     space = envs.single_observation_space
-    self.learners = {learner_id: LearnerSpace((AGENT_ID,), tuple(space.shape), np.dtype(space.dtype),
-                                              int(envs.single_action_space.n))}
+    self.learners = {learner_id: learner_space((AGENT_ID,), space, envs.single_action_space.n)}
     self._learner_id = learner_id
     self._ended = np.zeros(self.num_envs, bool)  # Envs whose next step is their autoreset.
 
@@ -248,8 +300,7 @@ def _learner_spaces(env: Any, share: str, name: str) -> dict[str, LearnerSpace]:
             f"agents.share: agents {first!r} and {other!r} of {name!r} share learner {learner!r} "
             f"but their spaces differ ({obs_space}, {action_space} against "
             f"{env.observation_space(other)}, {env.action_space(other)})")
-    learners[learner] = LearnerSpace(tuple(members), tuple(obs_space.shape), np.dtype(obs_space.dtype),
-                                     int(action_space.n))
+    learners[learner] = learner_space(tuple(members), obs_space, action_space.n)
   return learners
 
 

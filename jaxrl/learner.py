@@ -62,6 +62,8 @@ class Agent:
     config: the AgentConfig.
     obs_shape: shape of one observation.
     num_actions: size of the discrete action space.
+    obs_range: (low, high) of image observations, which the built-in conv
+      torso scales to [0, 1]; None for vectors, or images taken unscaled.
     network: the flax module: QNetwork or IQNNetwork, or the one given to
       ``make_agent``.
     builtin_network: True if ``network`` is jaxrl's own (its params have
@@ -73,15 +75,18 @@ class Agent:
   """
 
   def __init__(self, config: AgentConfig, obs_shape: Sequence[int], num_actions: int,
-               network: nn.Module | None = None):
+               network: nn.Module | None = None, obs_range: tuple[float, float] | None = None):
     if not (isinstance(num_actions, (int, np.integer)) and num_actions >= 1):
       raise ValueError(f"num_actions must be an integer >= 1, got {num_actions!r}")
     self.config = config
     self.obs_shape = tuple(int(d) for d in obs_shape)
     self.num_actions = int(num_actions)
+    self.obs_range = None if obs_range is None else (float(obs_range[0]), float(obs_range[1]))
+    if self.obs_range is not None and not (np.all(np.isfinite(self.obs_range)) and obs_range[0] < obs_range[1]):
+      raise ValueError(f"obs_range must be finite (low, high) with low < high, got {obs_range!r}")
     self.builtin_network = network is None
     if network is None:
-      torso = networks.make_torso(self.obs_shape, config.hidden_sizes)
+      torso = networks.make_torso(self.obs_shape, config.hidden_sizes, self.obs_range)
       network = (networks.QNetwork(torso, self.num_actions) if config.algo == "dqn" else
                  networks.IQNNetwork(torso, self.num_actions, config.quantile_embedding_dim))
     self.network = network
@@ -247,7 +252,7 @@ class Agent:
 
 
 def make_agent(config: AgentConfig, obs_shape: Sequence[int], num_actions: int,
-               network: nn.Module | None = None) -> Agent:
+               network: nn.Module | None = None, obs_range: tuple[float, float] | None = None) -> Agent:
   """Builds the Agent for ``config`` and an environment's spaces.
 
   Args:
@@ -258,5 +263,9 @@ def make_agent(config: AgentConfig, obs_shape: Sequence[int], num_actions: int,
       ``obs [B, *obs_shape] -> Q [B, A]``, for IQN ``(obs, taus [B, N]) ->
       Z [B, N, A]``. ``hidden_sizes`` and ``quantile_embedding_dim`` are then
       unused; ``agent.init`` checks the output shape.
+    obs_range: (low, high), the bounds of image observations: the built-in
+      conv torso scales frames to [0, 1] by them (MinAtar's bool frames
+      (0, 1), an Atari frame's uint8 (0, 255)). None: frames unscaled.
+      Vector observations are never scaled.
   """
-  return Agent(config, obs_shape, num_actions, network)
+  return Agent(config, obs_shape, num_actions, network, obs_range)

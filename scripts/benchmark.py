@@ -35,10 +35,21 @@ actor, replay, agent and learner settings:
                (spawn, imports, compiles, ``replay.min_size``), which sync's
                acting and learning seconds leave out by definition; that
                ratio is listed as well.
-  learning     (not run by default) ``--seeds`` sync-mode runs of the config
-               to its ``stop.env_steps``: env steps and seconds to the first
-               greedy ``eval_return >= --target``, best and last eval_return,
-               and each run's eval curve (the long MPE learning benchmarks).
+  minatar      (not run by default) frames/s of the whole system (``scripts/train.py``, async,
+               eval off) on a MinAtar config (``--config`` if it is one, else
+               configs/minatar_dqn.yaml) at the settings of MinAtar's reference
+               ``examples/dqn.py`` (its network, batch 32, one update per frame:
+               ``replay.samples_per_insert=32``, n = 1, no double Q, 5,000 random
+               frames first), counted from the first learner record; side by side,
+               in turns, with that reference itself (``--minatar-reference PATH``
+               to its dqn.py, from MinAtar's source repository; needs ``torch``),
+               counted from its first update; and the config's own frames/s as
+               it is, with the time for 5M frames it implies.
+  learning     (not run by default) ``--seeds`` runs of the config in ``--mode``
+               (sync by default) to its ``stop.env_steps``: env steps and seconds
+               to the first greedy ``eval_return >= --target``, best and last
+               eval_return, the last 100 training episodes' mean return, wall
+               time, and each run's curves (the long MPE and MinAtar benchmarks).
 
 Each figure is the median of its repeats (listed); a ratio is of two medians
 measured in the same run, printed when both sections ran, or the median of
@@ -72,6 +83,7 @@ import jaxrl
 from jaxrl import runtime
 from jaxrl.runtime import local
 from jaxrl.config import RunConfig, load_config
+from jaxrl.envs import minatar_game
 from jaxrl.logger import RETURN_WINDOW, read_metrics, trailing_mean
 from jaxrl.replay import SharedReplay
 from jaxrl.shm import ParamStore
@@ -149,8 +161,8 @@ def _batch(size: int, obs_shape: tuple[int, ...], num_actions: int, seed: int = 
 
 def _agents(cfg: RunConfig) -> dict[str, tuple[Any, np.dtype]]:
   """Learner id -> (its agent, its observations' dtype)."""
-  return {lid: (jaxrl.make_agent(cfg.agent_config(lid), space.obs_shape, space.num_actions), space.obs_dtype)
-          for lid, space in runtime.learner_spaces(cfg).items()}
+  agents = runtime.make_agents(cfg)
+  return {lid: (agents[lid], space.obs_dtype) for lid, space in runtime.learner_spaces(cfg).items()}
 
 
 # --- Sections (each runs in a spawned process) --------------------------------
@@ -175,8 +187,7 @@ def bench_actor(cfg: RunConfig, args) -> dict:
   from jaxrl.actor import Actor  # pylint: disable=import-outside-toplevel
   from jaxrl.envs import make_env_set  # pylint: disable=import-outside-toplevel
   env_set = make_env_set(cfg.env, cfg.agents, cfg.actors.envs_per_actor)
-  agents = {learner: jaxrl.make_agent(cfg.agent_config(learner), space.obs_shape, space.num_actions)
-            for learner, space in env_set.learners.items()}
+  agents = runtime.make_agents(cfg)
   actor = Actor(agents, env_set, seed=0, n_step=cfg.replay.n_step, gamma=cfg.replay.gamma)
   for learner, agent in agents.items():
     actor.set_policy(learner, jax.device_get(agent.init(jax.random.PRNGKey(0)).params),
@@ -377,36 +388,124 @@ def bench_time_to_475(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-a
 
 
 def bench_learning(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-argument
-  """``--seeds`` sync-mode runs of the config (deterministic for a seed) to
-  its ``stop.env_steps``: env steps and seconds to the first greedy
-  ``eval_return`` >= ``--target``, and the best and last ``eval_return``;
-  every run's eval curve under "runs"."""
+  """``--seeds`` runs of the config in ``--mode`` (sync: deterministic for a
+  seed) to its ``stop.env_steps``: env steps and seconds to the first
+  greedy ``eval_return`` >= ``--target``, the best and last ``eval_return``,
+  the mean of the last 100 training episodes' returns, and the wall time;
+  every run's eval curve and training-return curve under "runs"."""
   runs = []
   for seed in range(args.seeds):
     with tempfile.TemporaryDirectory(prefix="jaxrl_bench_") as run_dir:
       cmd = [sys.executable, str(Path(__file__).with_name("train.py")), args.config, f"seed={seed}",
-             f"run_dir={run_dir}", "runtime.progress=false", "runtime.mode=sync", "stop.eval_return=null"]
+             f"run_dir={run_dir}", "runtime.progress=false", f"runtime.mode={args.mode}", "stop.eval_return=null"]
       subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
-      evals = [r for r in read_metrics(run_dir) if "eval_return" in r]
+      records = read_metrics(run_dir)
+      summary = json.loads(Path(run_dir, "summary.json").read_text())
+    evals = [r for r in records if "eval_return" in r]
+    returns = [r for r in records if "episode_return" in r]
     first = next((r for r in evals if r["eval_return"] >= args.target), None)
-    runs.append({"seed": seed, "env_steps_to_target": first and first["env_steps"],
+    every = max(1, len(returns) // 200)
+    runs.append({"seed": seed, "mode": args.mode, "env_steps_to_target": first and first["env_steps"],
                  "seconds_to_target": first and first["time"], "best_eval_return": max(r["eval_return"] for r in evals),
                  "last_eval_return": evals[-1]["eval_return"],
+                 "last100_train_return": statistics.fmean(r["episode_return"] for r in returns[-100:]),
+                 "env_steps": summary["env_steps"], "wall_seconds": summary["wall_seconds"],
                  "curve": [{k: v for k, v in r.items() if k.startswith(("env_steps", "time", "eval_return"))}
-                           for r in evals]})
+                           for r in evals],
+                 "train_curve": [{"env_steps": returns[i]["env_steps"], "time": returns[i]["time"],
+                                  "return_mean100": statistics.fmean(
+                                      r["episode_return"] for r in returns[max(0, i - 99):i + 1])}
+                                 for i in range(every - 1, len(returns), every)]})
   return {"figures": [
-      _figure("env_steps_to_target", f"sync: env steps to eval_return >= {args.target:g}", "env steps",
+      _figure("env_steps_to_target", f"{args.mode}: env steps to eval_return >= {args.target:g}", "env steps",
               [r["env_steps_to_target"] for r in runs]),
-      _figure("seconds_to_target", f"sync: s to eval_return >= {args.target:g}", "s",
+      _figure("seconds_to_target", f"{args.mode}: s to eval_return >= {args.target:g}", "s",
               [r["seconds_to_target"] for r in runs]),
       _figure("best_eval_return", "best eval_return", "return", [r["best_eval_return"] for r in runs]),
-      _figure("last_eval_return", "last eval_return", "return", [r["last_eval_return"] for r in runs])],
+      _figure("last_eval_return", "last eval_return", "return", [r["last_eval_return"] for r in runs]),
+      _figure("last100_train_return", "mean return of the last 100 training episodes", "return",
+              [r["last100_train_return"] for r in runs]),
+      _figure("wall_seconds", "wall time of a run", "s", [r["wall_seconds"] for r in runs])],
           "runs": runs}
 
 
+MINATAR_REFERENCE_SETTINGS = ("agent.double_q=false", "replay.n_step=1", "replay.samples_per_insert=32",
+                              "learner.batch_size=32", "replay.min_size=5000", "runtime.learner_cpus=null")
+_REFERENCE_DRIVER = """
+import importlib.util, sys, time
+from minatar import Environment
+spec = importlib.util.spec_from_file_location("minatar_reference_dqn", sys.argv[1])
+ref = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ref)
+ref.NUM_FRAMES = ref.REPLAY_START_SIZE + int(sys.argv[2])
+first, train = [], ref.train
+def timed_train(*args):
+  if not first:
+    first.append(time.perf_counter())
+  return train(*args)
+ref.train = timed_train
+ref.dqn(Environment(sys.argv[3]), False, False, sys.argv[4])
+print((ref.NUM_FRAMES - ref.REPLAY_START_SIZE) / (time.perf_counter() - first[0]))
+"""
+
+
+def _minatar_run(config: str, frames: int, overrides: tuple[str, ...]) -> dict:
+  """One async ``scripts/train.py`` run of ``frames`` frames after
+  ``replay.min_size`` (eval off): its frames/s and updates/s from the first
+  learner record to the last."""
+  with tempfile.TemporaryDirectory(prefix="jaxrl_bench_") as run_dir:
+    min_size = next((int(o.split("=")[1]) for o in overrides if o.startswith("replay.min_size=")),
+                    load_config(config).replay.min_size)
+    cmd = [sys.executable, str(Path(__file__).with_name("train.py")), config, f"run_dir={run_dir}",
+           "runtime.progress=false", "runtime.mode=async", "eval.interval=0", "stop.eval_return=null",
+           "stop.seconds=null", f"stop.env_steps={min_size + frames}", *overrides]
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
+    learner = [r for r in read_metrics(run_dir) if "learner_id" in r]
+  first, last = learner[0], learner[-1]
+  seconds = last["time"] - first["time"]
+  return {"frames_per_s": (last["env_steps"] - first["env_steps"]) / seconds,
+          "updates_per_s": (last["train_steps"] - first["train_steps"]) / seconds}
+
+
+def _minatar_reference_run(args, game: str, frames: int) -> float | None:
+  """Frames/s of MinAtar's reference dqn.py from its first update, or None without it."""
+  if not args.minatar_reference:
+    return None
+  with tempfile.TemporaryDirectory(prefix="jaxrl_bench_") as out:
+    done = subprocess.run([sys.executable, "-c", _REFERENCE_DRIVER, args.minatar_reference, str(frames), game,
+                           str(Path(out, "reference"))], capture_output=True, text=True, check=True)
+  return float(done.stdout.split()[-1])
+
+
+def bench_minatar(cfg: RunConfig, args) -> dict:
+  config = args.config if cfg.env.id.startswith("MinAtar/") else "configs/minatar_dqn.yaml"
+  env_id = load_config(config).env.id
+  game = minatar_game(env_id.split("/")[1].rsplit("-", 1)[0])
+  frames = 3_000 if args.quick else 10_000
+  jaxrl_runs, reference = [], []
+  for _ in range(min(args.repeats, 3)):   # in turns, so that drifts of the machine hit both
+    jaxrl_runs.append(_minatar_run(config, frames, MINATAR_REFERENCE_SETTINGS))
+    reference.append(_minatar_reference_run(args, game, frames))
+  own = [_minatar_run(config, 5 * frames, ()) for _ in range(1 if args.quick else 2)]
+  system = _figure("minatar_reference_settings", f"jaxrl at the reference's settings ({env_id})", "frames/s",
+                   [r["frames_per_s"] for r in jaxrl_runs])
+  ref = _figure("minatar_reference", "MinAtar examples/dqn.py (PyTorch, CPU)", "frames/s", reference)
+  config_rate = _figure("minatar_config", f"jaxrl at {Path(config).name} as it is", "frames/s",
+                        [r["frames_per_s"] for r in own])
+  return {"figures": [
+      system, _figure("minatar_reference_settings_updates", "  its learner", "updates/s",
+                      [r["updates_per_s"] for r in jaxrl_runs]),
+      ref, _ratio("minatar_over_reference", "jaxrl / reference frames/s", system["median"], ref["median"],
+                  target=">= 3"),
+      config_rate, _figure("minatar_config_updates", "  its learner", "updates/s", [r["updates_per_s"] for r in own]),
+      _figure("minatar_5m_frames_minutes", f"  5M frames of {Path(config).name} take", "min",
+              [5e6 / r["frames_per_s"] / 60 for r in own])]}
+
+
 SECTIONS = {"env": bench_env, "actor": bench_actor, "train_step": bench_train_step, "learner": bench_learner,
-            "publish": bench_publish, "time_to_475": bench_time_to_475, "learning": bench_learning}
-DEFAULT_SECTIONS = ["env", "actor", "train_step", "learner", "publish", "time_to_475"]   # "learning" takes long
+            "publish": bench_publish, "time_to_475": bench_time_to_475, "minatar": bench_minatar,
+            "learning": bench_learning}
+DEFAULT_SECTIONS = ["env", "actor", "train_step", "learner", "publish", "time_to_475"]   # "minatar", "learning": long
 RATIOS = (  # (key, name, numerator key, denominator key, target)
     ("actor_over_env", "actor / env steps/s", "actor", "env", ">= 0.5"),
     ("learners_all_over_one", "all learners / one learner alone, updates/s", "learners_all",
@@ -440,8 +539,11 @@ def main():
   parser.add_argument("--quick", action="store_true", help="2 short repeats and 1 seed, for testing")
   parser.add_argument("--seeds", type=int, default=3, help="time_to_475 seeds per mode; learning seeds")
   parser.add_argument("--target", type=float, default=0.0, help="learning: the eval_return to reach")
+  parser.add_argument("--mode", choices=("sync", "async"), default="sync", help="learning: runtime.mode of its runs")
   parser.add_argument("--stop-env-steps", type=int, default=100_000, help="time_to_475 runs' stop.env_steps")
   parser.add_argument("--stop-seconds", type=float, default=60.0, help="time_to_475 runs' stop.seconds")
+  parser.add_argument("--minatar-reference", metavar="PATH",
+                      help="minatar: MinAtar's examples/dqn.py, run side by side (needs torch and minatar)")
   args = parser.parse_args()
   args.repeats, args.seconds = (2, 0.5) if args.quick else (5, 1.0)
   args.seeds = 1 if args.quick else args.seeds

@@ -419,7 +419,7 @@ class LearnerStateTest(parameterized.TestCase):
                             num_quantile_samples=2, quantile_embedding_dim=4)
     agent = jaxrl.make_agent(cfg, (10, 10, 4), NUM_ACTIONS)
     state = agent.init(jax.random.PRNGKey(0))
-    self.assertIn("Conv_0", state.params["params"]["torso"])
+    self.assertIn("Im2colConv_0", state.params["params"]["torso"])
     b = random_batch(obs_shape=(10, 10, 4))
     state, metrics = jax.jit(agent.train_step)(state, b)
     self.assertTrue(np.isfinite(metrics["loss"]))

@@ -88,6 +88,9 @@ def test_async_run_reports_progress_and_leaks_nothing(tmp_path, start_method):
   learner = [r for r in records if "loss" in r]
   assert learner and all(r["updates_per_s"] > 0 and r["sps"] >= 0 for r in learner[1:])
   assert max(r["learner_steps"] for r in records) > 0
+  # One evaluation per eval.interval learner steps, though the params evaluated may be older.
+  evals = [r["learner_steps"] // cfg.eval.interval for r in records if "eval_return" in r]
+  assert evals and len(set(evals)) == len(evals), evals
   assert not segments_of(proc.pid)
 
 

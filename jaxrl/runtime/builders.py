@@ -70,7 +70,7 @@ def learner_spaces(cfg: RunConfig) -> dict[str, LearnerSpace]:
 def make_agents(cfg: RunConfig) -> dict:
   """Learner id -> its Agent, built for its config (``cfg.agent_config``) and spaces."""
   from jaxrl.learner import make_agent  # pylint: disable=import-outside-toplevel
-  return {lid: make_agent(cfg.agent_config(lid), space.obs_shape, space.num_actions)
+  return {lid: make_agent(cfg.agent_config(lid), space.obs_shape, space.num_actions, obs_range=space.obs_range)
           for lid, space in learner_spaces(cfg).items()}
 
 

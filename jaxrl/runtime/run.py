@@ -119,7 +119,7 @@ class Run:
     if newest is None:
       return False
     params, step = newest
-    record = self._evaluator(params, step)
+    record = self._evaluator(params, self.learner_steps)
     self.eval_return = record["eval_return"]
     self.log({**record, "eval_learner_steps": step, **extra})
     return True

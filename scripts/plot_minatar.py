@@ -1,0 +1,77 @@
+"""Learning-curve figures and the README table of the MinAtar benchmarks.
+
+  python scripts/plot_minatar.py [benchmarks/minatar]
+
+Reads every ``<game>_<algo>_seed<k>.json`` there (written by
+``scripts/benchmark.py --sections learning``), draws one figure per game,
+``<game>.png``: the mean return of the last 100 training episodes and the
+greedy eval returns against frames, one line per run, with the MinAtar
+paper's DQN anchor; and prints the README's markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+ANCHORS = {"asterix": 17, "breakout": 10, "freeway": 50, "seaquest": 20, "space_invaders": 43}  # DQN, 5M frames
+
+
+def load_runs(folder: Path) -> dict[str, list[dict]]:
+  """Game -> its runs, each with ``algo`` and ``seed`` added."""
+  games: dict[str, list[dict]] = {}
+  for path in sorted(folder.glob("*_seed*.json")):
+    game_algo, seed = path.stem.rsplit("_seed", 1)
+    game, algo = game_algo.rsplit("_", 1)
+    (run,) = json.loads(path.read_text())["sections"]["learning"]["runs"]
+    games.setdefault(game, []).append({**run, "algo": algo, "seed": int(seed)})
+  return games
+
+
+def plot_game(game: str, runs: list[dict], out: Path) -> None:
+  fig = Figure(figsize=(6, 3.6), dpi=100)
+  ax = fig.add_subplot()
+  colors = {"dqn": "tab:blue", "iqn": "tab:red"}
+  for run in runs:
+    label = f"{run['algo'].upper()} seed {run['seed']}"
+    train = run["train_curve"]
+    ax.plot([p["env_steps"] / 1e6 for p in train], [p["return_mean100"] for p in train],
+            color=colors[run["algo"]], alpha=0.9, label=f"{label}: training, mean of 100")
+    ax.plot([p["env_steps"] / 1e6 for p in run["curve"]], [p["eval_return"] for p in run["curve"]],
+            color=colors[run["algo"]], alpha=0.35, linestyle=":", label=f"{label}: greedy eval")
+  ax.axhline(ANCHORS[game], color="black", linewidth=0.8, linestyle="--", label="MinAtar paper's DQN, 5M frames")
+  ax.set_xlabel("frames (millions)")
+  ax.set_ylabel("return")
+  ax.set_title(f"MinAtar {game}")
+  ax.legend(fontsize=6)
+  fig.tight_layout()
+  fig.savefig(out)
+
+
+def table(games: dict[str, list[dict]]) -> str:
+  rows = ["| game | DQN | IQN | anchor (DQN) | frames | wall time |", "|---|---|---|---|---|---|"]
+  for game in ANCHORS:
+    runs = games.get(game, [])
+    cells = {}
+    for algo in ("dqn", "iqn"):
+      mine = sorted((r for r in runs if r["algo"] == algo), key=lambda r: r["seed"])
+      cells[algo] = " / ".join(f"{r['last100_train_return']:.1f} ({r['last_eval_return']:.1f})" for r in mine) or "to come"
+    frames = " / ".join(f"{r['env_steps'] / 1e6:.1f}M" for r in runs) or "-"
+    wall = " / ".join(f"{r['wall_seconds'] / 60:.0f} min" for r in runs) or "-"
+    rows.append(f"| {game} | {cells['dqn']} | {cells['iqn']} | {ANCHORS[game]} | {frames} | {wall} |")
+  return "\n".join(rows)
+
+
+def main() -> None:
+  folder = Path(sys.argv[1] if len(sys.argv) > 1 else "benchmarks/minatar")
+  games = load_runs(folder)
+  for game, runs in games.items():
+    plot_game(game, runs, folder / f"{game}.png")
+  print(table(games))
+
+
+if __name__ == "__main__":
+  main()
