@@ -113,6 +113,21 @@ def main(argv: list[str] | None = None) -> int:
   return 0
 
 
+VIDEO_MIN_SIDE = 160  # pixels: smaller frames (MinAtar's 10x10) are enlarged, each cell a square
+
+
+def video_frame(frame) -> "np.ndarray":
+  """An rgb_array frame as a video frame: uint8 (a float frame in [0, 1],
+  as MinAtar renders, is scaled by 255), enlarged by an integer factor by
+  repeating pixels until its smaller side is at least ``VIDEO_MIN_SIDE``."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  frame = np.asarray(frame)
+  if frame.dtype != np.uint8:
+    frame = np.clip(frame * (255.0 if frame.max(initial=0) <= 1.0 else 1.0), 0, 255).round().astype(np.uint8)
+  scale = -(-VIDEO_MIN_SIDE // min(frame.shape[:2]))
+  return frame.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else frame
+
+
 def _record_episode(env_cfg: EnvConfig, agent, params, directory: Path, epsilon: float, seed: int,
                     max_steps: int | None) -> Path:
   """Writes a video of one episode of ``agent`` acting ``epsilon``-greedily
@@ -138,6 +153,7 @@ def _record_episode(env_cfg: EnvConfig, agent, params, directory: Path, epsilon:
     fps = env.metadata.get("render_fps") or 30
   finally:
     env.close()
+  frames = [video_frame(frame) for frame in frames]
   directory.mkdir(parents=True, exist_ok=True)
   if importlib.util.find_spec("imageio_ffmpeg") is not None:
     path = directory / "episode.mp4"

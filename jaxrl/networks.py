@@ -7,7 +7,7 @@ Anything stochastic (IQN's taus) is an explicit input.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, ClassVar, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -64,6 +64,7 @@ class ConvTorso(nn.Module):
   hidden_sizes: Sequence[int]
   obs_range: tuple[float, float] | None = None
   channels: int = 16
+  conv_layer: ClassVar[Callable[..., nn.Module]] = Im2colConv   # (features) -> the conv module
 
   @nn.compact
   def __call__(self, obs):
@@ -71,7 +72,7 @@ class ConvTorso(nn.Module):
     if self.obs_range is not None:
       low, high = self.obs_range
       x = (x - low) * (1.0 / (high - low))
-    x = nn.relu(Im2colConv(self.channels)(x))
+    x = nn.relu(self.conv_layer(self.channels)(x))
     return MLPTorso(self.hidden_sizes)(x)
 
 

@@ -35,6 +35,8 @@ actor, replay, agent and learner settings:
                (spawn, imports, compiles, ``replay.min_size``), which sync's
                acting and learning seconds leave out by definition; that
                ratio is listed as well.
+  conv         the fused DQN train_step of the MinAtar network, batch 32, C = 4 and 10:
+               ``networks.Im2colConv`` against ``flax.linen.Conv``, timed in turn.
   minatar      (not run by default) frames/s of the whole system (``scripts/train.py``, async,
                eval off) on a MinAtar config (``--config`` if it is one, else
                configs/minatar_dqn.yaml) at the settings of MinAtar's reference
@@ -76,11 +78,12 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import flax.linen
 import jax
 import numpy as np
 
 import jaxrl
-from jaxrl import runtime
+from jaxrl import networks, runtime
 from jaxrl.runtime import local
 from jaxrl.config import RunConfig, load_config
 from jaxrl.envs import minatar_game
@@ -225,6 +228,45 @@ def bench_train_step(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-ar
     rates = _rates(step, 1, args, finish=lambda: jax.block_until_ready(state))
     figures.append(_figure(f"train_step_{algo}", f"train_step {algo} (120,84) batch 128, unfused",
                            "updates/s", rates))
+  return {"figures": figures}
+
+
+class _FlaxConvTorso(networks.ConvTorso):
+  """The conv torso with ``flax.linen.Conv`` (XLA's convolution) for ``Im2colConv``."""
+  @staticmethod
+  def conv_layer(features: int) -> flax.linen.Module:
+    return flax.linen.Conv(features, kernel_size=(3, 3), padding="VALID")
+
+
+def bench_conv(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-argument
+  """The fused (8-step lax.scan) DQN train_step of the MinAtar network
+  (conv 16, dense 128) at batch 32 on 10x10x4 and 10x10x10 uint8 frames,
+  with ``Im2colConv`` and with ``flax.linen.Conv``, timed in turn."""
+  runtime.configure_jax("learner")
+  config = jaxrl.AgentConfig(hidden_sizes=(128,))
+  rng = np.random.default_rng(0)
+  figures = []
+  for channels in (4, 10):
+    frames = lambda: (rng.random((8, 32, 10, 10, channels)) < 0.1).astype(np.uint8)
+    batches = jax.device_put(jaxrl.Transition(
+        obs=frames(), action=rng.integers(0, 6, (8, 32)).astype(np.int32), reward=rng.normal(size=(8, 32)).astype(
+            np.float32), discount=np.full((8, 32), 0.99, np.float32), next_obs=frames(), valid=np.ones((8, 32), np.float32)))
+    variants = {}
+    for name, torso in (("im2col", networks.ConvTorso((128,), (0.0, 1.0))),
+                        ("flax_conv", _FlaxConvTorso((128,), (0.0, 1.0)))):
+      agent = jaxrl.make_agent(config, (10, 10, channels), 6, network=networks.QNetwork(torso, 6))
+      fused = jax.jit(lambda state, batches, agent=agent: jax.lax.scan(agent.train_step, state, batches)[0])
+      state = [fused(agent.init(jax.random.PRNGKey(0)), batches)]
+
+      def step(fused=fused, state=state):
+        state[0] = fused(state[0], batches)
+      variants[name] = (step, lambda state=state: jax.block_until_ready(state[0]))
+    rates = _interleaved_rates(variants, 8, args)
+    im2col = _figure(f"conv_im2col_c{channels}", f"MinAtar DQN step, C={channels}: Im2colConv", "updates/s",
+                     rates["im2col"])
+    xla = _figure(f"conv_flax_c{channels}", f"MinAtar DQN step, C={channels}: flax.linen.Conv", "updates/s",
+                  rates["flax_conv"])
+    figures += [im2col, xla, _ratio(f"conv_speedup_c{channels}", "  im2col / flax", im2col["median"], xla["median"])]
   return {"figures": figures}
 
 
@@ -503,7 +545,7 @@ def bench_minatar(cfg: RunConfig, args) -> dict:
 
 
 SECTIONS = {"env": bench_env, "actor": bench_actor, "train_step": bench_train_step, "learner": bench_learner,
-            "publish": bench_publish, "time_to_475": bench_time_to_475, "minatar": bench_minatar,
+            "publish": bench_publish, "time_to_475": bench_time_to_475, "conv": bench_conv, "minatar": bench_minatar,
             "learning": bench_learning}
 DEFAULT_SECTIONS = ["env", "actor", "train_step", "learner", "publish", "time_to_475"]   # "minatar", "learning": long
 RATIOS = (  # (key, name, numerator key, denominator key, target)

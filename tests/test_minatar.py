@@ -302,3 +302,21 @@ def test_breakout_reaches_a_return_of_4_with_the_real_config(tmp_path):
   summary = summary_of(run_dir)
   assert summary["stopped_because"] == "eval_return", summary
   assert summary["eval_return"] >= 4.0
+
+
+# --- Videos ------------------------------------------------------------------------
+
+@settings(max_examples=20, deadline=None)
+@given(frame=hnp.arrays(np.float64, (10, 10, 3), elements=st.floats(0, 1)))
+def test_a_minatar_frame_becomes_a_visible_video_frame(frame):
+  """MinAtar renders float colours in [0, 1] on 10x10 cells: the video gets
+  uint8 colours x255, each cell a 16x16 square."""
+  video = cli.video_frame(frame)
+  assert video.dtype == np.uint8 and video.shape == (160, 160, 3)
+  np.testing.assert_array_equal(video[::16, ::16], np.round(frame * 255).astype(np.uint8))
+  np.testing.assert_array_equal(video, np.kron(video[::16, ::16], np.ones((16, 16, 1), np.uint8)))
+
+
+def test_a_large_uint8_frame_is_left_as_it_is():
+  frame = np.random.default_rng(0).integers(0, 256, (400, 600, 3), dtype=np.uint8)
+  assert cli.video_frame(frame) is frame or np.array_equal(cli.video_frame(frame), frame)
