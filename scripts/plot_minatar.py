@@ -6,7 +6,9 @@ Reads every ``<game>_<algo>_seed<k>.json`` there (written by
 ``scripts/benchmark.py --sections learning``), draws one figure per game,
 ``<game>.png``: the mean return of the last 100 training episodes and the
 greedy eval returns against frames, one line per run, with the MinAtar
-paper's DQN anchor; and prints the README's markdown table.
+paper's DQN anchor; and prints the README's markdown table. A run's
+``held_seconds``, where present, is time its processes were stopped (held
+for a measurement that needed the machine) and is left out of its wall time.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ def table(games: dict[str, list[dict]]) -> str:
       mine = sorted((r for r in runs if r["algo"] == algo), key=lambda r: r["seed"])
       cells[algo] = " / ".join(f"{r['last100_train_return']:.1f} ({r['last_eval_return']:.1f})" for r in mine) or "to come"
     frames = " / ".join(f"{r['env_steps'] / 1e6:.1f}M" for r in runs) or "-"
-    wall = " / ".join(f"{r['wall_seconds'] / 60:.0f} min" for r in runs) or "-"
+    wall = " / ".join(f"{(r['wall_seconds'] - r.get('held_seconds', 0)) / 60:.0f} min" for r in runs) or "-"
     rows.append(f"| {game} | {cells['dqn']} | {cells['iqn']} | {ANCHORS[game]} | {frames} | {wall} |")
   return "\n".join(rows)
 
