@@ -18,6 +18,11 @@ Before a run starts processes that share these blocks, it checks the machine
 with ``SharedReplay.nbytes`` and ``ParamStore.nbytes``): the constructors do
 neither, since one process on any CPU may use them.
 
+A process killed with SIGKILL unlinks nothing, and neither does a tracker
+killed with it (``kill -9`` of a whole process group, the OOM killer):
+``remove_dead_segments``, which every run calls before it starts, removes
+what such runs left.
+
 Importing this module imports no JAX (replay and actors use blocks alone);
 ``ParamStore`` flattens its pytrees with ``jax.tree_util``, imported when a
 store is made or publishes.
@@ -28,6 +33,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
+import re
 import secrets
 import shutil
 from multiprocessing import shared_memory
@@ -174,6 +180,35 @@ def unlink_orphaned(handle: BlockHandle) -> None:
     segment.unlink()
   except FileNotFoundError:
     pass
+
+
+def remove_dead_segments() -> list[str]:
+  """Unlinks the segments ``/dev/shm/jaxrl_<pid>_*`` whose process <pid> no
+  longer exists: those of runs killed before they could unlink them.
+  Returns the names removed. Segments of live processes (of any user) stay.
+  Pids are read in this process's pid namespace: containers sharing one
+  /dev/shm (``docker run --ipc=host``) must share their pids too."""
+  removed = []
+  for name in sorted(os.listdir(_SHM_DIR)) if os.path.isdir(_SHM_DIR) else []:
+    match = re.fullmatch(r"jaxrl_(\d+)_[0-9a-f]+", name)
+    if match is None or _alive(int(match.group(1))):
+      continue
+    try:
+      os.unlink(os.path.join(_SHM_DIR, name))
+    except (FileNotFoundError, PermissionError):   # gone meanwhile; not ours to remove
+      continue
+    removed.append(name)
+  return removed
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:   # another user's process
+    return True
+  return True
 
 
 _NUM_SLOTS = 3  # Triple buffer; see ParamStore.

@@ -198,6 +198,22 @@ def test_supervisor_killed_children_exit_and_unlink(tmp_path):
   assert int(state.step) == counters["learner_steps"] > 0
 
 
+def test_segments_of_a_killed_process_group_are_removed_by_the_next_run(tmp_path):
+  """SIGKILL to the whole group (supervisor, children, resource tracker)
+  leaves the segments; the next run removes them and says so."""
+  proc, descendants = learning_run(tmp_path / "killed", new_session=True)
+  os.killpg(proc.pid, signal.SIGKILL)
+  proc.wait()
+  psutil.wait_procs(descendants, timeout=5)
+  left = segments_of(proc.pid)
+  assert left
+  later = train_cli(CARTPOLE, f"run_dir={tmp_path / 'later'}", "runtime.mode=sync", "stop.env_steps=300", *SHORT)
+  assert later.returncode == 0, later.stderr
+  assert not segments_of(proc.pid)
+  (line,) = [line for line in later.stderr.splitlines() if line.startswith("jaxrl: removed ")]
+  assert "shared-memory segments left in /dev/shm by killed runs (pids " in line and str(proc.pid) in line
+
+
 def test_actor_killed_is_restarted_and_the_run_goes_on(tmp_path):
   """Without a rate limit: with one, two actors race for the room each
   learner call makes, and a new actor can lose that race for long stretches

@@ -25,7 +25,8 @@ from hypothesis.extra import numpy as hnp
 
 from children import reaped
 from jaxrl.replay import SharedReplay
-from jaxrl.shm import ParamStore, SharedMemoryError, check_free_space, check_memory_ordering
+from jaxrl.shm import (ParamStore, SharedBlock, SharedMemoryError, check_free_space, check_memory_ordering,
+                       remove_dead_segments)
 
 
 def _segments(pid: int) -> set[str]:
@@ -254,6 +255,31 @@ def test_lifecycle_leaves_nothing_behind(tmp_path):
   assert proc.stderr == ""
   name = proc.stdout.strip()
   assert name.startswith("jaxrl_") and not os.path.exists(f"/dev/shm/{name}")
+
+
+def test_remove_dead_segments_removes_those_of_dead_processes_only():
+  """A SIGKILLed process group (supervisor, children and resource tracker)
+  leaves its segments; only those whose pid is gone are removed."""
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                        text=True, check=True)
+  dead_pid = int(dead.stdout)
+  left = [f"jaxrl_{dead_pid}_{suffix}" for suffix in ("0123456789ab", "ba9876543210")]
+  others = [f"jaxrl_{dead_pid}", f"jaxrl_{dead_pid}_notes.txt", f"other_{dead_pid}_0123456789ab"]
+  for name in left + others:
+    with open(f"/dev/shm/{name}", "wb") as f:
+      f.write(b"x" * 4096)
+  live = SharedBlock.create({"x": ((4,), "float32")})
+  try:
+    assert set(left) <= set(remove_dead_segments())
+    assert not any(os.path.exists(f"/dev/shm/{name}") for name in left)
+    assert all(os.path.exists(f"/dev/shm/{name}") for name in others)
+    assert os.path.exists(f"/dev/shm/{live.handle.name}")
+    assert remove_dead_segments() == []
+  finally:
+    for name in others:
+      os.unlink(f"/dev/shm/{name}")
+    live.close()
+    live.unlink()
 
 
 @pytest.mark.parametrize("machine", ["x86_64", "AMD64"])

@@ -23,6 +23,7 @@ from jaxrl.config import RunConfig, config_to_dict, save_config
 from jaxrl.logger import MetricsLogger, ProgressDisplay, plot_learning_curve, write_summary
 from jaxrl.runtime.builders import configure_jax, learner_spaces, make_agents, make_env_set, seed, state_templates
 from jaxrl.runtime.learning import CHECKPOINT_DIR, replay_contents
+from jaxrl.shm import remove_dead_segments
 
 ERRORS_FILE = "errors.log"
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -68,7 +69,13 @@ def preflight(cfg: RunConfig) -> None:
   """Every check a run can fail before it writes anything: the environment
   (``actor.EnvError``), and what the backend needs (for shared memory,
   ``shm.SharedMemoryError``). Sets this process's JAX up as the
-  supervisor's."""
+  supervisor's. Removes the shared-memory segments of killed runs first
+  (``shm.remove_dead_segments``), with a line on stderr."""
+  removed = remove_dead_segments()
+  if removed:
+    pids = sorted({int(name.split("_")[1]) for name in removed})
+    print(f"jaxrl: removed {len(removed)} shared-memory segments left in /dev/shm by killed runs "
+          f"(pids {', '.join(map(str, pids))})", file=sys.stderr)
   configure_jax("supervisor", cfg.runtime.compilation_cache)
   learner_spaces(cfg)
   _backend(cfg).preflight(cfg)
