@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
   try:
     runtime.preflight(cfg)
     resume = runtime.load_resume(cfg, run_dir) if args.resume is not None else None
-  except (EnvError, CheckpointError, SharedMemoryError) as e:
+  except (ConfigError, EnvError, CheckpointError, SharedMemoryError) as e:
     return _fail(str(e))
   try:
     summary = runtime.train(cfg, run_dir, launch_time, resume)

@@ -346,13 +346,38 @@ class StopConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class RayConfig:
+  """Where the Ray backend (``runtime.backend: ray``) runs its actors.
+
+  Attributes:
+    address: null: a Ray instance on this machine, started and stopped by
+      the run; "auto" or "HOST:PORT": join that running cluster (left
+      running).
+    num_cpus_per_actor: CPUs Ray reserves for each actor (may be fractional).
+  """
+
+  address: str | None = None
+  num_cpus_per_actor: float = 1.0
+
+  def __post_init__(self):
+    check(self.address is None or isinstance(self.address, str) and bool(self.address), "address",
+          'null, "auto" or "HOST:PORT"', self.address)
+    check_positive("num_cpus_per_actor", self.num_cpus_per_actor)
+
+
+@dataclasses.dataclass(frozen=True)
 class RuntimeConfig:
   """How the processes of a run are started and report.
 
   Attributes:
+    backend: "local": the learner and actors are processes on this machine
+      over shared memory; "ray": the actors are Ray actors, placed anywhere
+      in a Ray cluster (``runtime.ray``), and the learner runs on this
+      machine.
+    ray: the Ray backend's cluster and actor resources.
     mode: "async": actors and learner run concurrently in their own
-      processes; "sync": they take turns in lock-step (reproducible; for
-      debugging).
+      processes; "sync": they take turns in lock-step in one thread
+      (reproducible; for debugging; local backend only).
     start_method: multiprocessing start method, "spawn" or "forkserver";
       "fork" is refused (unsafe once JAX, which runs threads, is imported).
     log_interval_seconds: wall-clock seconds between two learner metric
@@ -370,6 +395,8 @@ class RuntimeConfig:
       none (with a note) when no CPU would be left for the others.
   """
 
+  backend: str = "local"
+  ray: RayConfig = dataclasses.field(default_factory=RayConfig)
   mode: str = "async"
   start_method: str = "spawn"
   log_interval_seconds: float = 2.0
@@ -379,7 +406,11 @@ class RuntimeConfig:
   learner_cpus: int | None = None
 
   def __post_init__(self):
+    check(self.backend in ("local", "ray"), "backend", 'one of "local", "ray"', self.backend)
+    check(isinstance(self.ray, RayConfig), "ray", "a mapping", self.ray)
     check(self.mode in ("async", "sync"), "mode", 'one of "async", "sync"', self.mode)
+    check(self.backend == "local" or self.mode == "async", "mode",
+          '"async" with runtime.backend=ray (sync mode runs in one thread, with no backend)', self.mode)
     check(self.start_method in ("spawn", "forkserver"), "start_method",
           '"spawn" or "forkserver" ("fork" is unsafe once JAX is imported: a forked'
           " child can deadlock on the threads JAX started)", self.start_method)
@@ -711,6 +742,17 @@ def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
     yaml.dump(config_to_dict(cfg), f, Dumper=_Dumper, sort_keys=False)
 
 
+def _describe_fields(describe, prefix: str, cls: type, defaults: dict) -> None:
+  """``describe(key, hint, default, doc)`` of every field of ``cls`` (with
+  its dotted ``prefix``), the fields of a nested config dataclass included."""
+  docs = _field_docs(cls)
+  for name, hint in _hints(cls).items():
+    if dataclasses.is_dataclass(hint):
+      _describe_fields(describe, f"{prefix}.{name}", hint, defaults[name])
+    else:
+      describe(f"{prefix}.{name}", hint, defaults[name], docs[name])
+
+
 @functools.cache
 def _field_docs(cls: type) -> dict[str, str]:
   """Field name -> its description in the ``Attributes:`` section of ``cls``'s docstring."""
@@ -758,9 +800,7 @@ def config_keys_help() -> str:
       scalars.append(section)
       continue
     lines += ["", f"{section}: {inspect.cleandoc(hint.__doc__).splitlines()[0]}"]
-    docs = _field_docs(hint)
-    for name, field_hint in _hints(hint).items():
-      describe(f"{section}.{name}", field_hint, defaults[section][name], docs[name])
+    _describe_fields(describe, section, hint, defaults[section])
   lines += ["", "top-level keys:"]
   for name in scalars:
     describe(name, _hints(RunConfig)[name], defaults[name], _field_docs(RunConfig)[name])

@@ -23,10 +23,14 @@ def test_help_lists_every_config_key_with_its_type_and_default(capsys):
   assert info.value.code == 0
   out = capsys.readouterr().out
   assert C.config_keys_help() in out
-  for section, hint in C._hints(C.RunConfig).items():
-    fields = [f"{section}.{f.name}" for f in dataclasses.fields(hint)] if dataclasses.is_dataclass(hint) else None
-    for key in fields or [section]:
-      assert f"\n  {key}: " in out, key
+  def leaf_keys(prefix, hint):
+    if not dataclasses.is_dataclass(hint):
+      return [prefix]
+    return [key for name, field in C._hints(hint).items() for key in leaf_keys(f"{prefix}.{name}", field)]
+  keys = [key for section, hint in C._hints(C.RunConfig).items() for key in leaf_keys(section, hint)]
+  assert "runtime.ray.address" in keys
+  for key in keys:
+    assert f"\n  {key}: " in out, key
   assert "\n  replay.capacity: int = 100000\n" in out
   assert "\n  seed: int = 0\n" in out
 

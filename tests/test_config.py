@@ -15,11 +15,16 @@ from jaxrl import config as C
 
 CONFIGS = sorted((pathlib.Path(__file__).parent.parent / "configs").glob("*.yaml"))
 TOP_KEYS = [f.name for f in dataclasses.fields(C.RunConfig)]
-LEAF_KEYS = [
-    f"{section}.{f.name}" for section in TOP_KEYS
-    if dataclasses.is_dataclass(C._hints(C.RunConfig)[section])
-    for f in dataclasses.fields(C._hints(C.RunConfig)[section])
-] + ["seed", "run_dir", "env.kwargs.max_episode_steps"]
+
+
+def _leaf_keys(prefix: str, cls: type) -> list[str]:
+  """The dotted keys of the scalar fields of a config dataclass, nested ones included."""
+  return [key for name, hint in C._hints(cls).items()
+          for key in (_leaf_keys(f"{prefix}{name}.", hint) if dataclasses.is_dataclass(hint) else [prefix + name])]
+
+
+LEAF_KEYS = [key for key in _leaf_keys("", C.RunConfig) if key not in ("seed", "run_dir")] + [
+    "seed", "run_dir", "env.kwargs.max_episode_steps"]
 
 
 def config_error(fn, *args) -> str:
@@ -392,8 +397,9 @@ def test_every_key_is_documented_in_the_help_with_its_type_and_default():
       assert f"\n{section}: " in text
       assert set(C._field_docs(hint)) == set(C._hints(hint)), f"{section}: undocumented fields"
   for key in LEAF_KEYS[:-1]:   # all but env.kwargs.max_episode_steps
-    section, _, name = key.rpartition(".")
-    default = defaults[section][name] if section else defaults[name]
+    default = defaults
+    for name in key.split("."):
+      default = default[name]
     line = f"  {key}: "
     assert line in text, key
     entry = text[text.index(line):].splitlines()

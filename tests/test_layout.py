@@ -51,12 +51,20 @@ def test_replay_and_shared_memory_import_no_jax_and_no_runtime():
 def test_the_loops_know_nothing_of_processes_signals_shared_memory_or_ray(module):
   names = imported_modules(PACKAGE / "runtime" / f"{module}.py")
   forbidden = {"multiprocessing", "signal", "threading", "subprocess", "jaxrl.shm", "ray", "jaxrl.runtime.local",
-               "jaxrl.runtime.sync"}
+               "jaxrl.runtime.sync", "jaxrl.runtime.ray_backend"}
   assert not {n for n in names if top(n) in forbidden or n in forbidden}
 
 
-def test_an_actor_process_imports_no_logger_tensorboard_or_plotting():
-  """What a spawned actor imports: its target's module and what the target builds."""
-  loaded = importing(["jaxrl.runtime.local", "jaxrl.runtime.acting", "jaxrl.runtime.builders", "jaxrl.actor",
+@pytest.mark.parametrize("backend", ["jaxrl.runtime.local", "jaxrl.runtime.ray_backend"])
+def test_an_actor_process_imports_no_logger_tensorboard_or_plotting(backend):
+  """What a spawned actor or a Ray actor's worker imports: its backend's
+  module and what the actor builds."""
+  loaded = importing([backend, "jaxrl.runtime.acting", "jaxrl.runtime.builders", "jaxrl.actor",
                       "jaxrl.learner", "jaxrl.replay", "jaxrl.shm"])
   assert not {m for m in loaded if m == "jaxrl.logger" or top(m) in {"tensorboardX", "matplotlib"}}
+
+
+def test_only_the_ray_backend_imports_ray():
+  found = [path for path in PACKAGE.rglob("*.py")
+           if path.name != "ray_backend.py" and {n for n in imported_modules(path) if top(n) == "ray"}]
+  assert not found

@@ -207,18 +207,17 @@ def _inbox(connections: dict[str, Any]):
       connection.close()
 
 
-_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-
 
 @contextlib.contextmanager
-def _signals_ignored_by_children():
-  """Processes started inside this block ignore SIGINT and SIGTERM from
-  birth: an ignored disposition survives spawn's and the fork server's
-  exec, so a Ctrl-C or a ``kill -TERM -PGID`` that reaches the whole process
-  group while a child still imports is the supervisor's alone to handle.
-  Signals to this process are held meanwhile and delivered on exit."""
+def signals_ignored_by_children(signals: frozenset = frozenset(_SIGNALS)):
+  """Processes started inside this block ignore ``signals`` (SIGINT and
+  SIGTERM) from birth: an ignored disposition survives spawn's and the fork
+  server's exec, so a Ctrl-C or a ``kill -TERM -PGID`` that reaches the
+  whole process group while a child still imports is the supervisor's alone
+  to handle. Signals to this process are held meanwhile and delivered on
+  exit."""
   signal.pthread_sigmask(signal.SIG_BLOCK, _SIGNALS)
-  previous = {s: signal.signal(s, signal.SIG_IGN) for s in _SIGNALS}
+  previous = {s: signal.signal(s, signal.SIG_IGN) for s in signals}
   try:
     yield
   finally:
@@ -228,7 +227,7 @@ def _signals_ignored_by_children():
 
 
 @contextlib.contextmanager
-def _child(role: str, process: str, shared: _Shared, connection):
+def child_setup(role: str, process: str, shared: _Shared, connection):
   """Runs the body of child ``process``: sets it up, attaches (control,
   store, replay), reports an exception as an "error" message (exit status 1,
   no traceback on the console), and detaches. The learner of a dead
@@ -263,8 +262,9 @@ def _child(role: str, process: str, shared: _Shared, connection):
 
 
 def _actor_main(actor_id: int, cfg: RunConfig, shared: _Shared, env_steps: int, connection) -> None:
-  with _child("actor", f"actor {actor_id}", shared, connection) as (control, stores, replays, outbox):
-    arrays = control.arrays
+  """An actor process: its Actor steps the environments here, with the newest
+  snapshots of the ParamStores."""
+  with child_setup("actor", f"actor {actor_id}", shared, connection) as (control, stores, replays, outbox):
     actor = make_actor(cfg, make_agents(cfg), actor_id, env_steps)
     while not all(store.latest_version() for store in stores.values()):   # no policy to act with yet
       if control.should_stop():
@@ -280,27 +280,40 @@ def _actor_main(actor_id: int, cfg: RunConfig, shared: _Shared, env_steps: int, 
           versions[lid] = snap.version
           new[lid] = (snap.params, snap.epsilon, snap.step)
       return new
+    try:
+      act(actor_id, actor, newest_policies, control, replays, outbox)
+    finally:
+      actor.env_set.close()
 
-    def learner_steps():
-      return dict(zip(stores, arrays["learner_steps"].tolist()))
 
-    def record(env_steps: int, episodes) -> None:
-      arrays["env_steps"][actor_id] += env_steps
-      arrays["episodes"][actor_id] += len(episodes)
-      for episode in episodes:
-        outbox.put(("episode", episode_record(episode, actor_id)))
+def act(actor_id: int, actor, newest_policies, control: _ChildControl, replays: dict[str, SharedReplay],
+        outbox: _Outbox) -> None:
+  """Runs actor ``actor_id``'s ActingLoop into its replay partitions until
+  the supervisor says stop, counting its env steps and episodes in the
+  control block and sending its episode records. ``actor`` has the Actor's
+  ``set_policy`` and ``step`` (another backend's may step elsewhere);
+  ``newest_policies`` is the ActingLoop's."""
+  arrays = control.arrays
 
-    writers = {lid: replay.writer(actor_id) for lid, replay in replays.items()}
-    loop = ActingLoop(actor, writers, newest_policies, learner_steps, record)
-    while not control.should_stop():
-      if not loop.step():
-        time.sleep(_POLL_S)
-    actor.env_set.close()
+  def learner_steps():
+    return dict(zip(replays, arrays["learner_steps"].tolist()))
+
+  def record(env_steps: int, episodes) -> None:
+    arrays["env_steps"][actor_id] += env_steps
+    arrays["episodes"][actor_id] += len(episodes)
+    for episode in episodes:
+      outbox.put(("episode", episode_record(episode, actor_id)))
+
+  writers = {lid: replay.writer(actor_id) for lid, replay in replays.items()}
+  loop = ActingLoop(actor, writers, newest_policies, learner_steps, record)
+  while not control.should_stop():
+    if not loop.step():
+      time.sleep(_POLL_S)
 
 
 def _learner_main(cfg: RunConfig, shared: _Shared, connection) -> None:
   """The learner process: the LearningLoop of every learner until the supervisor says stop."""
-  with _child("learner", "learner", shared, connection) as (control, stores, replays, outbox):
+  with child_setup("learner", "learner", shared, connection) as (control, stores, replays, outbox):
     arrays = control.arrays
     agents = make_agents(cfg)
     states = restored_states(agents, cfg, shared.checkpoint)
@@ -340,8 +353,17 @@ def learner_stop_grace(cfg: RunConfig) -> float:
   return _LEARNER_STOP_GRACE_S + (replay_nbytes(cfg) / _CHECKPOINT_BYTES_PER_S if cfg.checkpoint.replay else 0.0)
 
 
-def run(cfg: RunConfig, run, interrupted, resume) -> dict:
-  """Runs ``run`` to a stop condition with a learner process and actor processes."""
+def run(cfg: RunConfig, run, interrupted, resume, actor_main=None, actor_child=None) -> dict:
+  """Runs ``run`` to a stop condition with a learner process and actor processes.
+
+  Another backend keeps this supervisor, learner process and shared memory
+  and brings its own actors: actor i runs ``actor_main(i, cfg, shared,
+  env_steps, connection)`` (default: ``_actor_main``, acting here) in an
+  ``actor_child(target=, args=, name=, daemon=)`` with the methods of a
+  ``multiprocessing.Process`` that the supervisor uses (``start``,
+  ``is_alive``, ``kill``, ``join``, ``exitcode``; default: a process of
+  ``runtime.start_method``).
+  """
   ctx = mp.get_context(cfg.runtime.start_method)
   owned: list[Any] = []
   processes: dict[str, Any] = {}   # name -> its Process: "learner", "actor <i>"
@@ -355,11 +377,10 @@ def run(cfg: RunConfig, run, interrupted, resume) -> dict:
       else:   # an episode or learner record
         run.log(payload)
 
-  def start(name: str, target, *args) -> None:
+  def start(name: str, target, *args, kind=ctx.Process) -> None:
     receiver, sender = ctx.Pipe(duplex=False)
-    child = ctx.Process(target=target, args=(*args, sender), name=f"jaxrl-{name.replace(' ', '-')}",
-                        daemon=True)
-    with _signals_ignored_by_children():
+    child = kind(target=target, args=(*args, sender), name=f"jaxrl-{name.replace(' ', '-')}", daemon=True)
+    with signals_ignored_by_children():
       child.start()
     sender.close()
     connections[name], processes[name] = receiver, child
@@ -386,7 +407,8 @@ def run(cfg: RunConfig, run, interrupted, resume) -> dict:
     actor_names = [f"actor {i}" for i in range(cfg.actors.num)]
 
     def start_actor(i: int) -> None:
-      start(actor_names[i], _actor_main, i, cfg, shared, _counters(arrays)["env_steps"])
+      start(actor_names[i], actor_main or _actor_main, i, cfg, shared, _counters(arrays)["env_steps"],
+            kind=actor_child or ctx.Process)
 
     start("learner", _learner_main, cfg, shared)
     for i in range(cfg.actors.num):

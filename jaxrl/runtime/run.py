@@ -30,9 +30,12 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _backend(cfg: RunConfig):
-  """The backend module of ``runtime.mode``: ``preflight(cfg)`` and
-  ``run(cfg, run, interrupted, resume) -> dict`` (extra summary fields)."""
+  """The backend module of ``runtime.backend`` and ``runtime.mode``:
+  ``preflight(cfg)`` and ``run(cfg, run, interrupted, resume) -> dict``
+  (extra summary fields)."""
   import importlib  # pylint: disable=import-outside-toplevel
+  if cfg.runtime.backend == "ray":
+    return importlib.import_module("jaxrl.runtime.ray_backend")
   return importlib.import_module({"sync": "jaxrl.runtime.sync", "async": "jaxrl.runtime.local"}[cfg.runtime.mode])
 
 

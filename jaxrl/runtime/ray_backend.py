@@ -1,0 +1,302 @@
+"""The Ray backend (``runtime.backend: ray``): actors anywhere in a Ray cluster.
+
+This process is the Ray driver and runs the local backend's supervisor
+(``runtime.local``) with its learner process and shared memory, on this
+machine, so the learner takes this machine's GPU. Only the actors differ:
+
+  actor i: a Ray actor (``_RemoteActing``, ``runtime.ray.num_cpus_per_actor``
+    CPUs, placed by Ray) steps the environments with its own Actor and
+    returns the steps it took, a batch per call;
+  its driver thread (``_ray_actor_main``, one per actor, in this process)
+    runs the ActingLoop of ``local.act`` over a ``RemoteActor``, an Actor
+    whose ``step`` is the next batch of the remote one: it inserts into the
+    actor's replay partitions, counts, and sends the episode records, as an
+    actor process does. At most ``_CALLS_IN_FLIGHT`` calls are in flight per
+    actor, so replay's rate limiter holds the remote actors back too.
+
+Params, epsilon and step reach the actors as one versioned snapshot: the
+``SnapshotBoard`` makes one ``ray.put`` per published version that some
+actor asks for, and an actor fetches the object only when its version is
+stale. ``policy_lag`` and ``sample_age`` are measured as locally (the
+learner steps of a call are those when it was made).
+
+Faults: an actor whose call fails (its process killed, its node gone, its
+environment raising) ends its driver thread with an error; the supervisor
+restarts it (a new Ray actor, placed by Ray) up to ``actors.max_restarts``
+times. A Ray instance the run started (``runtime.ray.address: null``) is
+shut down at the end with every process it started; a joined cluster is
+left running.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import math
+import os
+import signal
+import threading
+import time
+import warnings
+from typing import Any
+
+import numpy as np
+
+from jaxrl.actor import ActorStep
+from jaxrl.config import ConfigError, RunConfig
+from jaxrl.runtime import local
+from jaxrl.runtime.builders import configure_jax, make_actor, make_agents
+from jaxrl.shm import ParamStore
+
+_CALLS_IN_FLIGHT = 2         # per actor: one acting while the other's steps travel or wait for replay
+_CALL_SECONDS = 0.02         # a call returns after this much acting ...
+_OBJECT_STORE_BYTES = 2**29  # object store of a Ray instance the run starts (snapshots and batches)
+_WAIT_S = 0.05               # how long a driver thread waits for a call before it looks at the stop flag
+_NO_STEP = ActorStep({}, [], 0)
+
+
+def _ray():
+  """The ray module, or a one-line ConfigError naming the extra."""
+  try:
+    import ray  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    raise ConfigError("runtime.backend: ray needs the ray package: pip install -e '.[ray]'") from None
+  return ray
+
+
+def _cpus_needed(cfg: RunConfig) -> float:
+  return cfg.actors.num * cfg.runtime.ray.num_cpus_per_actor
+
+
+def preflight(cfg: RunConfig) -> None:
+  """The local backend's checks, and Ray's: the package is installed; a
+  cluster to join (``runtime.ray.address``) answers and has the CPUs for
+  the actors. Raises ConfigError (one line)."""
+  ray = _ray()
+  local.preflight(cfg)
+  address = cfg.runtime.ray.address
+  if address is None:
+    return
+  try:
+    with _connected(cfg):
+      cpus = ray.cluster_resources().get("CPU", 0.0)
+  except ConnectionError as e:
+    raise ConfigError(f"runtime.ray.address: cannot join the Ray cluster at {address!r}: "
+                      f"{' '.join(str(e).split())}") from None
+  if cpus < _cpus_needed(cfg):
+    raise ConfigError(f"runtime.ray.num_cpus_per_actor: {cfg.actors.num} actors of "
+                      f"{cfg.runtime.ray.num_cpus_per_actor:g} CPUs need {_cpus_needed(cfg):g}; "
+                      f"the cluster at {address!r} has {cpus:g}")
+
+
+@contextlib.contextmanager
+def _connected(cfg: RunConfig):
+  """This process as the driver of a Ray instance: a new one on this machine
+  (``runtime.ray.address: null``), stopped on exit with all its processes,
+  or a running cluster, left running. Actors run with ``JAX_PLATFORMS=cpu``:
+  Ray does not hide a GPU from an actor that asked for none."""
+  import logging  # pylint: disable=import-outside-toplevel
+  ray = _ray()
+  address = cfg.runtime.ray.address
+  own = {} if address is not None else {
+      "num_cpus": max(os.cpu_count() or 1, math.ceil(_cpus_needed(cfg))),
+      "object_store_memory": _OBJECT_STORE_BYTES, "include_dashboard": False}
+  # Ray's processes ignore a terminal's Ctrl-C, as the learner does: the run stops them. Not SIGTERM,
+  # which ray.shutdown sends them (it waits seconds, then kills, for one that ignores it). Ray starts
+  # them by fork and exec, which JAX's fork warning does not tell from a bare fork; and the line Ray
+  # logs that token authentication is on (as it should be) is not the run's to print.
+  logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
+  # ray.init sets a SIGTERM handler of its own (sys.exit): the run's handlers stay.
+  handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+  with local.signals_ignored_by_children(frozenset({signal.SIGINT})), warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+    # RAY_ADDRESS (set by `ray start`, or in a Ray job) would make a null address join that cluster.
+    ray_address = os.environ.pop("RAY_ADDRESS", None) if address is None else None
+    try:
+      ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True,
+               runtime_env={"env_vars": {"JAX_PLATFORMS": "cpu"}}, **own)
+    finally:
+      if ray_address is not None:
+        os.environ["RAY_ADDRESS"] = ray_address
+      for s, handler in handlers.items():
+        signal.signal(s, handler)
+  try:
+    yield
+  finally:
+    ray.shutdown()
+
+
+def run(cfg: RunConfig, run, interrupted, resume) -> dict:
+  """Runs ``run`` to a stop condition: the local supervisor and learner,
+  with Ray actors."""
+  with _connected(cfg):
+    board = SnapshotBoard()
+    try:
+      return local.run(cfg, run, interrupted, resume,
+                       actor_main=lambda *args: _ray_actor_main(*args[:-1], board, args[-1]),
+                       actor_child=_ActorThread)
+    finally:
+      board.close()
+
+
+class SnapshotBoard:
+  """The newest params, epsilon and step of every learner as one Ray object,
+  shared by the driver threads: ``newest`` puts a new object only when a
+  learner has published since the last one."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._stores: dict[str, ParamStore] | None = None
+    self._versions: tuple[int, ...] = ()
+    self._ref = None
+
+  def newest(self, handles: dict[str, Any]) -> tuple[tuple[int, ...], Any] | None:
+    """(versions, object ref of {learner id: (params, epsilon, step)}) of
+    the newest publishes of the ParamStores of ``handles``; None before
+    every learner has published."""
+    import ray  # pylint: disable=import-outside-toplevel
+    with self._lock:
+      if self._stores is None:
+        self._stores = {lid: ParamStore.attach(handle) for lid, handle in handles.items()}
+      versions = tuple(store.latest_version() for store in self._stores.values())
+      if 0 in versions:
+        return None
+      if versions != self._versions:
+        snaps = {lid: store.read() for lid, store in self._stores.items()}
+        self._ref = ray.put({lid: (snap.params, snap.epsilon, snap.step) for lid, snap in snaps.items()})
+        self._versions = tuple(snap.version for snap in snaps.values())
+      return self._versions, self._ref
+
+  def close(self) -> None:
+    with self._lock:
+      for store in (self._stores or {}).values():
+        store.close()
+      self._stores, self._ref = None, None
+
+
+class _RemoteActing:
+  """Actor ``actor_id``'s Actor, in a Ray worker (``ray.remote`` at use)."""
+
+  def __init__(self, cfg: RunConfig, actor_id: int, env_steps: int, driver_node: str, cpus: set[int] | None):
+    import ray  # pylint: disable=import-outside-toplevel
+    self.node_id = ray.get_runtime_context().get_node_id()
+    if cpus is not None and self.node_id == driver_node:   # off the learner's CPUs (runtime.learner_cpus)
+      os.sched_setaffinity(0, cpus)
+    configure_jax("actor", cfg.runtime.compilation_cache)
+    self._actor = make_actor(cfg, make_agents(cfg), actor_id, env_steps)
+    self._version = None
+    limit = cfg.replay.rate_tolerance if cfg.replay.samples_per_insert is not None else math.inf
+    self._max_transitions = max(limit / 2, 1)   # a batch does not overrun the rate limiter's tolerance
+
+  def node(self) -> tuple[str, str, int]:
+    """(node id, node IP address, process id) of this actor."""
+    import ray  # pylint: disable=import-outside-toplevel
+    return self.node_id, ray.util.get_node_ip_address(), os.getpid()
+
+  def act(self, version: tuple[int, ...], snapshot: list, learner_steps: dict[str, int]) -> ActorStep:
+    """Steps the environments for ``_CALL_SECONDS`` (at least once; fewer if
+    a learner's transitions reach half the rate limiter's tolerance), with
+    the snapshot ``snapshot[0]`` (fetched only if ``version`` is new to this
+    actor); the steps' transitions, episodes and env steps, joined."""
+    import ray  # pylint: disable=import-outside-toplevel
+    if version != self._version:
+      for lid, policy in ray.get(snapshot[0]).items():
+        self._actor.set_policy(lid, *policy)
+      self._version = version
+    deadline = time.monotonic() + _CALL_SECONDS
+    steps = []
+    counts = collections.Counter()
+    while not steps or (time.monotonic() < deadline and max(counts.values(), default=0) < self._max_transitions):
+      step = self._actor.step(learner_steps)
+      steps.append(step)
+      counts.update({lid: len(t["action"]) for lid, t in step.transitions.items()})
+    return _joined(steps)
+
+def _joined(steps: list[ActorStep]) -> ActorStep:
+  """Consecutive ActorSteps as one: transitions concatenated per learner and field."""
+  transitions = {lid: {key: np.concatenate([s.transitions[lid][key] for s in steps]) for key in fields}
+                 for lid, fields in steps[0].transitions.items()}
+  return ActorStep(transitions, [e for s in steps for e in s.episodes], sum(s.env_steps for s in steps))
+
+
+class RemoteActor:
+  """An Actor whose environments step in a Ray actor: ``step`` is the next
+  batch of steps the remote actor took, with the newest snapshot on the
+  ``SnapshotBoard``, and keeps ``_CALLS_IN_FLIGHT`` calls going. A step
+  with nothing in it means no batch yet. It has no ``set_policy``: the
+  ActingLoop over it gets no policies (the remote actor's come from the
+  board). A failed call raises (RayActorError
+  for a dead actor; the error raised in it otherwise)."""
+
+  def __init__(self, cfg: RunConfig, actor_id: int, env_steps: int, board: SnapshotBoard,
+               handles: dict[str, Any], cpus: set[int] | None):
+    import ray  # pylint: disable=import-outside-toplevel
+    self._ray, self._board, self._handles = ray, board, handles
+    # SPREAD: the actors go to as many nodes as they can, as Ape-X's do.
+    remote = ray.remote(_RemoteActing).options(num_cpus=cfg.runtime.ray.num_cpus_per_actor, max_restarts=0,
+                                               scheduling_strategy="SPREAD")
+    self.handle = remote.remote(cfg, actor_id, env_steps, ray.get_runtime_context().get_node_id(), cpus)
+    self._calls: collections.deque = collections.deque()
+
+  def step(self, learner_steps: dict[str, int]) -> ActorStep:
+    while len(self._calls) < _CALLS_IN_FLIGHT:
+      newest = self._board.newest(self._handles)
+      if newest is None:
+        break
+      version, ref = newest
+      self._calls.append(self.handle.act.remote(version, [ref], learner_steps))
+    if not self._calls:
+      time.sleep(_WAIT_S)
+      return _NO_STEP
+    ready, _ = self._ray.wait([self._calls[0]], timeout=_WAIT_S)
+    if not ready:
+      return _NO_STEP
+    return self._ray.get(self._calls.popleft())
+
+  def close(self) -> None:
+    """Stops the remote actor (no restart by Ray: the supervisor restarts)."""
+    self._calls.clear()
+    self._ray.kill(self.handle, no_restart=True)
+
+
+def _ray_actor_main(actor_id: int, cfg: RunConfig, shared, env_steps: int, board: SnapshotBoard,
+                    connection) -> None:
+  """Actor ``actor_id``'s driver thread: ``local.act`` over a RemoteActor.
+  Once the remote actor has started, logs where it runs: ``actor_node``
+  (Ray's node id), ``actor_address`` (the node's IP) and ``actor_pid``."""
+  with local.child_setup("actor", f"actor {actor_id}", shared, connection) as (control, _, replays, outbox):
+    import ray  # pylint: disable=import-outside-toplevel
+    cpus = shared.placement[1] if shared.placement else None
+    actor = RemoteActor(cfg, actor_id, env_steps, board, shared.params, cpus)
+    try:
+      node_id, address, pid = ray.get(actor.handle.node.remote())
+      outbox.put(("record", {"actor_id": actor_id, "actor_node": node_id, "actor_address": address,
+                             "actor_pid": pid}))
+      local.act(actor_id, actor, lambda: {}, control, replays, outbox)   # policies: from the board
+    finally:
+      actor.close()
+
+
+class _ActorThread(threading.Thread):
+  """A driver thread with the methods of a multiprocessing.Process that the
+  local supervisor uses. ``kill`` waits a moment: the supervisor has set the
+  stop flag by then, which the thread looks at every ``_WAIT_S``; ``exitcode`` is None while it runs, then 0 (1 if it ended with an error,
+  which its "error" message describes)."""
+
+  def __init__(self, target, args, name, daemon):
+    # Its own end of the pipe, as a process has: the supervisor closes its copy once the child starts.
+    sender = args[-1]
+    args = (*args[:-1], type(sender)(os.dup(sender.fileno()), readable=False))
+    super().__init__(target=self._main, args=(target, args), name=name, daemon=daemon)
+    self.exitcode: int | None = None
+
+  def _main(self, target, args):
+    self.exitcode = 1
+    try:
+      target(*args)
+      self.exitcode = 0
+    except SystemExit as e:
+      self.exitcode = e.code if isinstance(e.code, int) else 1
+
+  def kill(self) -> None:
+    self.join(timeout=2 * _WAIT_S)
