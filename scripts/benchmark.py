@@ -85,6 +85,7 @@ import numpy as np
 import jaxrl
 from jaxrl import networks, runtime
 from jaxrl.runtime import local
+from jaxrl.runtime.builders import make_actor
 from jaxrl.config import RunConfig, load_config
 from jaxrl.envs import minatar_game
 from jaxrl.logger import RETURN_WINDOW, read_metrics, trailing_mean
@@ -356,12 +357,13 @@ def criteria_times(records: list[dict], offset: float = 0.0) -> dict[str, dict |
                     **{c: r[c] for c in _BUSY if c in r}} for k, r in first.items()}
 
 
-def _train_run(args, mode: str, seed: int) -> dict:
-  """One ``scripts/train.py`` run, stopped with SIGINT once both criteria are met."""
+def _train_run(args, mode: str, seed: int, variant: str = "local", overrides: tuple[str, ...] = ()) -> dict:
+  """One ``scripts/train.py`` run, stopped with SIGINT once both criteria
+  are met; ``variant`` names its ``overrides``."""
   with tempfile.TemporaryDirectory(prefix="jaxrl_bench_") as run_dir:
     cmd = [sys.executable, str(Path(__file__).with_name("train.py")), args.config, f"seed={seed}",
            f"run_dir={run_dir}", "runtime.progress=false", f"runtime.mode={mode}", "stop.eval_return=null",
-           f"stop.env_steps={args.stop_env_steps}", f"stop.seconds={args.stop_seconds}"]
+           f"stop.env_steps={args.stop_env_steps}", f"stop.seconds={args.stop_seconds}", *overrides]
     start = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     try:
@@ -378,11 +380,13 @@ def _train_run(args, mode: str, seed: int) -> dict:
         proc.wait()
     summary = json.loads(Path(run_dir, "summary.json").read_text())
     offset = summary["launch_time"] - start
-    reached = criteria_times(read_metrics(run_dir), offset)
+    records = read_metrics(run_dir)
+    reached = criteria_times(records, offset)
   end = summary["wall_seconds"] + offset
   both = _both(reached)
-  return {"mode": mode, "seed": seed, **reached, "wall_seconds": end, "stopped_because": summary["stopped_because"],
-          "stop_lag_s": both and end - both["seconds"]}
+  return {"mode": mode, "variant": variant, "seed": seed, **reached, "wall_seconds": end,
+          "stopped_because": summary["stopped_because"], "stop_lag_s": both and end - both["seconds"],
+          "sps": _median([r["sps"] for r in records if "sps" in r and r["learner_steps"] > 0])}
 
 
 def _both(run: dict) -> dict | None:
@@ -427,6 +431,142 @@ def bench_time_to_475(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-a
     figures.append(_ratio(f"async_after_startup_over_sync_busy_{crit}", f"the same to {crit} only",
                           *overlap(operator.itemgetter(crit))))
   return {"figures": figures, "runs": runs}
+
+
+def bench_ray(cfg: RunConfig, args) -> dict:
+  """The Ray backend against the local one: ``--seeds`` async runs of the
+  config with each, in turns (seconds to eval >= 475 from launch, to the
+  first learner step, median env steps/s): "ray" starts a Ray instance of
+  its own, "ray_joined" joins a running one (as on a cluster); a snapshot
+  of 1M params from publish to a Ray actor holding it; and what one Ray
+  actor ships to the driver's replay, against the same Actor stepping in
+  this process."""
+  from ray.cluster_utils import Cluster  # pylint: disable=import-outside-toplevel
+  running = Cluster(initialize_head=True, head_node_args={"num_cpus": os.cpu_count(), "include_dashboard": False})
+  variants = {"local": (), "ray": ("runtime.backend=ray",),
+              "ray_joined": ("runtime.backend=ray", f"runtime.ray.address={running.address}")}
+  try:
+    runs = [_train_run(args, "async", seed, name, overrides) for seed in range(args.seeds)
+            for name, overrides in variants.items()]
+  finally:
+    running.shutdown()
+  figures, rows = [], {}
+  for backend in variants:
+    mine = [r for r in runs if r["variant"] == backend]
+    rows[backend] = [
+        _figure(f"{backend}_eval_seconds", f"{backend}: s to eval_return >= {SOLVED:g}", "s",
+                [r["eval"] and r["eval"]["seconds"] for r in mine]),
+        _figure(f"{backend}_startup_seconds", f"{backend}: s from launch to the first learner step", "s",
+                [r["learning"] and r["learning"]["seconds"] for r in mine]),
+        _figure(f"{backend}_sps", f"{backend}: env steps/s (median of its learner records)", "env steps/s",
+                [r["sps"] for r in mine])]
+    figures += rows[backend]
+  local_rows = rows["local"]
+  for name in ("ray", "ray_joined"):
+    ray_rows = rows[name]
+    figures += [_ratio(f"{name}_over_local_eval", f"{name} / local s to eval", ray_rows[0]["median"],
+                       local_rows[0]["median"], target="<= 1.5"),
+                _ratio(f"{name}_over_local_after_startup", f"{name} / local s to eval after startup",
+                       ray_rows[0]["median"] and ray_rows[0]["median"] - ray_rows[1]["median"],
+                       local_rows[0]["median"] and local_rows[0]["median"] - local_rows[1]["median"]),
+                _ratio(f"{name}_over_local_sps", f"{name} / local env steps/s", ray_rows[2]["median"],
+                       local_rows[2]["median"])]
+  from jaxrl.runtime import ray_backend  # pylint: disable=import-outside-toplevel
+  runtime.configure_jax("supervisor")
+  with ray_backend._connected(cfg):  # pylint: disable=protected-access
+    figures += _ray_snapshot_latency(args) + _ray_shipping(cfg, args)
+  return {"figures": figures, "runs": runs}
+
+
+def _ray_snapshot_latency(args, num_params: int = 1_000_000) -> list[dict]:
+  """Publish to a ParamStore, the SnapshotBoard's ray.put, and a Ray actor's
+  fetch, for 1M float32 params: ms from the publish to the actor's copy."""
+  import ray  # pylint: disable=import-outside-toplevel
+  from jaxrl.runtime.ray_backend import SnapshotBoard  # pylint: disable=import-outside-toplevel
+  sizes = [num_params // 4] * 3 + [num_params - 3 * (num_params // 4)]
+  params = {f"layer{i}": {"kernel": np.full((n,), float(i), np.float32)} for i, n in enumerate(sizes)}
+  store, board = ParamStore.create(params), SnapshotBoard()
+
+  class SnapshotProbe:   # defined here: Ray pickles it by value, not by this script's module name
+    """A Ray actor that fetches a snapshot and says when it holds it."""
+
+    def fetch(self, snapshot: list) -> int:
+      ray.get(snapshot[0])
+      return time.monotonic_ns()
+  probe = ray.remote(SnapshotProbe).options(num_cpus=0).remote()
+  latency_ms = []
+  try:
+    for i in range(5 + 20 * args.repeats):
+      start = time.monotonic_ns()
+      store.publish(params, epsilon=0.1, step=i)
+      _, ref = board.newest({"agent_0": store.handle})
+      held = ray.get(probe.fetch.remote([ref]))
+      if i >= 5:   # warm-up: the worker's start, first imports
+        latency_ms.append((held - start) / 1e6)
+  finally:
+    board.close()
+    store.close()
+    store.unlink()
+    ray.kill(probe)
+  return [_figure("ray_snapshot_ms", "Ray: publish to a Ray actor holding the snapshot, 1M params", "ms",
+                  [statistics.median(latency_ms[i::args.repeats]) for i in range(args.repeats)])]
+
+
+def _ray_shipping(cfg: RunConfig, args) -> list[dict]:
+  """Transitions/s (and bytes/s) that one Ray actor steps and ships into
+  the driver's replay, against the same Actor stepping in this process."""
+  from jaxrl.runtime.ray_backend import RemoteActor, SnapshotBoard  # pylint: disable=import-outside-toplevel
+  agents = runtime.make_agents(cfg)
+  stores = {lid: ParamStore.create(jax.device_get(agent.init(jax.random.PRNGKey(0)).params))
+            for lid, agent in agents.items()}
+  for lid, store in stores.items():
+    store.publish(jax.device_get(agents[lid].init(jax.random.PRNGKey(0)).params), agents[lid].config.epsilon_end, 0)
+  board = SnapshotBoard()
+  remote = RemoteActor(cfg, 0, 0, board, {lid: store.handle for lid, store in stores.items()}, None)
+  local_actor = make_actor(cfg, agents, 0, 0)
+  for lid, store in stores.items():
+    snap = store.read()
+    local_actor.set_policy(lid, snap.params, snap.epsilon, snap.step)
+  learner_steps = dict.fromkeys(agents, 0)
+  snapshot_bytes = sum(leaf.nbytes for store in stores.values() for leaf in jax.tree.leaves(store.read().params))
+  shipped: list[int] = []   # bytes of the last step
+
+  def ship():
+    step = remote.step(learner_steps)
+    shipped.append(sum(a.nbytes for t in step.transitions.values() for a in t.values()))
+    return sum(len(t["action"]) for t in step.transitions.values())
+
+  def step_here():
+    return sum(len(t["action"]) for t in local_actor.step(learner_steps).transitions.values())
+  try:
+    while not ship():   # the remote actor's start
+      pass
+    rates = {}
+    for name, step in (("ray", ship), ("here", step_here)):
+      rates[name] = []
+      for _ in range(args.repeats):
+        count, start = 0, time.perf_counter()
+        shipped.clear()
+        while time.perf_counter() - start < args.seconds:
+          count += step()
+        elapsed = time.perf_counter() - start
+        rates[name].append(count / elapsed)
+        if name == "ray":
+          rates.setdefault("bytes", []).append(sum(shipped) / elapsed / 1e6)
+  finally:
+    remote.close()
+    board.close()
+    local_actor.env_set.close()
+    for store in stores.values():
+      store.close()
+      store.unlink()
+  ray_row = _figure("ray_ship", f"Ray: one actor x{cfg.actors.envs_per_actor} ships into the driver's replay",
+                    "transitions/s", rates["ray"])
+  here_row = _figure("ray_ship_here", "  the same Actor stepping in this process", "transitions/s", rates["here"])
+  return [ray_row, here_row, _ratio("ray_ship_over_here", "  ray / here", ray_row["median"], here_row["median"]),
+          _figure("ray_ship_mb", "  bytes of those transitions", "MB/s", rates["bytes"]),
+          _figure("ray_snapshot_bytes", f"  one snapshot of {Path(args.config).name}'s params", "bytes",
+                  [snapshot_bytes])]
 
 
 def bench_learning(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-argument
@@ -546,7 +686,7 @@ def bench_minatar(cfg: RunConfig, args) -> dict:
 
 SECTIONS = {"env": bench_env, "actor": bench_actor, "train_step": bench_train_step, "learner": bench_learner,
             "publish": bench_publish, "time_to_475": bench_time_to_475, "conv": bench_conv, "minatar": bench_minatar,
-            "learning": bench_learning}
+            "learning": bench_learning, "ray": bench_ray}
 DEFAULT_SECTIONS = ["env", "actor", "train_step", "learner", "publish", "time_to_475"]   # "minatar", "learning": long
 RATIOS = (  # (key, name, numerator key, denominator key, target)
     ("actor_over_env", "actor / env steps/s", "actor", "env", ">= 0.5"),

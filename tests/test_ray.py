@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import time
+import warnings
 
 import psutil
 import pytest
@@ -27,8 +28,10 @@ RAY = ["runtime.backend=ray", "runtime.learner_cpus=null"]
 @pytest.fixture(scope="module")
 def cluster():
   """A head node (2 CPUs) and a worker node (1 CPU) on this machine."""
-  nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-  worker = nodes.add_node(num_cpus=1)
+  with warnings.catch_warnings():   # JAX's warning on the fork and exec that starts Ray's processes
+    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+    worker = nodes.add_node(num_cpus=1)
   nodes.wait_for_nodes()
   nodes.worker = worker
   yield nodes

@@ -353,7 +353,8 @@ def learner_stop_grace(cfg: RunConfig) -> float:
   return _LEARNER_STOP_GRACE_S + (replay_nbytes(cfg) / _CHECKPOINT_BYTES_PER_S if cfg.checkpoint.replay else 0.0)
 
 
-def run(cfg: RunConfig, run, interrupted, resume, actor_main=None, actor_child=None) -> dict:
+def run(cfg: RunConfig, run, interrupted, resume, actor_main=None, actor_child=None,
+        actor_session=None) -> dict:
   """Runs ``run`` to a stop condition with a learner process and actor processes.
 
   Another backend keeps this supervisor, learner process and shared memory
@@ -362,10 +363,13 @@ def run(cfg: RunConfig, run, interrupted, resume, actor_main=None, actor_child=N
   ``actor_child(target=, args=, name=, daemon=)`` with the methods of a
   ``multiprocessing.Process`` that the supervisor uses (``start``,
   ``is_alive``, ``kill``, ``join``, ``exitcode``; default: a process of
-  ``runtime.start_method``).
+  ``runtime.start_method``). ``actor_session()``, a context manager, is
+  entered once the learner has started (its start-up overlaps the
+  learner's) and left once every child has ended.
   """
   ctx = mp.get_context(cfg.runtime.start_method)
   owned: list[Any] = []
+  session = contextlib.ExitStack()
   processes: dict[str, Any] = {}   # name -> its Process: "learner", "actor <i>"
   connections: dict[str, Any] = {}   # name -> receiving end of its pipe
   errors: dict[str, dict] = {}   # name -> its "error" message, until handled
@@ -411,6 +415,8 @@ def run(cfg: RunConfig, run, interrupted, resume, actor_main=None, actor_child=N
             kind=actor_child or ctx.Process)
 
     start("learner", _learner_main, cfg, shared)
+    if actor_session is not None:
+      session.enter_context(actor_session())
     for i in range(cfg.actors.num):
       start_actor(i)
     if placement:   # only now: the children's start-up (imports) runs on every CPU
@@ -489,6 +495,7 @@ def run(cfg: RunConfig, run, interrupted, resume, actor_main=None, actor_child=N
           segment.unlink()
         if placement:
           os.sched_setaffinity(0, placement[0] | placement[1])
+        session.close()
       finally:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)
   error = errors.pop("learner", None)

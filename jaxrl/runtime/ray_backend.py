@@ -110,14 +110,10 @@ def _connected(cfg: RunConfig):
   handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
   with local.signals_ignored_by_children(frozenset({signal.SIGINT})), warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-    # RAY_ADDRESS (set by `ray start`, or in a Ray job) would make a null address join that cluster.
-    ray_address = os.environ.pop("RAY_ADDRESS", None) if address is None else None
-    try:
-      ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True,
+    try:   # "local": a new instance, even where RAY_ADDRESS or a `ray start` on this machine names one
+      ray.init(address=address or "local", logging_level=logging.WARNING, log_to_driver=True,
                runtime_env={"env_vars": {"JAX_PLATFORMS": "cpu"}}, **own)
     finally:
-      if ray_address is not None:
-        os.environ["RAY_ADDRESS"] = ray_address
       for s, handler in handlers.items():
         signal.signal(s, handler)
   try:
@@ -129,14 +125,18 @@ def _connected(cfg: RunConfig):
 def run(cfg: RunConfig, run, interrupted, resume) -> dict:
   """Runs ``run`` to a stop condition: the local supervisor and learner,
   with Ray actors."""
-  with _connected(cfg):
-    board = SnapshotBoard()
-    try:
-      return local.run(cfg, run, interrupted, resume,
-                       actor_main=lambda *args: _ray_actor_main(*args[:-1], board, args[-1]),
-                       actor_child=_ActorThread)
-    finally:
-      board.close()
+  board = SnapshotBoard()
+
+  @contextlib.contextmanager
+  def session():   # Ray starts while the learner process starts
+    with _connected(cfg):
+      try:
+        yield
+      finally:
+        board.close()
+  return local.run(cfg, run, interrupted, resume,
+                   actor_main=lambda *args: _ray_actor_main(*args[:-1], board, args[-1]),
+                   actor_child=_ActorThread, actor_session=session)
 
 
 class SnapshotBoard:
