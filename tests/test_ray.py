@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import time
-import warnings
 
 import psutil
 import pytest
@@ -21,6 +20,8 @@ from runs import (CARTPOLE, ROOT, SHORT, records, segments_of, start_cli, train_
 ray = pytest.importorskip("ray")
 from ray.cluster_utils import Cluster  # noqa: E402  pylint: disable=wrong-import-position
 
+# JAX warns of the fork and exec that start the cluster's processes from this one.
+pytestmark = pytest.mark.filterwarnings(r"ignore:os\.fork\(\) was called:RuntimeWarning")
 SPREAD = str(ROOT / "configs" / "mpe_spread_dqn.yaml")
 RAY = ["runtime.backend=ray", "runtime.learner_cpus=null"]
 
@@ -28,10 +29,8 @@ RAY = ["runtime.backend=ray", "runtime.learner_cpus=null"]
 @pytest.fixture(scope="module")
 def cluster():
   """A head node (2 CPUs) and a worker node (1 CPU) on this machine."""
-  with warnings.catch_warnings():   # JAX's warning on the fork and exec that starts Ray's processes
-    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
-    worker = nodes.add_node(num_cpus=1)
+  nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+  worker = nodes.add_node(num_cpus=1)
   nodes.wait_for_nodes()
   nodes.worker = worker
   yield nodes
