@@ -139,10 +139,13 @@ def test_actors_run_on_both_nodes_and_one_whose_node_goes_away_is_restarted(tmp_
   assert summary_of(run_dir)["actor_restarts"] == 1
 
 
-def test_ctrl_c_stops_the_run_and_every_ray_process_it_started(tmp_path):
-  """A terminal's Ctrl-C reaches the whole process group: the run stops with
-  a final checkpoint and summary, and the Ray instance it started (GCS,
-  raylet, workers) is gone with it."""
+@pytest.mark.parametrize("signum, to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)],
+                         ids=["ctrl-c to the process group", "SIGTERM to the driver"])
+def test_a_signal_stops_the_run_and_every_ray_process_it_started(tmp_path, signum, to_group):
+  """A terminal's Ctrl-C reaches the whole process group; a SIGTERM to the
+  driver alone meets the handler that ray.init replaces with its own. Either
+  way the run stops with a final checkpoint and summary, and the Ray
+  instance it started (GCS, raylet, workers) is gone with it."""
   run_dir = tmp_path / "run"
   proc = start_cli(CARTPOLE, f"run_dir={run_dir}", *RAY, *SHORT, "stop.env_steps=10_000_000",
                    "stop.seconds=null", new_session=True)
@@ -151,7 +154,10 @@ def test_ctrl_c_stops_the_run_and_every_ray_process_it_started(tmp_path):
     descendants = psutil.Process(proc.pid).children(recursive=True)
     names = " ".join(p.name() for p in descendants)
     assert "raylet" in names and "gcs_server" in names, names
-    os.killpg(proc.pid, signal.SIGINT)
+    if to_group:
+      os.killpg(proc.pid, signum)
+    else:
+      proc.send_signal(signum)
     sent = time.time()
     _, err = proc.communicate(timeout=60)
   finally:
@@ -159,7 +165,7 @@ def test_ctrl_c_stops_the_run_and_every_ray_process_it_started(tmp_path):
   assert proc.returncode == 0, err
   assert time.time() - sent < 30
   summary = summary_of(run_dir)
-  assert summary["stopped_because"] == "SIGINT" and summary["killed"] == [] and summary["learner_steps"] > 0
+  assert summary["stopped_because"] == signum.name and summary["killed"] == [] and summary["learner_steps"] > 0
   gone, alive = psutil.wait_procs(descendants, timeout=10)
   assert not alive, alive
   assert not segments_of(proc.pid)
