@@ -50,6 +50,14 @@ def actor_starts(run_dir):
   return [r for r in records(run_dir) if "actor_node" in r]
 
 
+def goes_on_then_stops(run_dir, proc) -> str:
+  """Waits for 2,000 more env steps, then stops the run with SIGINT; its stderr."""
+  restarted_at = records(run_dir)[-1]["env_steps"]
+  wait_for(lambda: records(run_dir)[-1]["env_steps"] > restarted_at + 2000, what="env steps after the restart")
+  proc.send_signal(signal.SIGINT)
+  return proc.communicate(timeout=60)[1]
+
+
 def test_cartpole_learns_through_ray(tmp_path, cluster):
   run_dir = tmp_path / "run"
   proc = train_cli(CARTPOLE, f"run_dir={run_dir}", *joined(cluster), "stop.env_steps=150_000",
@@ -98,10 +106,7 @@ def test_a_killed_ray_actor_process_is_restarted_and_the_run_goes_on(tmp_path, c
     (first,) = actor_starts(run_dir)
     os.kill(first["actor_pid"], signal.SIGKILL)
     wait_for(lambda: len(actor_starts(run_dir)) == 2, what="the restarted actor")
-    restarted_at = records(run_dir)[-1]["env_steps"]
-    wait_for(lambda: records(run_dir)[-1]["env_steps"] > restarted_at + 2000, what="env steps after the restart")
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    err = goes_on_then_stops(run_dir, proc)
   finally:
     proc.kill()
   assert proc.returncode == 0, err
@@ -128,10 +133,7 @@ def test_actors_run_on_both_nodes_and_one_whose_node_goes_away_is_restarted(tmp_
     moved = actor_starts(run_dir)[-1]
     assert moved["actor_id"] == [i for i, node in nodes.items() if node == worker][0]
     assert moved["actor_node"] == head
-    restarted_at = records(run_dir)[-1]["env_steps"]
-    wait_for(lambda: records(run_dir)[-1]["env_steps"] > restarted_at + 2000, what="env steps after the move")
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    err = goes_on_then_stops(run_dir, proc)
   finally:
     proc.kill()
     cluster.worker = cluster.add_node(num_cpus=1)
