@@ -192,3 +192,23 @@ def test_sync_mode_with_ray_is_a_config_error(tmp_path):
   assert proc.stderr.strip().splitlines() == [
       'jaxrl-train: error: runtime.mode: must be "async" with runtime.backend=ray (sync mode runs in one thread, '
       "with no backend), got 'sync'"]
+
+
+def test_an_address_that_does_not_answer_is_a_one_line_error(tmp_path):
+  run_dir = tmp_path / "run"
+  proc = train_cli(CARTPOLE, f"run_dir={run_dir}", *RAY, "runtime.ray.address=127.0.0.1:1", timeout=60)
+  assert proc.returncode == 2
+  (line,) = proc.stderr.strip().splitlines()
+  assert line.startswith("jaxrl-train: error: runtime.ray.address: nothing answers at '127.0.0.1:1'"), line
+  assert not run_dir.exists()
+
+
+def test_a_cluster_without_the_actors_cpus_is_a_one_line_error(tmp_path, cluster):
+  run_dir = tmp_path / "run"
+  proc = train_cli(CARTPOLE, f"run_dir={run_dir}", *joined(cluster), "runtime.ray.num_cpus_per_actor=8",
+                   "actors.num=2", timeout=60)
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines() == [
+      f"jaxrl-train: error: runtime.ray.num_cpus_per_actor: 2 actors of 8 CPUs need 16; the cluster at "
+      f"'{cluster.address}' has 3"]
+  assert not run_dir.exists()

@@ -35,6 +35,7 @@ import contextlib
 import math
 import os
 import signal
+import socket
 import threading
 import time
 import warnings
@@ -49,8 +50,9 @@ from jaxrl.runtime.builders import configure_jax, make_actor, make_agents
 from jaxrl.shm import ParamStore
 
 _CALLS_IN_FLIGHT = 2         # per actor: one acting while the other's steps travel or wait for replay
-_CALL_SECONDS = 0.02         # a call returns after this much acting ...
+_CALL_SECONDS = 0.02         # a call acts this long at most (see _RemoteActing.act)
 _OBJECT_STORE_BYTES = 2**29  # object store of a Ray instance the run starts (snapshots and batches)
+_ANSWER_S = 5.0              # how long preflight waits for a cluster's address to answer
 _WAIT_S = 0.05               # how long a driver thread waits for a call before it looks at the stop flag
 _NO_STEP = ActorStep({}, [], 0)
 
@@ -77,6 +79,13 @@ def preflight(cfg: RunConfig) -> None:
   address = cfg.runtime.ray.address
   if address is None:
     return
+  host, _, port = address.rpartition(":")
+  if host:   # Ray would retry an address that does not answer for a minute and more
+    try:
+      socket.create_connection((host, int(port)), timeout=_ANSWER_S).close()
+    except (OSError, ValueError) as e:
+      raise ConfigError(f"runtime.ray.address: nothing answers at {address!r} ({e}); start the cluster "
+                        "with `ray start --head`, or use null for a Ray instance of the run's own") from None
   try:
     with _connected(cfg):
       cpus = ray.cluster_resources().get("CPU", 0.0)
