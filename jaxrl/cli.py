@@ -29,9 +29,13 @@ import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from jaxrl.config import (MAX_SEED, ConfigError, EnvConfig, RunConfig, StopConfig, apply_overrides,
                           config_keys_help, load_config)
+
+if TYPE_CHECKING:   # numpy is imported where it is used: the CLI starts without it
+  import numpy as np
 
 
 class _Parser(argparse.ArgumentParser):
@@ -116,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 VIDEO_MIN_SIDE = 160  # pixels: smaller frames (MinAtar's 10x10) are enlarged, each cell a square
 
 
-def video_frame(frame) -> "np.ndarray":
+def video_frame(frame) -> np.ndarray:
   """An rgb_array frame as a video frame: uint8 (a float frame in [0, 1],
   as MinAtar renders, is scaled by 255), enlarged by an integer factor by
   repeating pixels until its smaller side is at least ``VIDEO_MIN_SIDE``."""

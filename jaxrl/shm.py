@@ -190,8 +190,8 @@ def remove_dead_segments() -> list[str]:
   /dev/shm (``docker run --ipc=host``) must share their pids too."""
   removed = []
   for name in sorted(os.listdir(_SHM_DIR)) if os.path.isdir(_SHM_DIR) else []:
-    match = re.fullmatch(r"jaxrl_(\d+)_[0-9a-f]+", name)
-    if match is None or _alive(int(match.group(1))):
+    pid = segment_pid(name)
+    if pid is None or _alive(pid):
       continue
     try:
       os.unlink(os.path.join(_SHM_DIR, name))
@@ -199,6 +199,13 @@ def remove_dead_segments() -> list[str]:
       continue
     removed.append(name)
   return removed
+
+
+def segment_pid(name: str) -> int | None:
+  """The pid of the process that created the segment ``name``
+  (``jaxrl_<pid>_<hex>``); None for a name not of that form."""
+  match = re.fullmatch(r"jaxrl_(\d+)_[0-9a-f]+", name)
+  return None if match is None else int(match.group(1))
 
 
 def _alive(pid: int) -> bool:

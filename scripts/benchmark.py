@@ -357,13 +357,19 @@ def criteria_times(records: list[dict], offset: float = 0.0) -> dict[str, dict |
                     **{c: r[c] for c in _BUSY if c in r}} for k, r in first.items()}
 
 
+def _train_cmd(config: str, run_dir: str, *overrides: str) -> list[str]:
+  """The scripts/train.py command of one benchmark run: no progress display,
+  no stop on eval_return, then ``overrides``."""
+  return [sys.executable, str(Path(__file__).with_name("train.py")), config, f"run_dir={run_dir}",
+          "runtime.progress=false", "stop.eval_return=null", *overrides]
+
+
 def _train_run(args, mode: str, seed: int, variant: str = "local", overrides: tuple[str, ...] = ()) -> dict:
   """One ``scripts/train.py`` run, stopped with SIGINT once both criteria
   are met; ``variant`` names its ``overrides``."""
   with tempfile.TemporaryDirectory(prefix="jaxrl_bench_") as run_dir:
-    cmd = [sys.executable, str(Path(__file__).with_name("train.py")), args.config, f"seed={seed}",
-           f"run_dir={run_dir}", "runtime.progress=false", f"runtime.mode={mode}", "stop.eval_return=null",
-           f"stop.env_steps={args.stop_env_steps}", f"stop.seconds={args.stop_seconds}", *overrides]
+    cmd = _train_cmd(args.config, run_dir, f"seed={seed}", f"runtime.mode={mode}",
+                     f"stop.env_steps={args.stop_env_steps}", f"stop.seconds={args.stop_seconds}", *overrides)
     start = time.time()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     try:
@@ -517,10 +523,10 @@ def _ray_shipping(cfg: RunConfig, args) -> list[dict]:
   the driver's replay, against the same Actor stepping in this process."""
   from jaxrl.runtime.ray_backend import RemoteActor, SnapshotBoard  # pylint: disable=import-outside-toplevel
   agents = runtime.make_agents(cfg)
-  stores = {lid: ParamStore.create(jax.device_get(agent.init(jax.random.PRNGKey(0)).params))
-            for lid, agent in agents.items()}
+  params = {lid: jax.device_get(agent.init(jax.random.PRNGKey(0)).params) for lid, agent in agents.items()}
+  stores = {lid: ParamStore.create(params[lid]) for lid in agents}
   for lid, store in stores.items():
-    store.publish(jax.device_get(agents[lid].init(jax.random.PRNGKey(0)).params), agents[lid].config.epsilon_end, 0)
+    store.publish(params[lid], agents[lid].config.epsilon_end, 0)
   board = SnapshotBoard()
   remote = RemoteActor(cfg, 0, 0, board, {lid: store.handle for lid, store in stores.items()}, None)
   local_actor = make_actor(cfg, agents, 0, 0)
@@ -578,25 +584,24 @@ def bench_learning(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-argu
   runs = []
   for seed in range(args.seeds):
     with tempfile.TemporaryDirectory(prefix="jaxrl_bench_") as run_dir:
-      cmd = [sys.executable, str(Path(__file__).with_name("train.py")), args.config, f"seed={seed}",
-             f"run_dir={run_dir}", "runtime.progress=false", f"runtime.mode={args.mode}", "stop.eval_return=null"]
+      cmd = _train_cmd(args.config, run_dir, f"seed={seed}", f"runtime.mode={args.mode}")
       subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
       records = read_metrics(run_dir)
       summary = json.loads(Path(run_dir, "summary.json").read_text())
     evals = [r for r in records if "eval_return" in r]
     returns = [r for r in records if "episode_return" in r]
+    means = trailing_mean(np.array([r["episode_return"] for r in returns], np.float64), 100)
     first = next((r for r in evals if r["eval_return"] >= args.target), None)
     every = max(1, len(returns) // 200)
     runs.append({"seed": seed, "mode": args.mode, "env_steps_to_target": first and first["env_steps"],
                  "seconds_to_target": first and first["time"], "best_eval_return": max(r["eval_return"] for r in evals),
                  "last_eval_return": evals[-1]["eval_return"],
-                 "last100_train_return": statistics.fmean(r["episode_return"] for r in returns[-100:]),
+                 "last100_train_return": float(means[-1]),
                  "env_steps": summary["env_steps"], "wall_seconds": summary["wall_seconds"],
                  "curve": [{k: v for k, v in r.items() if k.startswith(("env_steps", "time", "eval_return"))}
                            for r in evals],
                  "train_curve": [{"env_steps": returns[i]["env_steps"], "time": returns[i]["time"],
-                                  "return_mean100": statistics.fmean(
-                                      r["episode_return"] for r in returns[max(0, i - 99):i + 1])}
+                                  "return_mean100": float(means[i])}
                                  for i in range(every - 1, len(returns), every)]})
   return {"figures": [
       _figure("env_steps_to_target", f"{args.mode}: env steps to eval_return >= {args.target:g}", "env steps",
@@ -636,11 +641,9 @@ def _minatar_run(config: str, frames: int, overrides: tuple[str, ...]) -> dict:
   ``replay.min_size`` (eval off): its frames/s and updates/s from the first
   learner record to the last."""
   with tempfile.TemporaryDirectory(prefix="jaxrl_bench_") as run_dir:
-    min_size = next((int(o.split("=")[1]) for o in overrides if o.startswith("replay.min_size=")),
-                    load_config(config).replay.min_size)
-    cmd = [sys.executable, str(Path(__file__).with_name("train.py")), config, f"run_dir={run_dir}",
-           "runtime.progress=false", "runtime.mode=async", "eval.interval=0", "stop.eval_return=null",
-           "stop.seconds=null", f"stop.env_steps={min_size + frames}", *overrides]
+    min_size = load_config(config, overrides).replay.min_size
+    cmd = _train_cmd(config, run_dir, "runtime.mode=async", "eval.interval=0", "stop.seconds=null",
+                     f"stop.env_steps={min_size + frames}", *overrides)
     subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
     learner = [r for r in read_metrics(run_dir) if "learner_id" in r]
   first, last = learner[0], learner[-1]

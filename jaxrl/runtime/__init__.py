@@ -17,6 +17,9 @@ Modules, in the order a reader meets them:
   local     the local-processes backend (``runtime.mode: async``): a learner
             process and actor processes over shared memory; spawning, pipes,
             signals, orphan detection and CPU placement live here only.
+  ray_backend  the Ray backend (``runtime.backend: ray``): the local
+            supervisor and learner, with Ray actors anywhere in a cluster;
+            the only module that imports Ray.
 
 The loops know nothing of processes, signals, shared-memory names or Ray.
 Public names load lazily, so an actor process that imports

@@ -3,8 +3,9 @@
 ``preflight`` makes every check a run can fail before it writes anything;
 ``Run`` keeps the run directory, counters, stop conditions, evaluation and
 summary; ``train`` builds the Run and hands it to the backend of
-``runtime.mode`` (sync: ``runtime.sync``; async: ``runtime.local``), which
-runs the acting and learning loops and returns when the run stops.
+``runtime.backend`` and ``runtime.mode`` (sync: ``runtime.sync``; async:
+``runtime.local``; ray: ``runtime.ray_backend``), which runs the acting and
+learning loops and returns when the run stops.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from jaxrl.config import RunConfig, config_to_dict, save_config
 from jaxrl.logger import MetricsLogger, ProgressDisplay, plot_learning_curve, write_summary
 from jaxrl.runtime.builders import configure_jax, learner_spaces, make_agents, make_env_set, seed, state_templates
 from jaxrl.runtime.learning import CHECKPOINT_DIR, replay_contents
-from jaxrl.shm import remove_dead_segments
+from jaxrl.shm import remove_dead_segments, segment_pid
 
 ERRORS_FILE = "errors.log"
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -76,7 +77,7 @@ def preflight(cfg: RunConfig) -> None:
   (``shm.remove_dead_segments``), with a line on stderr."""
   removed = remove_dead_segments()
   if removed:
-    pids = sorted({int(name.split("_")[1]) for name in removed})
+    pids = sorted({segment_pid(name) for name in removed})
     print(f"jaxrl: removed {len(removed)} shared-memory segments left in /dev/shm by killed runs "
           f"(pids {', '.join(map(str, pids))})", file=sys.stderr)
   configure_jax("supervisor", cfg.runtime.compilation_cache)
