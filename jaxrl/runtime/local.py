@@ -19,6 +19,8 @@ Failures: a crashed actor is restarted up to ``actors.max_restarts`` times;
 a learner exception or a non-finite loss, gradient or state stops the run
 (``stopped_because = "error"``) without overwriting the last good
 checkpoint; children whose supervisor died exit and unlink the segments.
+The Ray backend (``runtime.ray_backend``) runs this supervisor and learner
+with actors of its own (``run``'s ``actor_main`` and ``actor_child``).
 This module does not import the logger: actor processes import it.
 """
 
@@ -207,7 +209,6 @@ def _inbox(connections: dict[str, Any]):
       connection.close()
 
 
-
 @contextlib.contextmanager
 def signals_ignored_by_children(signals: frozenset = frozenset(_SIGNALS)):
   """Processes started inside this block ignore ``signals`` (SIGINT and
@@ -228,9 +229,10 @@ def signals_ignored_by_children(signals: frozenset = frozenset(_SIGNALS)):
 
 @contextlib.contextmanager
 def child_setup(role: str, process: str, shared: _Shared, connection):
-  """Runs the body of child ``process``: sets it up, attaches (control,
-  store, replay), reports an exception as an "error" message (exit status 1,
-  no traceback on the console), and detaches. The learner of a dead
+  """Runs the body of child ``process`` (a process, or one of the Ray
+  backend's driver threads): sets it up, attaches (control, store, replay),
+  reports an exception as an "error" message (exit status 1, no traceback
+  on the console), and detaches. The learner of a dead
   supervisor also unlinks the segments."""
   signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)   # ignored since birth; the supervisor stops us
   if shared.placement is not None:   # before JAX sizes its thread pools
