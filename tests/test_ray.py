@@ -50,6 +50,12 @@ def actor_starts(run_dir):
   return [r for r in records(run_dir) if "actor_node" in r]
 
 
+def runs_jax_on_the_cpu(pid: int) -> bool:
+  """Whether process ``pid`` has JAX_PLATFORMS=cpu in its environment."""
+  with open(f"/proc/{pid}/environ", "rb") as f:
+    return b"JAX_PLATFORMS=cpu" in f.read().split(b"\0")
+
+
 def goes_on_then_stops(run_dir, proc) -> str:
   """Waits for 2,000 more env steps, then stops the run with SIGINT; its stderr."""
   restarted_at = records(run_dir)[-1]["env_steps"]
@@ -104,6 +110,7 @@ def test_a_killed_ray_actor_process_is_restarted_and_the_run_goes_on(tmp_path, c
   try:
     wait_until_learning(run_dir, proc)
     (first,) = actor_starts(run_dir)
+    assert runs_jax_on_the_cpu(first["actor_pid"])   # a cluster's worker: from the job's runtime environment
     os.kill(first["actor_pid"], signal.SIGKILL)
     wait_for(lambda: len(actor_starts(run_dir)) == 2, what="the restarted actor")
     err = goes_on_then_stops(run_dir, proc)
@@ -156,6 +163,8 @@ def test_a_signal_stops_the_run_and_every_ray_process_it_started(tmp_path, signu
     descendants = psutil.Process(proc.pid).children(recursive=True)
     names = " ".join(p.name() for p in descendants)
     assert "raylet" in names and "gcs_server" in names, names
+    wait_for(lambda: actor_starts(run_dir), what="the actor's start")
+    assert runs_jax_on_the_cpu(actor_starts(run_dir)[0]["actor_pid"])   # inherited from the driver's ray.init
     if to_group:
       os.killpg(proc.pid, signum)
     else:

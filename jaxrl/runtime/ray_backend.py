@@ -103,13 +103,20 @@ def _connected(cfg: RunConfig):
   """This process as the driver of a Ray instance: a new one on this machine
   (``runtime.ray.address: null``), stopped on exit with all its processes,
   or a running cluster, left running. Actors run with ``JAX_PLATFORMS=cpu``:
-  Ray does not hide a GPU from an actor that asked for none."""
+  Ray does not hide a GPU from an actor that asked for none. A new
+  instance's processes inherit it from this process's environment during
+  ``ray.init``; a cluster's workers get it as the job's runtime environment
+  (which costs each worker's start about a second here)."""
   import logging  # pylint: disable=import-outside-toplevel
   ray = _ray()
   address = cfg.runtime.ray.address
-  own = {} if address is not None else {
-      "num_cpus": max(os.cpu_count() or 1, math.ceil(_cpus_needed(cfg))),
-      "object_store_memory": _OBJECT_STORE_BYTES, "include_dashboard": False}
+  actor_env = {"JAX_PLATFORMS": "cpu"}
+  if address is None:
+    options = {"num_cpus": max(os.cpu_count() or 1, math.ceil(_cpus_needed(cfg))),
+               "object_store_memory": _OBJECT_STORE_BYTES, "include_dashboard": False}
+  else:
+    options = {"runtime_env": {"env_vars": actor_env}}
+  environ = {k: os.environ.get(k) for k in actor_env} if address is None else {}
   # Ray's processes ignore a terminal's Ctrl-C, as the learner does: the run stops them. Not SIGTERM,
   # which ray.shutdown sends them (it waits seconds, then kills, for one that ignores it). Ray starts
   # them by fork and exec, which JAX's fork warning does not tell from a bare fork; and the line Ray
@@ -119,10 +126,15 @@ def _connected(cfg: RunConfig):
   handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
   with local.signals_ignored_by_children(frozenset({signal.SIGINT})), warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+    os.environ.update({k: actor_env[k] for k in environ})
     try:   # "local": a new instance, even where RAY_ADDRESS or a `ray start` on this machine names one
-      ray.init(address=address or "local", logging_level=logging.WARNING, log_to_driver=True,
-               runtime_env={"env_vars": {"JAX_PLATFORMS": "cpu"}}, **own)
+      ray.init(address=address or "local", logging_level=logging.WARNING, log_to_driver=True, **options)
     finally:
+      for k, value in environ.items():
+        if value is None:
+          del os.environ[k]
+        else:
+          os.environ[k] = value
       for s, handler in handlers.items():
         signal.signal(s, handler)
   try:
