@@ -53,8 +53,16 @@ def plot_game(game: str, runs: list[dict], out: Path) -> None:
   fig.savefig(out)
 
 
+def train_return_at(run: dict, frames: int) -> float:
+  """A run's mean of 100 training returns at its last curve point up to ``frames``."""
+  return [p["return_mean100"] for p in run["train_curve"] if p["env_steps"] <= frames][-1]
+
+
 def table(games: dict[str, list[dict]]) -> str:
-  rows = ["| game | DQN | IQN | anchor (DQN) | frames | wall time |", "|---|---|---|---|---|---|"]
+  """The README table; "DQN at IQN's frames" compares seed 0's runs at the
+  IQN run's length, where the DQN run went on longer."""
+  rows = ["| game | DQN | IQN | DQN at IQN's frames | anchor (DQN) | frames | wall time |",
+          "|---|---|---|---|---|---|---|"]
   for game in ANCHORS:
     runs = games.get(game, [])
     cells = {}
@@ -63,7 +71,10 @@ def table(games: dict[str, list[dict]]) -> str:
       cells[algo] = " / ".join(f"{r['last100_train_return']:.1f} ({r['last_eval_return']:.1f})" for r in mine) or "to come"
     frames = " / ".join(f"{r['env_steps'] / 1e6:.1f}M" for r in runs) or "-"
     wall = " / ".join(f"{(r['wall_seconds'] - r.get('held_seconds', 0)) / 60:.0f} min" for r in runs) or "-"
-    rows.append(f"| {game} | {cells['dqn']} | {cells['iqn']} | {ANCHORS[game]} | {frames} | {wall} |")
+    first = {algo: next((r for r in runs if r["algo"] == algo and r["seed"] == 0), None) for algo in ("dqn", "iqn")}
+    equal = ("-" if None in first.values() else
+             f"{train_return_at(first['dqn'], first['iqn']['env_steps']):.1f}")
+    rows.append(f"| {game} | {cells['dqn']} | {cells['iqn']} | {equal} | {ANCHORS[game]} | {frames} | {wall} |")
   return "\n".join(rows)
 
 
