@@ -123,6 +123,23 @@ def test_a_killed_ray_actor_process_is_restarted_and_the_run_goes_on(tmp_path, c
   assert "actor 0 failed" in err and "Traceback" not in err, err
 
 
+def test_a_learner_failure_stops_a_ray_run_as_it_stops_a_local_one(tmp_path, cluster):
+  """The learner cannot write its checkpoint: exit 1 with the reason, and
+  the run's Ray actor is gone from the cluster, which keeps running."""
+  run_dir = tmp_path / "run"
+  run_dir.mkdir()
+  (run_dir / "checkpoints").write_text("not a directory")
+  proc = train_cli(CARTPOLE, f"run_dir={run_dir}", *joined(cluster), *SHORT, "stop.env_steps=10_000_000",
+                   "stop.seconds=null", "checkpoint.interval_seconds=0.2", timeout=120)
+  assert proc.returncode == 1, proc.stderr
+  assert proc.stderr.strip().splitlines()[-1].startswith("jaxrl-train: error: learner: FileExistsError")
+  assert json.loads((run_dir / "summary.json").read_text())["stopped_because"] == "error"
+  pids = [r["actor_pid"] for r in actor_starts(run_dir)]
+  gone, alive = psutil.wait_procs([psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)], timeout=10)
+  assert not alive, alive
+  assert cluster.head_node.remaining_processes_alive()
+
+
 def test_actors_run_on_both_nodes_and_one_whose_node_goes_away_is_restarted(tmp_path, cluster):
   """Two actors spread over the head and the worker node; removing the
   worker node restarts its actor on the head, and the run goes on."""
