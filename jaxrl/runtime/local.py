@@ -228,11 +228,12 @@ def signals_ignored_by_children(signals: frozenset = frozenset(_SIGNALS)):
 
 
 @contextlib.contextmanager
-def child_setup(role: str, process: str, shared: _Shared, connection):
+def child_setup(role: str, process: str, shared: _Shared, connection, attach_params: bool = True):
   """Runs the body of child ``process`` (a process, or one of the Ray
   backend's driver threads): sets it up, attaches (control, store, replay),
   reports an exception as an "error" message (exit status 1, no traceback
-  on the console), and detaches. The learner of a dead
+  on the console), and detaches. ``attach_params=False`` leaves the
+  ParamStores out (a child that reads its policies elsewhere). The learner of a dead
   supervisor also unlinks the segments."""
   signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)   # ignored since birth; the supervisor stops us
   if shared.placement is not None:   # before JAX sizes its thread pools
@@ -241,7 +242,7 @@ def child_setup(role: str, process: str, shared: _Shared, connection):
   configure_jax(role, shared.compilation_cache)
   block = SharedBlock.attach(shared.control)
   control = _ChildControl(block)
-  stores = {lid: ParamStore.attach(handle) for lid, handle in shared.params.items()}
+  stores = {lid: ParamStore.attach(handle) for lid, handle in shared.params.items()} if attach_params else {}
   replays = {lid: SharedReplay.attach(handle) for lid, handle in shared.replays.items()}
   failed = False
   try:

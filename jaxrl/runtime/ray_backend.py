@@ -285,7 +285,8 @@ def _ray_actor_main(actor_id: int, cfg: RunConfig, shared, env_steps: int, board
   """Actor ``actor_id``'s driver thread: ``local.act`` over a RemoteActor.
   Once the remote actor has started, logs where it runs: ``actor_node``
   (Ray's node id), ``actor_address`` (the node's IP) and ``actor_pid``."""
-  with local.child_setup("actor", f"actor {actor_id}", shared, connection) as (control, _, replays, outbox):
+  with local.child_setup("actor", f"actor {actor_id}", shared, connection,
+                         attach_params=False) as (control, _, replays, outbox):   # the board reads them
     import ray  # pylint: disable=import-outside-toplevel
     cpus = shared.placement[1] if shared.placement else None
     actor = RemoteActor(cfg, actor_id, env_steps, board, shared.params, cpus)
