@@ -1,7 +1,7 @@
 """jaxrl benchmarks: prints a table and writes JSON.
 
   python scripts/benchmark.py [--config configs/cartpole_dqn.yaml] [--sections env actor ...]
-                              [--out benchmark.json] [--quick] [--seeds 3] [--target R]
+                              [--out benchmark.json] [--quick] [--seeds 3] [--first-seed 0] [--target R]
 
 Each section runs in its own spawned process, so that it sets JAX up as the
 runtime process it stands for does (actor: one CPU thread, no async
@@ -48,7 +48,7 @@ actor, replay, agent and learner settings:
                counted from its first update; and the config's own frames/s as
                it is, with the time for 5M frames it implies.
   learning     (not run by default) ``--seeds`` runs of the config in ``--mode``
-               (sync by default) to its ``stop.env_steps``: env steps and seconds
+               (sync by default), from seed ``--first-seed`` (0), to its ``stop.env_steps``: env steps and seconds
                to the first greedy ``eval_return >= --target``, best and last
                eval_return, the last 100 training episodes' mean return, wall
                time, and each run's curves (the long MPE and MinAtar benchmarks).
@@ -232,6 +232,17 @@ def bench_train_step(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-ar
   return {"figures": figures}
 
 
+def _fused_train_step(agent, batches: jaxrl.Transition) -> tuple[Callable[[], Any], Callable[[], Any]]:
+  """A step running ``agent.train_step`` over the leading axis of the device
+  ``batches`` in one jitted ``lax.scan`` (compiled here), and its finish."""
+  fused = jax.jit(lambda state, batches: jax.lax.scan(agent.train_step, state, batches)[0])
+  state = [fused(agent.init(jax.random.PRNGKey(0)), batches)]
+
+  def step():
+    state[0] = fused(state[0], batches)
+  return step, lambda: jax.block_until_ready(state[0])
+
+
 class _FlaxConvTorso(networks.ConvTorso):
   """The conv torso with ``flax.linen.Conv`` (XLA's convolution) for ``Im2colConv``."""
   @staticmethod
@@ -256,12 +267,7 @@ def bench_conv(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-argument
     for name, torso in (("im2col", networks.ConvTorso((128,), (0.0, 1.0))),
                         ("flax_conv", _FlaxConvTorso((128,), (0.0, 1.0)))):
       agent = jaxrl.make_agent(config, (10, 10, channels), 6, network=networks.QNetwork(torso, 6))
-      fused = jax.jit(lambda state, batches, agent=agent: jax.lax.scan(agent.train_step, state, batches)[0])
-      state = [fused(agent.init(jax.random.PRNGKey(0)), batches)]
-
-      def step(fused=fused, state=state):
-        state[0] = fused(state[0], batches)
-      variants[name] = (step, lambda state=state: jax.block_until_ready(state[0]))
+      variants[name] = _fused_train_step(agent, batches)
     rates = _interleaved_rates(variants, 8, args)
     im2col = _figure(f"conv_im2col_c{channels}", f"MinAtar DQN step, C={channels}: Im2colConv", "updates/s",
                      rates["im2col"])
@@ -277,29 +283,23 @@ def bench_learner(cfg: RunConfig, args) -> dict:
   process steps them."""
   runtime.configure_jax("learner")
   agents = _agents(cfg)
-  agent, obs_dtype = next(iter(agents.values()))
+  agent, _ = next(iter(agents.values()))
   fused, size = cfg.learner.updates_per_call, cfg.learner.batch_size
   shape = f"{cfg.agent.algo} {tuple(cfg.agent.hidden_sizes)} batch {size} x{fused}"
-  fused_steps = jax.jit(lambda state, batches: jax.lax.scan(agent.train_step, state, batches))
   batches = jax.device_put(jax.tree.map(lambda x: x.reshape(fused, size, *x.shape[1:]),
                                         _batch(fused * size, agent.obs_shape, agent.num_actions)))
-  state = [agent.init(jax.random.PRNGKey(0))]
-
-  def bare_step():
-    state[0], _ = fused_steps(state[0], batches)
-
   replays = {}
   for lid, (a, dtype) in agents.items():
     replays[lid] = SharedReplay.create(a.obs_shape, dtype, cfg.replay.capacity, min_size=cfg.replay.min_size)
     rows = _batch(cfg.replay.capacity, a.obs_shape, a.num_actions)._asdict()
     replays[lid].writer(0).add({**rows, "policy_step": np.zeros(cfg.replay.capacity, np.int64)})
   replay = next(iter(replays.values()))
-  store = ParamStore.create(state[0].params)
+  store = ParamStore.create(agent.init(jax.random.PRNGKey(0)).params)
   try:
     silent = runtime.Learner(cfg, agent, replay, agent.init(jax.random.PRNGKey(0)), publish=lambda _: None)
     publishing = runtime.Learner(cfg, agent, replay, agent.init(jax.random.PRNGKey(0)),
                                  publish=local.param_publisher(store))
-    variants = {"train_step_fused": (bare_step, lambda: jax.block_until_ready(state)),
+    variants = {"train_step_fused": _fused_train_step(agent, batches),
                 "learner_loop_no_publish": (silent.update, silent.report),
                 "learner_loop": (publishing.update, publishing.report)}
     rates = _interleaved_rates(variants, fused, args)
@@ -577,12 +577,12 @@ def _ray_shipping(cfg: RunConfig, args) -> list[dict]:
 
 def bench_learning(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-argument
   """``--seeds`` runs of the config in ``--mode`` (sync: deterministic for a
-  seed) to its ``stop.env_steps``: env steps and seconds to the first
+  seed), from seed ``--first-seed``, to its ``stop.env_steps``: env steps and seconds to the first
   greedy ``eval_return`` >= ``--target``, the best and last ``eval_return``,
   the mean of the last 100 training episodes' returns, and the wall time;
   every run's eval curve and training-return curve under "runs"."""
   runs = []
-  for seed in range(args.seeds):
+  for seed in range(args.first_seed, args.first_seed + args.seeds):
     with tempfile.TemporaryDirectory(prefix="jaxrl_bench_") as run_dir:
       cmd = _train_cmd(args.config, run_dir, f"seed={seed}", f"runtime.mode={args.mode}")
       subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
@@ -723,6 +723,7 @@ def main():
   parser.add_argument("--out", default="benchmark.json")
   parser.add_argument("--quick", action="store_true", help="2 short repeats and 1 seed, for testing")
   parser.add_argument("--seeds", type=int, default=3, help="time_to_475 seeds per mode; learning seeds")
+  parser.add_argument("--first-seed", type=int, default=0, help="learning: the seed of its first run")
   parser.add_argument("--target", type=float, default=0.0, help="learning: the eval_return to reach")
   parser.add_argument("--mode", choices=("sync", "async"), default="sync", help="learning: runtime.mode of its runs")
   parser.add_argument("--stop-env-steps", type=int, default=100_000, help="time_to_475 runs' stop.env_steps")

@@ -59,21 +59,21 @@ def train_return_at(run: dict, frames: int) -> float:
 
 
 def table(games: dict[str, list[dict]]) -> str:
-  """The README table; "DQN at IQN's frames" compares seed 0's runs at the
-  IQN run's length, where the DQN run went on longer."""
+  """The README table, a cell per run (" / " between seeds); "DQN at IQN's
+  frames" is each DQN run's training mean at the shortest IQN run's length,
+  for DQN runs that went on longer."""
   rows = ["| game | DQN | IQN | DQN at IQN's frames | anchor (DQN) | frames | wall time |",
           "|---|---|---|---|---|---|---|"]
   for game in ANCHORS:
     runs = games.get(game, [])
-    cells = {}
-    for algo in ("dqn", "iqn"):
-      mine = sorted((r for r in runs if r["algo"] == algo), key=lambda r: r["seed"])
-      cells[algo] = " / ".join(f"{r['last100_train_return']:.1f} ({r['last_eval_return']:.1f})" for r in mine) or "to come"
+    by_algo = {algo: sorted((r for r in runs if r["algo"] == algo), key=lambda r: r["seed"]) for algo in ("dqn", "iqn")}
+    cells = {algo: " / ".join(f"{r['last100_train_return']:.1f} ({r['last_eval_return']:.1f})" for r in mine)
+             or "to come" for algo, mine in by_algo.items()}
+    runs = by_algo["dqn"] + by_algo["iqn"]
     frames = " / ".join(f"{r['env_steps'] / 1e6:.1f}M" for r in runs) or "-"
     wall = " / ".join(f"{(r['wall_seconds'] - r.get('held_seconds', 0)) / 60:.0f} min" for r in runs) or "-"
-    first = {algo: next((r for r in runs if r["algo"] == algo and r["seed"] == 0), None) for algo in ("dqn", "iqn")}
-    equal = ("-" if None in first.values() else
-             f"{train_return_at(first['dqn'], first['iqn']['env_steps']):.1f}")
+    iqn_frames = min((r["env_steps"] for r in by_algo["iqn"]), default=None)
+    equal = " / ".join(f"{train_return_at(r, iqn_frames):.1f}" for r in by_algo["dqn"]) if iqn_frames else "-"
     rows.append(f"| {game} | {cells['dqn']} | {cells['iqn']} | {equal} | {ANCHORS[game]} | {frames} | {wall} |")
   return "\n".join(rows)
 
