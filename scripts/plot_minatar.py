@@ -54,7 +54,10 @@ def plot_game(game: str, runs: list[dict], out: Path) -> None:
 
 
 def train_return_at(run: dict, frames: int) -> float:
-  """A run's mean of 100 training returns at its last curve point up to ``frames``."""
+  """A run's mean of 100 training returns at ``frames``: its final one if it
+  ended there (within 0.1%), else at its last curve point up to ``frames``."""
+  if run["env_steps"] <= frames * 1.001:
+    return run["last100_train_return"]
   return [p["return_mean100"] for p in run["train_curve"] if p["env_steps"] <= frames][-1]
 
 
