@@ -48,8 +48,9 @@ actor, replay, agent and learner settings:
                counted from its first update; and the config's own frames/s as
                it is, with the time for 5M frames it implies.
   learning     (not run by default) ``--seeds`` runs of the config in ``--mode``
-               (sync by default), from seed ``--first-seed`` (0), to its ``stop.env_steps``: env steps and seconds
-               to the first greedy ``eval_return >= --target``, best and last
+               (sync by default), from seed ``--first-seed`` (0), to its
+               ``stop.env_steps``: env steps and seconds to the first greedy
+               ``eval_return >= --target``, best and last
                eval_return, the last 100 training episodes' mean return, wall
                time, and each run's curves (the long MPE and MinAtar benchmarks).
 
@@ -577,8 +578,8 @@ def _ray_shipping(cfg: RunConfig, args) -> list[dict]:
 
 def bench_learning(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-argument
   """``--seeds`` runs of the config in ``--mode`` (sync: deterministic for a
-  seed), from seed ``--first-seed``, to its ``stop.env_steps``: env steps and seconds to the first
-  greedy ``eval_return`` >= ``--target``, the best and last ``eval_return``,
+  seed), from seed ``--first-seed``, to its ``stop.env_steps``: env steps
+  and seconds to the first greedy ``eval_return`` >= ``--target``, the best and last ``eval_return``,
   the mean of the last 100 training episodes' returns, and the wall time;
   every run's eval curve and training-return curve under "runs"."""
   runs = []

@@ -72,9 +72,9 @@ def table(games: dict[str, list[dict]]) -> str:
     by_algo = {algo: sorted((r for r in runs if r["algo"] == algo), key=lambda r: r["seed"]) for algo in ("dqn", "iqn")}
     cells = {algo: " / ".join(f"{r['last100_train_return']:.1f} ({r['last_eval_return']:.1f})" for r in mine)
              or "to come" for algo, mine in by_algo.items()}
-    runs = by_algo["dqn"] + by_algo["iqn"]
-    frames = " / ".join(f"{r['env_steps'] / 1e6:.1f}M" for r in runs) or "-"
-    wall = " / ".join(f"{(r['wall_seconds'] - r.get('held_seconds', 0)) / 60:.0f} min" for r in runs) or "-"
+    in_order = by_algo["dqn"] + by_algo["iqn"]
+    frames = " / ".join(f"{r['env_steps'] / 1e6:.1f}M" for r in in_order) or "-"
+    wall = " / ".join(f"{(r['wall_seconds'] - r.get('held_seconds', 0)) / 60:.0f} min" for r in in_order) or "-"
     iqn_frames = min((r["env_steps"] for r in by_algo["iqn"]), default=None)
     equal = " / ".join(f"{train_return_at(r, iqn_frames):.1f}" for r in by_algo["dqn"]) if iqn_frames else "-"
     rows.append(f"| {game} | {cells['dqn']} | {cells['iqn']} | {equal} | {ANCHORS[game]} | {frames} | {wall} |")

@@ -233,8 +233,8 @@ def child_setup(role: str, process: str, shared: _Shared, connection, attach_par
   backend's driver threads): sets it up, attaches (control, store, replay),
   reports an exception as an "error" message (exit status 1, no traceback
   on the console), and detaches. ``attach_params=False`` leaves the
-  ParamStores out (a child that reads its policies elsewhere). The learner of a dead
-  supervisor also unlinks the segments."""
+  ParamStores out (a child that reads its policies elsewhere). The learner
+  of a dead supervisor also unlinks the segments."""
   signal.pthread_sigmask(signal.SIG_UNBLOCK, _SIGNALS)   # ignored since birth; the supervisor stops us
   if shared.placement is not None:   # before JAX sizes its thread pools
     os.sched_setaffinity(0, shared.placement[0 if role == "learner" else 1])
