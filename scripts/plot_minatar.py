@@ -2,7 +2,7 @@
 
   python scripts/plot_minatar.py [benchmarks/minatar]
 
-Reads every ``<game>_<algo>_seed<k>.json`` there (written by
+Reads every ``<game>_<algo>_seed<k>[_<tag>].json`` there (written by
 ``scripts/benchmark.py --sections learning``), draws one figure per game,
 ``<game>.png``: the mean return of the last 100 training episodes and the
 greedy eval returns against frames, one line per run, with the MinAtar
@@ -23,13 +23,16 @@ ANCHORS = {"asterix": 17, "breakout": 10, "freeway": 50, "seaquest": 20, "space_
 
 
 def load_runs(folder: Path) -> dict[str, list[dict]]:
-  """Game -> its runs, each with ``algo`` and ``seed`` added."""
+  """Game -> its runs, each with ``algo``, ``seed`` and ``tag`` added, from
+  files named ``<game>_<algo>_seed<k>[_<tag>].json`` (a tag tells apart
+  repeats of one seed, e.g. ``_5m`` for a longer rerun)."""
   games: dict[str, list[dict]] = {}
   for path in sorted(folder.glob("*_seed*.json")):
-    game_algo, seed = path.stem.rsplit("_seed", 1)
+    game_algo, seed_tag = path.stem.rsplit("_seed", 1)
     game, algo = game_algo.rsplit("_", 1)
+    seed, _, tag = seed_tag.partition("_")
     (run,) = json.loads(path.read_text())["sections"]["learning"]["runs"]
-    games.setdefault(game, []).append({**run, "algo": algo, "seed": int(seed)})
+    games.setdefault(game, []).append({**run, "algo": algo, "seed": int(seed), "tag": tag})
   return games
 
 
@@ -38,7 +41,7 @@ def plot_game(game: str, runs: list[dict], out: Path) -> None:
   ax = fig.add_subplot()
   colors = {"dqn": "tab:blue", "iqn": "tab:red"}
   for run in runs:
-    label = f"{run['algo'].upper()} seed {run['seed']}"
+    label = f"{run['algo'].upper()} seed {run['seed']}" + (f" ({run['tag']})" if run["tag"] else "")
     train = run["train_curve"]
     ax.plot([p["env_steps"] / 1e6 for p in train], [p["return_mean100"] for p in train],
             color=colors[run["algo"]], alpha=0.9, label=f"{label}: training, mean of 100")
@@ -62,21 +65,22 @@ def train_return_at(run: dict, frames: int) -> float:
 
 
 def table(games: dict[str, list[dict]]) -> str:
-  """The README table, a cell per run (" / " between seeds); "DQN at IQN's
-  frames" is each DQN run's training mean at the shortest IQN run's length,
-  for DQN runs that went on longer."""
+  """The README table, a cell per run (" / " between runs); "DQN at IQN's
+  frames" is each DQN run's training mean at each length the IQN runs of
+  the game have ("; " between lengths), for DQN runs that went on longer."""
   rows = ["| game | DQN | IQN | DQN at IQN's frames | anchor (DQN) | frames | wall time |",
           "|---|---|---|---|---|---|---|"]
   for game in ANCHORS:
     runs = games.get(game, [])
-    by_algo = {algo: sorted((r for r in runs if r["algo"] == algo), key=lambda r: r["seed"]) for algo in ("dqn", "iqn")}
+    by_algo = {algo: sorted((r for r in runs if r["algo"] == algo), key=lambda r: (r["seed"], r["tag"])) for algo in ("dqn", "iqn")}
     cells = {algo: " / ".join(f"{r['last100_train_return']:.1f} ({r['last_eval_return']:.1f})" for r in mine)
              or "to come" for algo, mine in by_algo.items()}
     in_order = by_algo["dqn"] + by_algo["iqn"]
     frames = " / ".join(f"{r['env_steps'] / 1e6:.1f}M" for r in in_order) or "-"
     wall = " / ".join(f"{(r['wall_seconds'] - r.get('held_seconds', 0)) / 60:.0f} min" for r in in_order) or "-"
-    iqn_frames = min((r["env_steps"] for r in by_algo["iqn"]), default=None)
-    equal = " / ".join(f"{train_return_at(r, iqn_frames):.1f}" for r in by_algo["dqn"]) if iqn_frames else "-"
+    lengths = sorted({round(r["env_steps"], -5) for r in by_algo["iqn"]})   # to 0.1M
+    equal = "; ".join(" / ".join(f"{train_return_at(r, n):.1f}" for r in by_algo["dqn"]) + f" ({n / 1e6:.1f}M)"
+                      for n in lengths) or "-"
     rows.append(f"| {game} | {cells['dqn']} | {cells['iqn']} | {equal} | {ANCHORS[game]} | {frames} | {wall} |")
   return "\n".join(rows)
 
