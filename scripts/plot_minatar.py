@@ -56,12 +56,15 @@ def plot_game(game: str, runs: list[dict], out: Path) -> None:
   fig.savefig(out)
 
 
-def train_return_at(run: dict, frames: int) -> float:
+def train_return_at(run: dict, frames: int) -> str:
   """A run's mean of 100 training returns at ``frames``: its final one if it
-  ended there (within 0.1%), else at its last curve point up to ``frames``."""
+  ended there (within 0.1%), else at its last curve point up to ``frames``;
+  "-" if it ended before."""
+  if run["env_steps"] < frames * 0.999:
+    return "-"
   if run["env_steps"] <= frames * 1.001:
-    return run["last100_train_return"]
-  return [p["return_mean100"] for p in run["train_curve"] if p["env_steps"] <= frames][-1]
+    return f"{run['last100_train_return']:.1f}"
+  return f"{[p['return_mean100'] for p in run['train_curve'] if p['env_steps'] <= frames][-1]:.1f}"
 
 
 def table(games: dict[str, list[dict]]) -> str:
@@ -79,7 +82,7 @@ def table(games: dict[str, list[dict]]) -> str:
     frames = " / ".join(f"{r['env_steps'] / 1e6:.1f}M" for r in in_order) or "-"
     wall = " / ".join(f"{(r['wall_seconds'] - r.get('held_seconds', 0)) / 60:.0f} min" for r in in_order) or "-"
     lengths = sorted({round(r["env_steps"], -5) for r in by_algo["iqn"]})   # to 0.1M
-    equal = "; ".join(" / ".join(f"{train_return_at(r, n):.1f}" for r in by_algo["dqn"]) + f" ({n / 1e6:.1f}M)"
+    equal = "; ".join(" / ".join(train_return_at(r, n) for r in by_algo["dqn"]) + f" ({n / 1e6:.1f}M)"
                       for n in lengths) or "-"
     rows.append(f"| {game} | {cells['dqn']} | {cells['iqn']} | {equal} | {ANCHORS[game]} | {frames} | {wall} |")
   return "\n".join(rows)
