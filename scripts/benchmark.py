@@ -579,9 +579,10 @@ def _ray_shipping(cfg: RunConfig, args) -> list[dict]:
 def bench_learning(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-argument
   """``--seeds`` runs of the config in ``--mode`` (sync: deterministic for a
   seed), from seed ``--first-seed``, to its ``stop.env_steps``: env steps
-  and seconds to the first greedy ``eval_return`` >= ``--target``, the best and last ``eval_return``,
-  the mean of the last 100 training episodes' returns, and the wall time;
-  every run's eval curve and training-return curve under "runs"."""
+  and seconds to the first greedy ``eval_return`` >= ``--target``, the best
+  and last ``eval_return``, the mean of the last 100 training episodes'
+  returns, and the wall time; every run's eval curve and training-return
+  curve under "runs"."""
   runs = []
   for seed in range(args.first_seed, args.first_seed + args.seeds):
     with tempfile.TemporaryDirectory(prefix="jaxrl_bench_") as run_dir:

@@ -75,7 +75,8 @@ def table(games: dict[str, list[dict]]) -> str:
           "|---|---|---|---|---|---|---|"]
   for game in ANCHORS:
     runs = games.get(game, [])
-    by_algo = {algo: sorted((r for r in runs if r["algo"] == algo), key=lambda r: (r["seed"], r["tag"])) for algo in ("dqn", "iqn")}
+    by_algo = {algo: sorted((r for r in runs if r["algo"] == algo), key=lambda r: (r["seed"], r["tag"]))
+               for algo in ("dqn", "iqn")}
     cells = {algo: " / ".join(f"{r['last100_train_return']:.1f} ({r['last_eval_return']:.1f})" for r in mine)
              or "to come" for algo, mine in by_algo.items()}
     in_order = by_algo["dqn"] + by_algo["iqn"]
