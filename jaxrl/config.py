@@ -393,6 +393,10 @@ class RuntimeConfig:
       supervisor and actors on the others, so that acting and evaluation
       do not preempt the learner's computation. null = no pinning; also
       none (with a note) when no CPU would be left for the others.
+    stop_timeout_seconds: the longest the run waits, once asked to stop, for
+      the learner to write its final checkpoint and exit, while it is still
+      working (compiling, updating, writing); a learner that has written its
+      final checkpoint is done at once. Actors get at most this long too.
   """
 
   backend: str = "local"
@@ -404,6 +408,7 @@ class RuntimeConfig:
   progress: bool = True
   compilation_cache: str | None = "~/.cache/jaxrl/xla"
   learner_cpus: int | None = None
+  stop_timeout_seconds: float = 300.0
 
   def __post_init__(self):
     check(self.backend in ("local", "ray"), "backend", 'one of "local", "ray"', self.backend)
@@ -421,6 +426,7 @@ class RuntimeConfig:
           "null or a directory", self.compilation_cache)
     if self.learner_cpus is not None:
       check_positive_int("learner_cpus", self.learner_cpus)
+    check_positive("stop_timeout_seconds", self.stop_timeout_seconds)
 
 
 @dataclasses.dataclass(frozen=True)
