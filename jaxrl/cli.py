@@ -31,8 +31,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jaxrl.config import (MAX_SEED, ConfigError, EnvConfig, RunConfig, StopConfig, apply_overrides,
-                          config_keys_help, load_config)
+from jaxrl.config import MAX_SEED, ConfigError, EnvConfig, RunConfig, StopConfig
+from jaxrl.config_file import apply_overrides, config_keys_help, load_config
 
 if TYPE_CHECKING:   # numpy is imported where it is used: the CLI starts without it
   import numpy as np

@@ -14,7 +14,8 @@ from typing import Any
 
 from jaxrl import runtime
 from jaxrl.checkpoint import CheckpointError, latest_checkpoint, restore_checkpoint
-from jaxrl.config import ConfigError, RunConfig, load_config
+from jaxrl.config import ConfigError, RunConfig
+from jaxrl.config_file import load_config
 from jaxrl.learner import Agent, LearnerState
 
 

@@ -1,4 +1,5 @@
-"""Tests of jaxrl.config: typed run configs, YAML, overrides and their errors."""
+"""Tests of jaxrl.config and jaxrl.config_file: typed run configs, YAML,
+overrides and their errors."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 import yaml
 
 from jaxrl import config as C
+from jaxrl import config_file as F
 
 CONFIGS = sorted((pathlib.Path(__file__).parent.parent / "configs").glob("*.yaml"))
 TOP_KEYS = [f.name for f in dataclasses.fields(C.RunConfig)]
@@ -38,16 +40,16 @@ def config_error(fn, *args) -> str:
 
 def test_defaults_are_valid():
   cfg = C.RunConfig()
-  assert C.load_config(None) == cfg
-  assert C.config_from_dict({}) == cfg
-  assert C.config_from_dict({"agent": None}) == cfg  # empty YAML section
+  assert F.load_config(None) == cfg
+  assert F.config_from_dict({}) == cfg
+  assert F.config_from_dict({"agent": None}) == cfg  # empty YAML section
   assert issubclass(C.ConfigError, ValueError)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
   from jaxrl.envs import env_learner_spaces  # pylint: disable=import-outside-toplevel
-  cfg = C.load_config(path)
+  cfg = F.load_config(path)
   assert env_learner_spaces(cfg.env, cfg.agents)   # a gymnasium or PettingZoo env jaxrl serves
   assert cfg.agent.algo in path.stem
   assert cfg.stop != C.StopConfig(), "a shipped config must stop by itself"
@@ -77,10 +79,10 @@ def test_the_shipped_configs_exist():
      {"adversary": {"learning_rate": 1e-3}}),
 ])
 def test_override_sets_one_typed_value(override, get, expected):
-  cfg = C.load_config(None, [override])
+  cfg = F.load_config(None, [override])
   value = get(cfg)
   assert value == expected and type(value) is type(expected)
-  changed = {k for k, v in C.config_to_dict(cfg).items() if v != C.config_to_dict(C.RunConfig())[k]}
+  changed = {k for k, v in F.config_to_dict(cfg).items() if v != F.config_to_dict(C.RunConfig())[k]}
   assert len(changed) == 1
 
 
@@ -88,14 +90,14 @@ def test_overrides_apply_in_order_then_validate(tmp_path):
   path = tmp_path / "c.yaml"
   path.write_text("agent: {algo: iqn, learning_rate: 0.1}\nreplay: {capacity: 5000}\n")
   # min_size 2_000 > capacity 500 alone, valid once both are applied.
-  cfg = C.load_config(path, ["replay.capacity=500", "replay.min_size=200", "seed=1", "seed=2"])
+  cfg = F.load_config(path, ["replay.capacity=500", "replay.min_size=200", "seed=1", "seed=2"])
   assert (cfg.replay.capacity, cfg.replay.min_size, cfg.seed) == (500, 200, 2)
   assert cfg.agent == C.AgentConfig(algo="iqn", learning_rate=0.1)
-  resumed = C.apply_overrides(cfg, ["agent.learning_rate=1e-3", "env.kwargs.max_episode_steps=9"])
+  resumed = F.apply_overrides(cfg, ["agent.learning_rate=1e-3", "env.kwargs.max_episode_steps=9"])
   assert resumed == dataclasses.replace(
       cfg, agent=dataclasses.replace(cfg.agent, learning_rate=1e-3),
       env=C.EnvConfig(kwargs={"max_episode_steps": 9}))
-  assert C.apply_overrides(cfg, []) == cfg
+  assert F.apply_overrides(cfg, []) == cfg
 
 
 @pytest.mark.parametrize("overrides, expected", [
@@ -155,9 +157,9 @@ def test_overrides_apply_in_order_then_validate(tmp_path):
      "agents.overrides.prey.epsilon_end: must be <= epsilon_start (0.5), got 0.6"),
 ])
 def test_mistake_is_one_line_naming_the_key(overrides, expected):
-  message = config_error(C.load_config, None, overrides)
+  message = config_error(F.load_config, None, overrides)
   assert message.startswith(expected), message
-  message = config_error(C.apply_overrides, C.RunConfig(), overrides)
+  message = config_error(F.apply_overrides, C.RunConfig(), overrides)
   assert message.startswith(expected), message
 
 
@@ -170,30 +172,30 @@ def test_mistake_is_one_line_naming_the_key(overrides, expected):
 def test_bad_file_is_one_line_naming_the_file(tmp_path, text, expected):
   path = tmp_path / "bad.yaml"
   path.write_bytes(text if isinstance(text, bytes) else text.encode())
-  assert config_error(C.load_config, path).startswith(f"{path}: {expected}")
+  assert config_error(F.load_config, path).startswith(f"{path}: {expected}")
   missing = tmp_path / "missing.yaml"
-  assert config_error(C.load_config, missing).startswith(f"{missing}: cannot read config")
+  assert config_error(F.load_config, missing).startswith(f"{missing}: cannot read config")
 
 
 def test_file_mistakes_name_the_dotted_key(tmp_path):
   path = tmp_path / "c.yaml"
   path.write_text("learner:\n  batch_size: 1e-3\n")
-  assert config_error(C.load_config, path) == "learner.batch_size: expected int, got 0.001"
+  assert config_error(F.load_config, path) == "learner.batch_size: expected int, got 0.001"
   path.write_text("env:\n  idd: Foo\n")
-  assert config_error(C.load_config, path) == "env.idd: unknown key (did you mean env.id?)"
+  assert config_error(F.load_config, path) == "env.idd: unknown key (did you mean env.id?)"
   path.write_text('env:\n  "i\\nd": Foo\n')
-  assert config_error(C.load_config, path).startswith("env.'i\\nd': unknown key")
+  assert config_error(F.load_config, path).startswith("env.'i\\nd': unknown key")
 
 
 @settings(max_examples=300)
 @given(key=st.sampled_from(LEAF_KEYS) | st.text(max_size=20), value=st.text(max_size=30))
 def test_any_override_is_applied_or_a_one_line_config_error(key, value):
   try:
-    cfg = C.apply_overrides(C.RunConfig(), [f"{key}={value}"])
+    cfg = F.apply_overrides(C.RunConfig(), [f"{key}={value}"])
   except C.ConfigError as e:
     assert "\n" not in str(e)
   else:
-    assert C.config_from_dict(C.config_to_dict(cfg)) == cfg
+    assert F.config_from_dict(F.config_to_dict(cfg)) == cfg
 
 
 @st.composite
@@ -240,12 +242,12 @@ def run_configs(draw):
 @example(cfg=C.RunConfig(env=C.EnvConfig(id="1e3", kwargs={"a": "yes", "b": "1e-3", "c": "null"}),
                          run_dir="true"))
 def test_round_trip_through_dict_and_yaml(tmp_path_factory, cfg):
-  tree = C.config_to_dict(cfg)
+  tree = F.config_to_dict(cfg)
   assert yaml.safe_load(yaml.safe_dump(tree)) == tree  # plain YAML types only
-  assert C.config_from_dict(tree) == cfg
+  assert F.config_from_dict(tree) == cfg
   path = tmp_path_factory.getbasetemp() / "round_trip.yaml"
-  C.save_config(cfg, path)
-  assert C.load_config(path) == cfg
+  F.save_config(cfg, path)
+  assert F.load_config(path) == cfg
 
 
 @given(lr=st.floats(max_value=0.0) | st.sampled_from([math.nan, math.inf]))
@@ -323,7 +325,7 @@ def test_replay_sizes_are_valid_iff_the_replay_accepts_them(capacity, num, min_s
   overrides = [f"replay.capacity={capacity}", f"actors.num={num}", f"replay.min_size={min_size}",
                f"learner.batch_size={batch_size}"]
   try:
-    cfg = C.load_config(None, overrides)
+    cfg = F.load_config(None, overrides)
   except C.ConfigError as e:
     assert str(e).startswith("replay.min_size: must be"), e
     assert min_size > capacity // num or min_size < batch_size
@@ -336,11 +338,11 @@ def test_replay_sizes_are_valid_iff_the_replay_accepts_them(capacity, num, min_s
 
 def test_min_size_is_checked_against_each_actors_share():
   """Item 14: each actor writes capacity // actors.num slots of the replay."""
-  message = config_error(C.load_config, None, ["replay.min_size=60000", "actors.num=2"])
+  message = config_error(F.load_config, None, ["replay.min_size=60000", "actors.num=2"])
   assert message == ("replay.min_size: must be <= replay.capacity // actors.num (100000 // 2 = 50000), "
                      "got 60000")
-  assert C.load_config(None, ["replay.min_size=50000", "actors.num=2"]).replay.min_size == 50_000
-  assert C.load_config(None, ["replay.min_size=60000", "actors.num=1"]).replay.min_size == 60_000
+  assert F.load_config(None, ["replay.min_size=50000", "actors.num=2"]).replay.min_size == 50_000
+  assert F.load_config(None, ["replay.min_size=60000", "actors.num=1"]).replay.min_size == 60_000
 
 
 def test_seed_is_a_32_bit_unsigned_integer():
@@ -348,9 +350,9 @@ def test_seed_is_a_32_bit_unsigned_integer():
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
   assert C.MAX_SEED == 2**32 - 1
-  assert C.load_config(None, [f"seed={C.MAX_SEED}"]).seed == C.MAX_SEED
+  assert F.load_config(None, [f"seed={C.MAX_SEED}"]).seed == C.MAX_SEED
   for seed in (2**32, 2**32 + 5, 2**64):
-    message = config_error(C.load_config, None, [f"seed={seed}"])
+    message = config_error(F.load_config, None, [f"seed={seed}"])
     assert message == f"seed: must be an integer in [0, 2**32 - 1], got {seed}"
   # Every use of the seed in jaxrl.runtime works at the largest one.
   assert not np.array_equal(jax.random.PRNGKey(C.MAX_SEED), jax.random.PRNGKey(0))
@@ -368,13 +370,13 @@ def test_seed_is_a_32_bit_unsigned_integer():
 def test_integers_may_be_written_with_an_exponent_or_underscores(tmp_path, text, get, expected):
   """Item 16: 1e5 and 100_000 are integers where an int is expected, in
   overrides and in YAML files; the value keeps its field's type."""
-  value = get(C.load_config(None, [text]))
+  value = get(F.load_config(None, [text]))
   assert value == expected and type(value) is type(expected)
   key, _, raw = text.partition("=")
   section, _, name = key.partition(".")
   path = tmp_path / "c.yaml"
   path.write_text(f"{section}:\n  {name}: {raw}\n")
-  value = get(C.load_config(path))
+  value = get(F.load_config(path))
   assert value == expected and type(value) is type(expected)
 
 
@@ -385,17 +387,17 @@ def test_integers_may_be_written_with_an_exponent_or_underscores(tmp_path, text,
     ("agent.hidden_sizes=[64.5]", "agent.hidden_sizes[0]: expected int, got 64.5"),
 ])
 def test_a_fractional_integer_is_still_a_one_line_error(text, expected):
-  assert config_error(C.load_config, None, [text]) == expected
+  assert config_error(F.load_config, None, [text]) == expected
 
 
 def test_every_key_is_documented_in_the_help_with_its_type_and_default():
   """Item 16: the text of jaxrl-train --help lists every dotted key, grouped by section."""
-  text = C.config_keys_help()
-  defaults = C.config_to_dict(C.RunConfig())
+  text = F.config_keys_help()
+  defaults = F.config_to_dict(C.RunConfig())
   for section, hint in C._hints(C.RunConfig).items():
     if dataclasses.is_dataclass(hint):
       assert f"\n{section}: " in text
-      assert set(C._field_docs(hint)) == set(C._hints(hint)), f"{section}: undocumented fields"
+      assert set(F._field_docs(hint)) == set(C._hints(hint)), f"{section}: undocumented fields"
   for key in LEAF_KEYS[:-1]:   # all but env.kwargs.max_episode_steps
     default = defaults
     for name in key.split("."):
@@ -413,14 +415,14 @@ def test_every_key_is_documented_in_the_help_with_its_type_and_default():
 def test_env_imports_is_a_list_of_module_names(tmp_path):
   """Item 17: env.imports, documented, a tuple of dotted module names, () by default."""
   assert C.EnvConfig().imports == ()
-  cfg = C.load_config(None, ["env.imports=[minatar.gym, ale_py]"])
+  cfg = F.load_config(None, ["env.imports=[minatar.gym, ale_py]"])
   assert cfg.env.imports == ("minatar.gym", "ale_py")
   path = tmp_path / "c.yaml"
-  C.save_config(cfg, path)
-  assert C.load_config(path) == cfg
+  F.save_config(cfg, path)
+  assert F.load_config(path) == cfg
   assert "env:\n  id: CartPole-v1\n  kwargs: {}\n  imports:\n  - minatar.gym\n  - ale_py\n" in path.read_text()
   for bad in ("[1]", "['']", "[a.]", "[a b]", "{a: 1}"):
-    assert config_error(C.load_config, None, [f"env.imports={bad}"]).startswith("env.imports")
+    assert config_error(F.load_config, None, [f"env.imports={bad}"]).startswith("env.imports")
 
 
 # --- Issue 11 ------------------------------------------------------------------
@@ -433,7 +435,7 @@ def test_each_learner_has_the_agent_config_updated_by_its_overrides(tmp_path):
   path = tmp_path / "c.yaml"
   path.write_text("agent: {learning_rate: 0.01}\n"
                   "agents:\n  share: type\n  overrides:\n    adversary: {hidden_sizes: [64, 64]}\n")
-  cfg = C.load_config(path, ["agents.overrides.adversary.epsilon_decay_steps=1e5",
+  cfg = F.load_config(path, ["agents.overrides.adversary.epsilon_decay_steps=1e5",
                              "agents.overrides.agent.double_q=false"])
   assert cfg.agents == C.AgentsConfig("type", {
       "adversary": {"hidden_sizes": (64, 64), "epsilon_decay_steps": 100_000}, "agent": {"double_q": False}})
@@ -442,11 +444,27 @@ def test_each_learner_has_the_agent_config_updated_by_its_overrides(tmp_path):
                                                         epsilon_decay_steps=100_000)
   assert cfg.agent_config("agent") == C.AgentConfig(learning_rate=0.01, double_q=False)
   assert cfg.agent_config("other") == cfg.agent == C.AgentConfig(learning_rate=0.01)
-  resumed = C.apply_overrides(cfg, ["agents.overrides.adversary.learning_rate=1e-3"])
+  resumed = F.apply_overrides(cfg, ["agents.overrides.adversary.learning_rate=1e-3"])
   assert resumed.agent_config("adversary") == C.AgentConfig(learning_rate=1e-3, hidden_sizes=(64, 64),
                                                             epsilon_decay_steps=100_000)
-  C.save_config(resumed, path)
-  assert C.load_config(path) == resumed
+  F.save_config(resumed, path)
+  assert F.load_config(path) == resumed
   assert C.RunConfig().agents == C.AgentsConfig("none", {})
-  text = C.config_keys_help()
+  text = F.config_keys_help()
   assert '\n  agents.share: str = "none"\n' in text and "\n  agents.overrides: mapping = {}\n" in text
+
+
+# --- Issue 20 ------------------------------------------------------------------
+
+
+def test_a_failing_save_leaves_the_old_config_and_no_temporary_file(tmp_path, monkeypatch):
+  path = tmp_path / "config.yaml"
+  cfg = C.RunConfig(seed=7)
+  F.save_config(cfg, path)
+  old = path.read_text()
+  # The dump fails midway, after it has written part of the new file.
+  monkeypatch.setattr(F, "config_to_dict", lambda cfg: {"seed": 8, "run_dir": object()})
+  with pytest.raises(yaml.representer.RepresenterError):
+    F.save_config(C.RunConfig(seed=8), path)
+  assert path.read_text() == old and F.load_config(path) == cfg
+  assert [p.name for p in tmp_path.iterdir()] == ["config.yaml"]

@@ -68,3 +68,12 @@ def test_only_the_ray_backend_imports_ray():
   found = [path for path in PACKAGE.rglob("*.py")
            if path.name != "ray_backend.py" and {n for n in imported_modules(path) if top(n) == "ray"}]
   assert not found
+
+
+def test_the_config_schema_is_apart_from_yaml():
+  """The schema imports no yaml; reading and writing YAML, overrides and
+  --help are config_file's, still importable from config."""
+  assert "yaml" not in {top(m) for m in importing(["jaxrl.config"])}
+  from jaxrl import config, config_file  # pylint: disable=import-outside-toplevel
+  assert config_file.load_config.__module__ == "jaxrl.config_file"
+  assert config.load_config is config_file.load_config
