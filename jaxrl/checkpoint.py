@@ -19,8 +19,9 @@ Atomicity: a save writes ``.step_<...>.ckpt.tmp`` in the same directory,
 fsyncs it, renames it onto the final name (``os.replace``, atomic also over a
 checkpoint of the same step) and fsyncs the directory. A save killed at any
 point leaves the previous checkpoints intact and at most a ``.tmp`` file,
-which ``latest_checkpoint`` never considers and the next save deletes. One
-writer per directory.
+which ``latest_checkpoint`` never considers and the next save deletes; a save
+that fails (an ``OSError`` such as ENOSPC, any exception) removes its ``.tmp``
+before it raises. One writer per directory.
 
 The directory holds one timeline: a save at step s deletes every checkpoint
 of a later step (a run resumed from an older checkpoint abandons them), then
@@ -121,6 +122,10 @@ def save_checkpoint(directory: str | os.PathLike, state: LearnerState | Mapping[
 
   Returns:
     The path of the new checkpoint, which replaces one of the same step.
+
+  Raises:
+    OSError: the write failed (a full disk: ENOSPC); the directory holds the
+      checkpoints it held before and no ``.tmp`` file.
   """
   check_positive_int("keep", keep)
   extra_arrays = extra_arrays or {}
@@ -138,16 +143,20 @@ def save_checkpoint(directory: str | os.PathLike, state: LearnerState | Mapping[
     stale.unlink()
   path = directory / f"step_{step:09d}.ckpt"
   tmp = directory / f".{path.name}{_TMP_SUFFIX}"
-  with open(tmp, "wb") as f:
-    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
-      archive.writestr("meta.json", meta)
-      archive.writestr("state.msgpack", state_bytes)
-      for name, array in extra_arrays.items():
-        with archive.open(f"extra/{name}.npy", "w", force_zip64=True) as member:
-          np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  try:
+    with open(tmp, "wb") as f:
+      with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("meta.json", meta)
+        archive.writestr("state.msgpack", state_bytes)
+        for name, array in extra_arrays.items():
+          with archive.open(f"extra/{name}.npy", "w", force_zip64=True) as member:
+            np.lib.format.write_array(member, np.asarray(array), allow_pickle=False)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  except BaseException:
+    tmp.unlink(missing_ok=True)   # a full disk keeps no partial copy
+    raise
   _fsync_directory(directory)
 
   existing = _checkpoints(directory)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -169,6 +170,34 @@ def test_save_killed_midway_leaves_the_previous_checkpoint(tmp_path):
 
   save_checkpoint(tmp_path, _state_at(2), COUNTERS, CONFIG, keep=1)
   assert os.listdir(tmp_path) == ["step_000000002.ckpt"]
+
+
+def _no_space(*args, **kwargs):
+  raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _fill_then_no_space(fp, array, **kwargs):
+  fp.write(array.tobytes()[:4096])
+  _no_space()
+
+
+@pytest.mark.parametrize("target, replacement", [
+    (np.lib.format, ("write_array", _fill_then_no_space)),
+    (os, ("fsync", _no_space)),
+    (os, ("replace", _no_space)),
+], ids=["write", "fsync", "rename"])
+def test_failed_save_raises_and_leaves_no_tmp_file(tmp_path, monkeypatch, target, replacement):
+  """A full disk at any point of a save: the OSError comes out, the previous
+  checkpoint is intact and latest, and no partial file is left behind."""
+  path = save_checkpoint(tmp_path, _state_at(1), COUNTERS, CONFIG, keep=1)
+  monkeypatch.setattr(target, *replacement)
+  with pytest.raises(OSError) as info:
+    save_checkpoint(tmp_path, _state_at(2), COUNTERS, CONFIG, keep=1, extra_arrays=EXTRA)
+  monkeypatch.undo()
+  assert info.value.errno == errno.ENOSPC
+  assert os.listdir(tmp_path) == [path.name]
+  assert latest_checkpoint(tmp_path) == path
+  _assert_identical(restore_checkpoint(tmp_path, _state_at(0, seed=3))[0], _state_at(1))
 
 
 def _assert_one_line_error(read, path: Path) -> None:
