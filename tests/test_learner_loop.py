@@ -1,6 +1,9 @@
 """runtime.Learner, the learner process's loop, in one process: its fused
 updates, device-side metric totals and publishes, against a plain lax.scan
-of the pure train_step."""
+of the pure train_step; LearningLoop's periodic and final checkpoints."""
+
+import errno
+import os
 
 import chex
 import jax
@@ -11,6 +14,8 @@ import jaxrl
 from jaxrl import runtime
 from jaxrl.config import load_config
 from jaxrl.replay import SharedReplay
+from jaxrl.runtime.learning import (CHECKPOINT_DIR, FINAL_CHECKPOINT_STARTED, FINAL_CHECKPOINT_WRITTEN,
+                                    Checkpointer, LearningLoop)
 from runs import CARTPOLE
 
 _CALLS, _FUSED, _BATCH, _PUBLISH_INTERVAL = 8, 3, 4, 6
@@ -128,3 +133,66 @@ def test_reports_are_due_every_log_interval_learner_steps(make_learner):
   assert learner.report_due()
   learner.report()
   assert not learner.report_due()
+
+
+def _no_space(*args, **kwargs):
+  raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.fixture
+def make_loop(make_learner, tmp_path):
+  """A LearningLoop of one learner that checkpoints into tmp_path at every
+  housekeeping: (loop, learner, checkpoint directory, records, warnings,
+  progress events as (event, the checkpoints on disk then))."""
+  def make():
+    overrides = ["checkpoint.interval_seconds=1e-9", "checkpoint.keep=5"]
+    _, _, learner = make_learner(1.0, lambda s: None, *overrides)
+    directory, records, warnings, events = tmp_path / CHECKPOINT_DIR, [], [], []
+    counters = {"env_steps": 0, "episodes": 0, "learner_steps": 0}
+
+    def count(_lid, steps):
+      counters["learner_steps"] = steps
+
+    def progress(event):
+      events.append((event, sorted(os.listdir(directory)) if directory.exists() else []))
+
+    loop = LearningLoop({"agent_0": learner}, Checkpointer(load_config(CARTPOLE, overrides), tmp_path, {}),
+                        lambda: counters, count, records.append, warnings.append, progress)
+    return loop, learner, directory, records, warnings, events
+  return make
+
+
+def test_a_failed_periodic_checkpoint_is_one_warning_and_the_next_is_written(make_loop, monkeypatch):
+  loop, _, directory, records, warnings, _ = make_loop()
+  loop.step()
+  monkeypatch.setattr(os, "fsync", _no_space)
+  loop.housekeeping()   # does not raise
+  monkeypatch.undo()
+  assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+  assert warnings[0].startswith("learner: checkpoint not written ([Errno 28] No space left on device")
+  assert os.listdir(directory) == []
+  assert [r["train_steps"] for r in records] == [_FUSED]   # the records before it still went out
+  loop.step()
+  loop.housekeeping()
+  assert os.listdir(directory) == [f"step_{2 * _FUSED:09d}.ckpt"] and len(warnings) == 1
+
+
+def test_a_non_finite_state_stops_the_run_at_a_periodic_checkpoint(make_loop):
+  loop, learner, directory, _, warnings, _ = make_loop()
+  learner.state = learner.state.replace(epsilon=jax.numpy.float32(np.nan))
+  with pytest.raises(runtime.NonFiniteError, match=r"non-finite state.*epsilon"):
+    loop.housekeeping()
+  assert not warnings and not directory.exists()
+
+
+def test_the_final_checkpoint_tells_its_start_and_end_and_a_failure_raises(make_loop, monkeypatch):
+  loop, _, directory, _, warnings, events = make_loop()
+  monkeypatch.setattr(os, "replace", _no_space)
+  with pytest.raises(OSError, match="No space left"):
+    loop.checkpoint()
+  monkeypatch.undo()
+  assert events == [(FINAL_CHECKPOINT_STARTED, [])] and not warnings
+  loop.step()
+  path = loop.checkpoint()
+  assert path == directory / f"step_{_FUSED:09d}.ckpt"
+  assert events[1:] == [(FINAL_CHECKPOINT_STARTED, []), (FINAL_CHECKPOINT_WRITTEN, [path.name])]

@@ -4,13 +4,14 @@
 update whenever the rate limiter allows, a metrics record when one is due,
 a checkpoint when one is due and once more at the end. A backend calls
 ``step`` (and ``housekeeping``) for as long as the run goes on, and
-``checkpoint`` when it stops; how the records and counters travel is the
-backend's (callbacks).
+``checkpoint`` when it stops; how the records, counters, warnings and
+progress travel is the backend's (callbacks).
 """
 
 from __future__ import annotations
 
 import collections
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -22,6 +23,9 @@ from jaxrl.replay import SharedReplay
 from jaxrl.runtime.builders import seed
 
 CHECKPOINT_DIR = "checkpoints"
+# LearningLoop.checkpoint's progress events: the final checkpoint has begun, it is on disk.
+FINAL_CHECKPOINT_STARTED = "final_checkpoint_started"
+FINAL_CHECKPOINT_WRITTEN = "final_checkpoint_written"
 
 
 class NonFiniteError(RuntimeError):
@@ -154,10 +158,12 @@ class Checkpointer:
   def __init__(self, cfg: RunConfig, run_dir: Path, replays: dict[str, SharedReplay]):
     self._cfg, self._directory, self._replays = cfg, run_dir / CHECKPOINT_DIR, replays
     self._config = config_to_dict(cfg)
+    self.interval_seconds = cfg.checkpoint.interval_seconds
     self._last = time.monotonic()
 
   def due(self) -> bool:
-    return time.monotonic() - self._last >= self._cfg.checkpoint.interval_seconds
+    """Whether ``interval_seconds`` have passed since the last save began (or failed)."""
+    return time.monotonic() - self._last >= self.interval_seconds
 
   def save(self, states: dict, counters: dict[str, int]) -> Path:
     import jax  # pylint: disable=import-outside-toplevel
@@ -184,12 +190,22 @@ def replay_contents(extra: dict[str, np.ndarray]) -> dict[str, dict[str, np.ndar
   return contents or None
 
 
+def warn_on_stderr(message: str) -> None:
+  """Prints ``jaxrl: <message>`` as one line on stderr."""
+  print(f"jaxrl: {message}", file=sys.stderr, flush=True)
+
+
 class LearningLoop:
   """The learners' loop body, for the learners one process (or thread) runs.
 
   A learner record is its Learner's ``report`` with ``learner_id`` and
   ``sps``: the run's env steps per second since that learner's previous
   record (since the loop began, for its first), taken when it is made.
+
+  A periodic checkpoint that fails to write (an ``OSError``: a full disk) is
+  a ``warn`` line and is tried again ``checkpoint.interval_seconds`` later;
+  the final one failing is an error. A state that is not finite is an error
+  either way (``NonFiniteError``).
 
   Args:
     learners: learner id -> its Learner.
@@ -198,13 +214,18 @@ class LearningLoop:
       saved with a checkpoint.
     count: (learner_id, learner_steps) -> None, called after each update.
     emit: (record) -> None, takes each learner record.
+    warn: (one line) -> None, takes each warning (default: on stderr).
+    progress: (event) -> None, called with ``FINAL_CHECKPOINT_STARTED`` and
+      ``FINAL_CHECKPOINT_WRITTEN`` by ``checkpoint``.
   """
 
   def __init__(self, learners: dict[str, Learner], checkpointer: Checkpointer,
                counters: Callable[[], dict[str, int]], count: Callable[[str, int], None],
-               emit: Callable[[dict], None]):
+               emit: Callable[[dict], None], warn: Callable[[str], None] = warn_on_stderr,
+               progress: Callable[[str], None] = lambda event: None):
     self.learners, self._checkpointer = learners, checkpointer
     self._counters, self._count, self._emit = counters, count, emit
+    self._warn, self._progress = warn, progress
     self._start: tuple[float, int] | None = None   # (time, env steps) when the loop began
     self._marks: dict[str, tuple[float, int]] = {}   # learner id -> (time, env steps) of its last record
 
@@ -222,19 +243,41 @@ class LearningLoop:
     return updated
 
   def housekeeping(self) -> None:
-    """The metrics records that are due, and a checkpoint if one is due."""
+    """The metrics records that are due, and a checkpoint if one is due
+    (a failed write is a warning)."""
     for lid, learner in self.learners.items():
       if learner.report_due():
         self._report(lid)
     if self._checkpointer.due():
-      self.checkpoint()
+      self._report_all()
+      try:
+        self._save()
+      except OSError as e:
+        self._warn(f"learner: checkpoint not written ({' '.join(str(e).split())}); "
+                   f"trying again in {self._checkpointer.interval_seconds:g} s")
 
-  def checkpoint(self) -> None:
-    """Every learner's metrics record since its last, and a checkpoint of
-    all of them (as the run stops, too)."""
+  def checkpoint(self) -> Path:
+    """The final checkpoint, as the run stops: ``progress`` hears when it
+    begins and when it is on disk. Returns its path.
+
+    Raises:
+      OSError: it could not be written.
+      NonFiniteError: a learner's state or metrics are not finite.
+    """
+    self._progress(FINAL_CHECKPOINT_STARTED)
+    self._report_all()
+    path = self._save()
+    self._progress(FINAL_CHECKPOINT_WRITTEN)
+    return path
+
+  def _report_all(self) -> None:
+    """Every learner's metrics record since its last: a checkpoint's records come before it."""
     for lid in self.learners:
       self._report(lid)
-    self._checkpointer.save({lid: learner.state for lid, learner in self.learners.items()}, self._counters())
+
+  def _save(self) -> Path:
+    return self._checkpointer.save({lid: learner.state for lid, learner in self.learners.items()},
+                                   self._counters())
 
   def _report(self, learner_id: str) -> None:
     metrics = self.learners[learner_id].report()
