@@ -23,75 +23,15 @@ policy step, so acting is deterministic for a seed on both paths.
 from __future__ import annotations
 
 from collections.abc import Mapping
-import importlib
 from typing import Any, NamedTuple
 
-import gymnasium as gym
 import jax
 import numpy as np
 
-from jaxrl.config import EnvConfig
-from jaxrl.envs import EnvSet, LearnerSpace, SlotStep, register_minatar
+from jaxrl.envs import EnvSet, LearnerSpace, SlotStep
+# Re-exported for the modules that still import them from here:
+from jaxrl.envs import EnvError, has_time_limit, import_env_modules  # pylint: disable=unused-import
 from jaxrl.replay import NStepAccumulator
-
-
-class EnvError(ValueError):
-  """An environment jaxrl cannot serve (one-line message)."""
-
-
-def import_env_modules(env: EnvConfig) -> None:
-  """Imports ``env.imports`` (modules that register environment ids, e.g.
-  ``minatar.gym``), raising EnvError naming the module that fails; then
-  registers jaxrl's MinAtar ids if ``env.id`` is one (``register_minatar``)."""
-  for name in env.imports:
-    try:
-      importlib.import_module(name)
-    except Exception as e:  # pylint: disable=broad-except  # A user's module may raise anything.
-      raise EnvError(f"env.imports: cannot import {name!r}: {type(e).__name__}: {e}") from None
-  register_minatar(env.id)
-
-
-def make_vec_env(env: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
-  """The fastest gymnasium vector env for ``env.id``: native vectorisation
-  when the environment has one, else ``SyncVectorEnv``. Imports
-  ``env.imports`` first. Checks that jaxrl can serve it: discrete actions,
-  Box observations of rank 1 or 3, and gymnasium's NEXT_STEP autoreset
-  (the mode ``NStepAccumulator`` and ``Actor`` are written for)."""
-  import_env_modules(env)
-  try:
-    try:
-      envs = gym.make_vec(env.id, num_envs=num_envs, vectorization_mode="vector_entry_point", **env.kwargs)
-    except (gym.error.Error, ValueError, TypeError):
-      envs = gym.make_vec(env.id, num_envs=num_envs, vectorization_mode="sync", **env.kwargs)
-  except gym.error.Error as e:
-    raise EnvError(f"env.id: cannot make {env.id!r}: {str(e).splitlines()[0]}") from None
-  except (TypeError, ValueError) as e:
-    raise EnvError(f"env.kwargs: {env.id!r} rejects them: {e}") from None
-  problem = None
-  mode = envs.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
-  space = envs.single_observation_space
-  if not isinstance(envs.single_action_space, gym.spaces.Discrete):
-    problem = (f"env.id: {env.id!r} has {type(envs.single_action_space).__name__} actions; "
-               "jaxrl's DQN and IQN need Discrete actions")
-  elif not (isinstance(space, gym.spaces.Box) and len(space.shape) in (1, 3)):
-    problem = f"env.id: {env.id!r} has {space} observations; jaxrl needs a Box of rank 1 or 3"
-  elif mode != gym.vector.AutoresetMode.NEXT_STEP:
-    problem = (f"env.kwargs: {env.id!r} autoresets in {getattr(mode, 'value', mode)} mode; jaxrl's "
-               "n-step and truncation bookkeeping needs gymnasium's NextStep mode (the default)")
-  if problem is not None:
-    envs.close()
-    raise EnvError(problem)
-  return envs
-
-
-def has_time_limit(env_set: EnvSet) -> bool:
-  """Whether the episodes of ``env_set`` end by a time limit of their own:
-  known for a gymnasium env; a PettingZoo env is taken to have none."""
-  envs = getattr(env_set, "envs", None)
-  if not isinstance(envs, gym.vector.VectorEnv):
-    return False
-  spec = envs.envs[0].spec if isinstance(getattr(envs, "envs", None), list) else envs.spec
-  return bool(getattr(spec, "max_episode_steps", None) or getattr(envs, "max_episode_steps", None))
 
 
 # --- Numpy inference ----------------------------------------------------------

@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> int:
       return _fail(f"run_dir: {run_dir} already holds a run (use --resume)")
   cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
   from jaxrl import runtime  # pylint: disable=import-outside-toplevel
-  from jaxrl.actor import EnvError  # pylint: disable=import-outside-toplevel
   from jaxrl.checkpoint import CheckpointError  # pylint: disable=import-outside-toplevel
+  from jaxrl.envs import EnvError  # pylint: disable=import-outside-toplevel
   from jaxrl.shm import SharedMemoryError  # pylint: disable=import-outside-toplevel
   try:
     runtime.preflight(cfg)
@@ -141,7 +141,7 @@ def _record_episode(env_cfg: EnvConfig, agent, params, directory: Path, epsilon:
   import gymnasium as gym  # pylint: disable=import-outside-toplevel
   import imageio  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
-  from jaxrl.actor import EnvError  # pylint: disable=import-outside-toplevel
+  from jaxrl.envs import EnvError  # pylint: disable=import-outside-toplevel
   env = gym.make(env_cfg.id, render_mode="rgb_array", **env_cfg.kwargs)
   try:
     obs, _ = env.reset(seed=seed)
@@ -197,9 +197,9 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.error(f"--seed must be in [0, 2**32 - 1], got {args.seed}")
   if args.video is not None and importlib.util.find_spec("imageio") is None:
     return _fail("--video needs imageio: pip install -e '.[video]'", prog)
-  from jaxrl.actor import EnvError, evaluate, has_time_limit  # pylint: disable=import-outside-toplevel
+  from jaxrl.actor import evaluate  # pylint: disable=import-outside-toplevel
   from jaxrl.checkpoint import CheckpointError  # pylint: disable=import-outside-toplevel
-  from jaxrl.envs import AGENT_ID, make_env_set  # pylint: disable=import-outside-toplevel
+  from jaxrl.envs import AGENT_ID, EnvError, has_time_limit, make_env_set  # pylint: disable=import-outside-toplevel
   from jaxrl.saved_run import load_run  # pylint: disable=import-outside-toplevel
   try:
     run = load_run(args.run_dir, args.checkpoint)

@@ -15,8 +15,10 @@ is inactive from the step after its end until its copy resets.
 
 Two implementations: ``GymVectorEnvSet`` (a gymnasium vector env: one agent
 "agent_0") and ``ParallelEnvSet`` (copies of a PettingZoo parallel env);
-``make_env_set`` picks one from the config. Numpy only (no jax); the
-gymnasium path imports ``jaxrl.actor`` when called.
+``make_env_set`` picks one from the config. Making and inspecting
+environments is here too (``make_vec_env``, ``has_time_limit``), and every
+environment jaxrl cannot serve is an ``EnvError``. Numpy only (no jax), and
+nothing of ``jaxrl.actor``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,10 @@ MINATAR_GAMES = ("Asterix", "Breakout", "Freeway", "Seaquest", "SpaceInvaders")
 MINATAR_MAX_EPISODE_STEPS = 27_000  # Frames; the time limit Dopamine sets for Atari (and MinAtar) episodes.
 
 
+class EnvError(ValueError):
+  """An environment jaxrl cannot serve (one-line message)."""
+
+
 def minatar_game(game: str) -> str:
   """MinAtar's own name of one of ``MINATAR_GAMES``: "SpaceInvaders" -> "space_invaders"."""
   return "".join(f"_{c.lower()}" if c.isupper() and i else c.lower() for i, c in enumerate(game))
@@ -56,13 +62,58 @@ def register_minatar(env_id: str) -> None:
   if not env_id.startswith("MinAtar/") or env_id in gym.registry:
     return
   if importlib.util.find_spec("minatar") is None:
-    raise _env_error(f"env.id: {env_id!r} needs the minatar package: pip install -e '.[minatar]'")
+    raise EnvError(f"env.id: {env_id!r} needs the minatar package: pip install -e '.[minatar]'")
   for game in MINATAR_GAMES:
     for version, minimal in (("v0", False), ("v1", True)):
       if f"MinAtar/{game}-{version}" not in gym.registry:
         gym.register(f"MinAtar/{game}-{version}", entry_point="minatar.gym:BaseEnv",
                      kwargs={"game": minatar_game(game), "use_minimal_action_set": minimal},
                      max_episode_steps=MINATAR_MAX_EPISODE_STEPS)
+
+
+def import_env_modules(env: EnvConfig) -> None:
+  """Imports ``env.imports`` (modules that register environment ids, e.g.
+  ``minatar.gym``), raising EnvError naming the module that fails; then
+  registers jaxrl's MinAtar ids if ``env.id`` is one (``register_minatar``)."""
+  for name in env.imports:
+    try:
+      importlib.import_module(name)
+    except Exception as e:  # pylint: disable=broad-except  # A user's module may raise anything.
+      raise EnvError(f"env.imports: cannot import {name!r}: {type(e).__name__}: {e}") from None
+  register_minatar(env.id)
+
+
+def make_vec_env(env: EnvConfig, num_envs: int) -> gym.vector.VectorEnv:
+  """The fastest gymnasium vector env for ``env.id``: native vectorisation
+  when the environment has one, else ``SyncVectorEnv``. Imports
+  ``env.imports`` first. Checks that jaxrl can serve it: discrete actions,
+  Box observations of rank 1 or 3, and gymnasium's NEXT_STEP autoreset
+  (the mode ``NStepAccumulator`` and ``Actor`` are written for)."""
+  import_env_modules(env)
+  try:
+    try:
+      envs = gym.make_vec(env.id, num_envs=num_envs, vectorization_mode="vector_entry_point", **env.kwargs)
+    except (gym.error.Error, ValueError, TypeError):
+      envs = gym.make_vec(env.id, num_envs=num_envs, vectorization_mode="sync", **env.kwargs)
+  except gym.error.Error as e:
+    raise EnvError(f"env.id: cannot make {env.id!r}: {str(e).splitlines()[0]}") from None
+  except (TypeError, ValueError) as e:
+    raise EnvError(f"env.kwargs: {env.id!r} rejects them: {e}") from None
+  problem = None
+  mode = envs.metadata.get("autoreset_mode", gym.vector.AutoresetMode.NEXT_STEP)
+  space = envs.single_observation_space
+  if not isinstance(envs.single_action_space, gym.spaces.Discrete):
+    problem = (f"env.id: {env.id!r} has {type(envs.single_action_space).__name__} actions; "
+               "jaxrl's DQN and IQN need Discrete actions")
+  elif not (isinstance(space, gym.spaces.Box) and len(space.shape) in (1, 3)):
+    problem = f"env.id: {env.id!r} has {space} observations; jaxrl needs a Box of rank 1 or 3"
+  elif mode != gym.vector.AutoresetMode.NEXT_STEP:
+    problem = (f"env.kwargs: {env.id!r} autoresets in {getattr(mode, 'value', mode)} mode; jaxrl's "
+               "n-step and truncation bookkeeping needs gymnasium's NextStep mode (the default)")
+  if problem is not None:
+    envs.close()
+    raise EnvError(problem)
+  return envs
 
 
 def learner_ids(agent_ids: Sequence[str], share: str) -> dict[str, str]:
@@ -103,8 +154,8 @@ def learner_space(agent_ids: tuple[str, ...], obs_space: gym.spaces.Box, num_act
   if len(obs_space.shape) == 3:
     low, high = float(np.min(obs_space.low)), float(np.max(obs_space.high))
     if not (np.isfinite(low) and np.isfinite(high) and low < high):
-      raise _env_error(f"observation space {obs_space}: image observations need finite bounds, "
-                       "which the network scales them to [0, 1] by")
+      raise EnvError(f"observation space {obs_space}: image observations need finite bounds, "
+                      "which the network scales them to [0, 1] by")
     obs_range = (low, high)
   return LearnerSpace(tuple(agent_ids), tuple(obs_space.shape), dtype, int(num_actions), obs_range)
 
@@ -125,12 +176,6 @@ class SlotStep(NamedTuple):
   terminated: np.ndarray
   truncated: np.ndarray
   active: np.ndarray
-
-
-def _env_error(message: str) -> Exception:
-  """``jaxrl.actor.EnvError(message)``, imported late: jaxrl.actor imports jax."""
-  from jaxrl.actor import EnvError  # pylint: disable=import-outside-toplevel
-  return EnvError(message)
 
 
 class EnvSet:
@@ -192,6 +237,16 @@ class GymVectorEnvSet(EnvSet):
 
   def close(self) -> None:
     self.envs.close()
+
+
+def has_time_limit(env_set: EnvSet) -> bool:
+  """Whether the episodes of ``env_set`` end by a time limit of their own:
+  known for a gymnasium env; a PettingZoo env is taken to have none."""
+  envs = getattr(env_set, "envs", None)
+  if not isinstance(envs, gym.vector.VectorEnv):
+    return False
+  spec = envs.envs[0].spec if isinstance(getattr(envs, "envs", None), list) else envs.spec
+  return bool(getattr(spec, "max_episode_steps", None) or getattr(envs, "max_episode_steps", None))
 
 
 class ParallelEnvSet(EnvSet):
@@ -289,14 +344,14 @@ def _learner_spaces(env: Any, share: str, name: str) -> dict[str, LearnerSpace]:
     first = members[0]
     obs_space, action_space = env.observation_space(first), env.action_space(first)
     if not isinstance(action_space, gym.spaces.Discrete):
-      raise _env_error(f"env.id: {name!r} agent {first!r} has {type(action_space).__name__} actions; "
-                       "jaxrl's DQN and IQN need Discrete actions")
+      raise EnvError(f"env.id: {name!r} agent {first!r} has {type(action_space).__name__} actions; "
+                      "jaxrl's DQN and IQN need Discrete actions")
     if not (isinstance(obs_space, gym.spaces.Box) and len(obs_space.shape) in (1, 3)):
-      raise _env_error(f"env.id: {name!r} agent {first!r} has {obs_space} observations; "
-                       "jaxrl needs a Box of rank 1 or 3")
+      raise EnvError(f"env.id: {name!r} agent {first!r} has {obs_space} observations; "
+                      "jaxrl needs a Box of rank 1 or 3")
     for other in members[1:]:
       if (env.observation_space(other), env.action_space(other)) != (obs_space, action_space):
-        raise _env_error(
+        raise EnvError(
             f"agents.share: agents {first!r} and {other!r} of {name!r} share learner {learner!r} "
             f"but their spaces differ ({obs_space}, {action_space} against "
             f"{env.observation_space(other)}, {env.action_space(other)})")
@@ -316,14 +371,14 @@ def _parallel_env_builder(env_id: str) -> Callable[..., Any] | None:
   try:
     module = importlib.import_module(module_name)
   except Exception as e:  # pylint: disable=broad-except  # A user's module may raise anything.
-    raise _env_error(f"env.id: {env_id!r} is no registered gymnasium id, and importing "
-                     f"{module_name!r} failed: {type(e).__name__}: {e}") from None
+    raise EnvError(f"env.id: {env_id!r} is no registered gymnasium id, and importing "
+                    f"{module_name!r} failed: {type(e).__name__}: {e}") from None
   if colon and function in gym.registry:  # "module:EnvId", registered by importing module.
     return None
   builder = getattr(module, function, None)
   if not callable(builder):
-    raise _env_error(f"env.id: {env_id!r} is no registered gymnasium id, and {module_name!r} has no "
-                     f"function {function!r} that builds a PettingZoo parallel env")
+    raise EnvError(f"env.id: {env_id!r} is no registered gymnasium id, and {module_name!r} has no "
+                    f"function {function!r} that builds a PettingZoo parallel env")
   return builder
 
 
@@ -338,7 +393,6 @@ def make_env_set(env_cfg: EnvConfig, agents_cfg: AgentsConfig, num_envs: int) ->
     EnvError: one line, for an env jaxrl cannot serve, an ``env.id`` that
       names none, or ``agents.overrides`` of a learner the env does not have.
   """
-  from jaxrl.actor import import_env_modules, make_vec_env  # pylint: disable=import-outside-toplevel
   import_env_modules(env_cfg)
   builder = _parallel_env_builder(env_cfg.id)
   if builder is None:
@@ -349,18 +403,18 @@ def make_env_set(env_cfg: EnvConfig, agents_cfg: AgentsConfig, num_envs: int) ->
       try:
         env = builder(**env_cfg.kwargs)
       except (TypeError, ValueError) as e:
-        raise _env_error(f"env.kwargs: {env_cfg.id!r} rejects them: {e}") from None
+        raise EnvError(f"env.kwargs: {env_cfg.id!r} rejects them: {e}") from None
       from pettingzoo import ParallelEnv  # pylint: disable=import-outside-toplevel
       if not isinstance(env, ParallelEnv):
-        raise _env_error(f"env.id: {env_cfg.id!r} built a {type(env).__name__}, not a PettingZoo "
-                         "ParallelEnv")
+        raise EnvError(f"env.id: {env_cfg.id!r} built a {type(env).__name__}, not a PettingZoo "
+                        "ParallelEnv")
       return env
     envs = ParallelEnvSet(make_env, num_envs, agents_cfg.share, env_cfg.id)
   unknown = [learner for learner in agents_cfg.overrides if learner not in envs.learners]
   if unknown:
     envs.close()
-    raise _env_error(f"agents.overrides: {env_cfg.id!r} with agents.share {agents_cfg.share!r} has no "
-                     f"learner {unknown[0]!r} (its learners: {', '.join(envs.learners)})")
+    raise EnvError(f"agents.overrides: {env_cfg.id!r} with agents.share {agents_cfg.share!r} has no "
+                    f"learner {unknown[0]!r} (its learners: {', '.join(envs.learners)})")
   return envs
 
 

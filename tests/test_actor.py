@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import jaxrl
-from jaxrl.actor import Actor, Episode, EnvError, evaluate, make_vec_env, mlp_params, numpy_q_values
+from jaxrl.actor import Actor, Episode, evaluate, mlp_params, numpy_q_values
 from jaxrl.config import AgentsConfig, EnvConfig
-from jaxrl.envs import AGENT_ID, GymVectorEnvSet, ParallelEnvSet, make_env_set
+from jaxrl.envs import AGENT_ID, EnvError, GymVectorEnvSet, ParallelEnvSet, make_env_set, make_vec_env
 from parallel_env import AGENTS, TinyParallelEnv
 
 

@@ -7,10 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jaxrl.actor import EnvError, make_vec_env
 from jaxrl.config import AgentsConfig, EnvConfig
-from jaxrl.envs import (GymVectorEnvSet, LearnerSpace, ParallelEnvSet, env_learner_spaces, learner_ids,
-                        make_env_set)
+from jaxrl.envs import (EnvError, GymVectorEnvSet, LearnerSpace, ParallelEnvSet, env_learner_spaces,
+                        learner_ids, make_env_set, make_vec_env)
 from jaxrl.replay import NStepAccumulator
 from parallel_env import AGENTS, TinyParallelEnv
 

@@ -77,3 +77,8 @@ def test_the_config_schema_is_apart_from_yaml():
   from jaxrl import config, config_file  # pylint: disable=import-outside-toplevel
   assert config_file.load_config.__module__ == "jaxrl.config_file"
   assert config.load_config is config_file.load_config
+
+
+def test_making_environments_imports_nothing_of_the_actor():
+  found = {name for name in imported_modules(PACKAGE / "envs.py") if name.startswith("jaxrl.actor")}
+  assert not found, f"jaxrl/envs.py imports {sorted(found)}"
