@@ -146,7 +146,7 @@ class _LearnerSlots:
     self._explore = self._explore_u < self.epsilon
     self._explores = self._explore.any(axis=1)
 
-  def act(self) -> np.ndarray:
+  def choose_actions(self) -> np.ndarray:
     """Epsilon-greedy actions int [S] in ``obs``: with probability epsilon
     uniform over all actions, else the argmax of Q."""
     if self._draw == len(self._explore_u):
@@ -168,7 +168,7 @@ class _LearnerSlots:
 
   def record(self, step: SlotStep, learner_step: int, steps: int,
              episodes: list[Episode]) -> dict[str, np.ndarray] | None:
-    """Books the actor's ``steps``-th step (``act``'s actions, then ``step``);
+    """Books the actor's ``steps``-th step (``choose_actions``'s actions, then ``step``);
     appends the episodes that ended to ``episodes``; returns the transitions
     completed (None if not collecting)."""
     next_obs, reward, terminated, truncated, active = step
@@ -251,7 +251,7 @@ class Actor:
     """One step of every env copy; ``learner_steps``: learner id -> its newest step."""
     actions = {}  # Loops, not comprehensions: a microsecond a step less.
     for learner, slots in self._learners.items():
-      actions[learner] = slots.act()
+      actions[learner] = slots.choose_actions()
     slot_steps, env_steps = self.env_set.step(actions)
     self._steps += 1
     episodes: list[Episode] = []

@@ -211,7 +211,8 @@ class ReplayConfig:
   """Experience replay and the rate limiter between actors and learner.
 
   Attributes:
-    capacity: transitions held; the oldest are overwritten first.
+    capacity: transitions held per learner (each has its own replay); the
+      oldest are overwritten first.
     min_size: transitions inserted before the learner samples its first
       batch; at least ``learner.batch_size`` and at most ``capacity //
       actors.num`` (each actor writes its own share of the replay).
@@ -252,7 +253,8 @@ class ActorsConfig:
   """The actor processes that step environments with published parameters.
 
   Attributes:
-    num: actor processes (per learner).
+    num: actor processes. Each steps every agent of its environments, so
+      every actor serves every learner.
     envs_per_actor: environments each actor steps together as one batch.
     max_restarts: times one actor process is restarted after it crashes
       before the run is aborted.
