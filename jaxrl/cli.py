@@ -9,10 +9,11 @@
 apply on top of RUN_DIR/config.yaml (see ``resume_config`` for the stop
 conditions). ``--help`` lists every config key.
 
-A bad config, environment, run directory or checkpoint is a one-line error
-on stderr with exit status 2; a run stopped by an error exits with status 1
-(the reason on stderr, the traceback in RUN_DIR/errors.log); a second
-Ctrl-C stops at once with status 130.
+A bad config, environment, run directory (also one in use by a live run:
+``jaxrl.run_dir``) or checkpoint is a one-line error on stderr with exit
+status 2; a run stopped by an error exits with status 1 (the reason on
+stderr, the traceback in RUN_DIR/errors.log); a second Ctrl-C stops at once
+with status 130.
 
 ``jaxrl-evaluate`` / ``python scripts/evaluate.py``: episodes of a trained
 run's saved policy (see ``evaluate_main``).
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from jaxrl.config import MAX_SEED, ConfigError, EnvConfig, RunConfig, StopConfig
 from jaxrl.config_file import apply_overrides, config_keys_help, load_config
+from jaxrl.run_dir import RunDirError, lock_run_dir
 
 if TYPE_CHECKING:   # numpy is imported where it is used: the CLI starts without it
   import numpy as np
@@ -90,8 +92,19 @@ def main(argv: list[str] | None = None) -> int:
     return _fail(str(e))
   if args.resume is None:
     run_dir = Path(cfg.run_dir or f"runs/{config_path.stem}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if (run_dir / "metrics.jsonl").exists():
+  try:
+    lock = lock_run_dir(run_dir)
+  except RunDirError as e:
+    return _fail(str(e))
+  with lock:   # until the run ends; a directory made for a run that never started is removed
+    if args.resume is None and (run_dir / "metrics.jsonl").exists():
       return _fail(f"run_dir: {run_dir} already holds a run (use --resume)")
+    return _train(cfg, run_dir, launch_time, args.resume is not None)
+
+
+def _train(cfg: RunConfig, run_dir: Path, launch_time: float, resuming: bool) -> int:
+  """Checks, then trains the run in ``run_dir`` (resuming it from its latest
+  checkpoint if ``resuming``); main's exit status."""
   cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
   from jaxrl import runtime  # pylint: disable=import-outside-toplevel
   from jaxrl.checkpoint import CheckpointError  # pylint: disable=import-outside-toplevel
@@ -99,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
   from jaxrl.shm import SharedMemoryError  # pylint: disable=import-outside-toplevel
   try:
     runtime.preflight(cfg)
-    resume = runtime.load_resume(cfg, run_dir) if args.resume is not None else None
+    resume = runtime.load_resume(cfg, run_dir) if resuming else None
   except (ConfigError, EnvError, CheckpointError, SharedMemoryError) as e:
     return _fail(str(e))
   try:

@@ -51,6 +51,17 @@ def test_config_mistake_is_exit_2_before_the_run_dir_exists(tmp_path, overrides,
   assert not run_dir.exists()
 
 
+def test_a_run_that_fails_before_training_removes_the_run_dir_it_made(tmp_path):
+  """The run directory is made (and locked) before the checks that need
+  JAX; a check failing removes it again when the run made it."""
+  run_dir = tmp_path / "new" / "run"
+  proc = train_cli(CARTPOLE, *QUICK, f"run_dir={run_dir}", "env.id=NoSuchEnv-v0", timeout=120)
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+  assert lines[0].startswith("jaxrl-train: error: env.id: cannot make 'NoSuchEnv-v0'"), lines[0]
+  assert not run_dir.exists() and (tmp_path / "new").is_dir()
+
+
 SAVED = C.load_config(CARTPOLE, ["stop.env_steps=3000", "stop.seconds=600", "stop.eval_return=475"])
 
 
