@@ -15,6 +15,7 @@ import dataclasses
 import difflib
 import functools
 import math
+import os
 import types
 import typing
 from typing import Any
@@ -385,7 +386,9 @@ class RuntimeConfig:
     progress: show a live progress display on the console.
     compilation_cache: directory of JAX's persistent compilation cache
       (``~`` expands); a later run with the same shapes loads its XLA
-      programs instead of compiling them. null = no cache.
+      programs instead of compiling them. null = no cache. Its default is
+      the environment variable JAXRL_COMPILATION_CACHE where set (the tests
+      set it to a directory of their own), else ~/.cache/jaxrl/xla.
     learner_cpus: async mode on Linux: the learner process runs on the
       first ``learner_cpus`` of the CPUs the run may use, and the
       supervisor and actors on the others, so that acting and evaluation
@@ -404,7 +407,8 @@ class RuntimeConfig:
   log_interval_seconds: float = 2.0
   log_interval_learner_steps: int = 500
   progress: bool = True
-  compilation_cache: str | None = "~/.cache/jaxrl/xla"
+  compilation_cache: str | None = dataclasses.field(
+      default_factory=lambda: os.environ.get("JAXRL_COMPILATION_CACHE", "~/.cache/jaxrl/xla"))
   learner_cpus: int | None = None
   stop_timeout_seconds: float = 300.0
 
