@@ -20,6 +20,11 @@ from jaxrl.transition import Transition
 # consumed by ``ReplayWriter.add``.
 FIELDS = ("obs", "action", "reward", "discount", "next_obs", "policy_step")
 
+# The arrays ``SharedReplay.contents`` saves; the writers' places in line are not saved.
+_SAVED = (*FIELDS, "version", "write_count", "samples")
+
+_NOT_WAITING = np.iinfo(np.int64).max  # The tag of a writer waiting for nothing.
+
 
 class NStepAccumulator:
   """Turns the steps of a gymnasium vector env into n-step transitions.
@@ -198,12 +203,17 @@ class SharedReplay:
   samples, the ratio r and the tolerance T (in inserted transitions), the
   actors' lead ``L = (I - min_size) - S / r`` is how many inserts they are
   ahead of what the learner has sampled. ``can_sample(B)`` requires
-  ``I >= min_size`` and ``L - B / r >= -T`` (or ``L >= 0``);
-  ``writer.can_insert(n)`` requires ``L + n <= T`` (or ``L <= 0``). Hence
-  ``-max(T, B / r) <= L <= max(T, n)`` for the largest B and n used, and
-  the two checks never block together: ``L <= 0`` allows inserts and
-  ``L > 0`` (which implies ``I >= min_size``) allows samples, for any T >= 0.
-  Both checks are non-blocking reads of a few integers; waiting is the
+  ``I >= min_size`` and ``L - B / r >= -T`` (or ``L >= 0``).
+  ``writer.can_insert(n)`` admits a step of n rows when ``L <= T`` and the
+  writer is first in a fair line (see ``ReplayWriter.can_insert``), or
+  whenever ``L <= 0``. Writers check, then add, so several may be admitted
+  at once: with W writers, one sampler, steps of at most n rows and batches
+  of at most B, ``-max(T, B / r) <= L <= T + W * n`` (of the admissions in
+  force, take the one whose check started last: it read ``L <= T``, and
+  missed at most each writer's admitted step). The two checks never block
+  together: ``L <= 0`` admits every writer and ``L > 0`` (which implies
+  ``I >= min_size``) allows samples, for any T >= 0. Both are non-blocking
+  reads of a few integers (and a write of the writer's tag); waiting is the
   caller's job.
   """
 
@@ -231,12 +241,14 @@ class SharedReplay:
         "version": ((capacity,), np.int64),
         "write_count": ((num_writers,), np.int64),
         "samples": ((1,), np.int64),
+        "waiting": ((num_writers,), np.int64),  # Tag of the step a writer waits to add.
+        "served": ((num_writers,), np.int64),  # Tag of the last step a writer added.
     }
 
   @staticmethod
   def nbytes(obs_shape: tuple[int, ...], obs_dtype: Any, capacity: int, num_writers: int = 1) -> int:
     """Bytes of shared memory ``create`` takes with these arguments (about
-    ``2 * capacity * obs_bytes`` plus 28 bytes a transition)."""
+    ``2 * capacity * obs_bytes``, plus 28 bytes a transition and 24 a writer)."""
     return SharedBlock.nbytes(SharedReplay._specs(obs_shape, obs_dtype, capacity, num_writers))
 
   @classmethod
@@ -271,6 +283,7 @@ class SharedReplay:
       samples_per_insert = float(samples_per_insert)
     check_positive("rate_tolerance", rate_tolerance, allow_zero=True)
     block = SharedBlock.create(cls._specs(obs_shape, obs_dtype, capacity, num_writers))
+    block.arrays["waiting"][:] = _NOT_WAITING
     handle = ReplayHandle(block.handle, num_writers, min_size, samples_per_insert,
                           float(rate_tolerance))
     return cls(block, handle)
@@ -318,13 +331,13 @@ class SharedReplay:
   def restore(self, contents: dict[str, np.ndarray]) -> None:
     """Loads ``contents()`` of a replay of the same layout, before any writer
     or sampler starts. Raises ValueError if the layout differs."""
-    for key, array in self._arrays.items():
-      saved = contents.get(key)
+    for key in _SAVED:
+      saved, array = contents.get(key), self._arrays[key]
       if saved is None or saved.shape != array.shape or saved.dtype != array.dtype:
         found = "missing" if saved is None else f"{saved.dtype}{list(saved.shape)}"
         raise ValueError(f"replay {key} is {found}, this replay's is {array.dtype}{list(array.shape)}")
-    for key, array in self._arrays.items():
-      array[...] = contents[key]
+    for key in _SAVED:
+      self._arrays[key][...] = contents[key]
 
   def writer(self, writer_id: int) -> "ReplayWriter":
     """The writer of partition ``writer_id``; at most one may be live per id."""
@@ -415,6 +428,7 @@ class ReplayWriter:
     completed = version[version % 2 == 0] // 2  # One past the write index of each complete slot.
     resume = max(int(arrays["write_count"][writer_id]), int(completed.max(initial=0)))
     arrays["write_count"][writer_id] = resume
+    arrays["waiting"][writer_id] = _NOT_WAITING  # A dead predecessor's place in line.
 
   def add(self, transitions: dict[str, np.ndarray]) -> None:
     """Appends transitions (a dict with the keys of ``FIELDS``, each [N, ...]).
@@ -438,11 +452,32 @@ class ReplayWriter:
       arrays["version"][slots] = version + 1
       index += run
     arrays["write_count"][self.writer_id] = end
+    waiting, served = arrays["waiting"], arrays["served"]
+    tag = waiting[self.writer_id]
+    served[self.writer_id] = tag if tag != _NOT_WAITING else served.max() + count
+    waiting[self.writer_id] = _NOT_WAITING
 
   def can_insert(self, n: int) -> bool:
-    """Whether the actor may insert ``n`` transitions now (rate limiting)."""
+    """Whether the actor may now ``add`` its next step, of ``n`` transitions
+    (rate limiting; see ``SharedReplay``). After True, add at most n.
+
+    Writers wait in a line that is fair in rows (self-clocked fair queueing,
+    no lock): the first call for a step tags it ``V + n``, V the largest tag
+    of a step added so far, and the step is admitted when ``L <= T`` and no
+    waiting writer has a smaller tag, or whenever ``L <= 0``. Writers that
+    keep waiting thus add about equal rows, whatever their step sizes; one
+    back from acting joins at V, with no credit for its time away. The tag
+    holds until ``add``; a writer killed while waiting holds its place until
+    a writer with its id starts, and meanwhile the others are admitted only
+    at ``L <= 0``.
+    """
     replay = self._replay
     if replay.handle.samples_per_insert is None:
       return True
+    arrays = replay._arrays
+    waiting = arrays["waiting"]
+    if waiting[self.writer_id] == _NOT_WAITING:
+      waiting[self.writer_id] = arrays["served"].max() + n
     lead = replay._lead()
-    return lead <= 0 or lead + n <= replay.handle.rate_tolerance
+    first = waiting[self.writer_id] <= waiting.min()
+    return bool(lead <= 0 or (lead <= replay.handle.rate_tolerance and first))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import multiprocessing as mp
 import os
@@ -318,8 +319,8 @@ def test_nbytes_is_the_segment_size(obs_shape, obs_dtype, capacity, num_writers)
   nbytes = SharedReplay.nbytes(obs_shape, obs_dtype, capacity, num_writers)
   with shared_replay(capacity, num_writers, obs_shape, obs_dtype) as replay:
     assert nbytes == os.path.getsize(f"/dev/shm/{replay.handle.block.name}")
-  unpadded = capacity * (2 * np.dtype(obs_dtype).itemsize * math.prod(obs_shape) + 28) + 8 * (num_writers + 1)
-  assert 0 <= nbytes - unpadded < 9 * 64  # Nine arrays, each padded to 64 bytes.
+  unpadded = capacity * (2 * np.dtype(obs_dtype).itemsize * math.prod(obs_shape) + 28) + 8 * (3 * num_writers + 1)
+  assert 0 <= nbytes - unpadded < 11 * 64  # Eleven arrays, each padded to 64 bytes.
 
 
 def tear(replay, writer_id, count) -> list[int]:
@@ -529,10 +530,88 @@ def test_rate_limiter_bounds_the_ratio_and_never_deadlocks(ratio, tolerance, min
       else:
         replay.sample(batch, rng)
       inserts, samples = replay.inserts(), replay.samples()
-      assert inserts - min_size - samples / ratio <= max(tolerance, max(insert_sizes)) + 1e-9
+      assert inserts - min_size - samples / ratio <= tolerance + 2 * max(insert_sizes) + 1e-9
       learner_lead = max(tolerance, batch / ratio)
       assert samples == 0 or samples <= ratio * (inserts - min_size + learner_lead) + 1e-9
     assert replay.samples() > 0
+
+
+def test_writers_that_keep_waiting_add_equal_rows():
+  """Steps of 1, 5 and 20 rows, polled in turn; the learner samples 4 rows
+  whenever no writer was admitted, so the lead stays above 0 and only the
+  line decides who inserts."""
+  sizes = (1, 5, 20)
+  with shared_replay(96, len(sizes), min_size=1, samples_per_insert=1.0, rate_tolerance=10.0) as replay:
+    writers, rng = [replay.writer(w) for w in range(len(sizes))], np.random.default_rng(0)
+    for _ in range(1_000):
+      admitted = [writer.can_insert(n) for writer, n in zip(writers, sizes)]
+      for writer, n in itertools.compress(zip(writers, sizes), admitted):
+        writer.add(rows(np.zeros(n)))
+      if not any(admitted):
+        replay.sample(4, rng)
+    inserted = replay._arrays["write_count"]
+    assert inserted.min() > 500 and inserted.max() - inserted.min() <= max(sizes), inserted
+
+
+def test_a_writer_killed_while_waiting_holds_the_line_down_to_zero_lead():
+  with shared_replay(64, 2, min_size=1, samples_per_insert=1.0, rate_tolerance=8.0) as replay:
+    first, second, rng = replay.writer(0), replay.writer(1), np.random.default_rng(0)
+    second.add(rows(np.zeros(5)))  # Lead 4; the largest tag added, V, is 5.
+    assert first.can_insert(1)  # Tag 5 + 1: first in line; then killed before adding.
+    assert not second.can_insert(3)  # Tag 5 + 3: behind it.
+    replay.sample(4, rng)
+    assert second.can_insert(3)  # Lead 0 admits every writer.
+    second.add(rows(np.zeros(3)))  # V = 8.
+    assert not second.can_insert(3)  # Lead 3, tag 8 + 3: still behind the dead writer.
+    replay.writer(0)  # A restarted writer 0 leaves the line.
+    assert second.can_insert(3)
+
+
+def _insert_steps(handle, writer_id, n, start, stop):
+  """Writer process: steps of ``n`` rows, each added once ``can_insert(n)``
+  admits it, from the barrier ``start`` until the event ``stop`` is set."""
+  replay = SharedReplay.attach(handle)
+  writer, step = replay.writer(writer_id), rows(np.full(n, writer_id))
+  start.wait()
+  while not stop.is_set():
+    if writer.can_insert(n):
+      writer.add(step)
+    else:
+      time.sleep(0.0002)
+  replay.close()
+
+
+def test_writers_with_unequal_steps_share_the_inserts():
+  """Three writer processes with steps of 8, 40 and 160 rows and a learner
+  sampling 32 rows every 2 ms: in every second each writer inserts at least
+  1/6 of the rows (an even share is 1/3)."""
+  sizes, seconds = (8, 40, 160), 4
+  ctx, rng = mp.get_context("spawn"), np.random.default_rng(0)
+  start, stop = ctx.Barrier(len(sizes) + 1), ctx.Event()
+  with shared_replay(3 * 512, len(sizes), min_size=160, samples_per_insert=1.0,
+                     rate_tolerance=64.0) as replay:
+    procs = [ctx.Process(target=_insert_steps, args=(replay.handle, w, n, start, stop))
+             for w, n in enumerate(sizes)]
+    with reaped(procs):
+      for p in procs:
+        p.start()
+      start.wait(timeout=60)
+      write_count = replay._arrays["write_count"]
+      counts, tick = [write_count.copy()], time.monotonic() + 1.0
+      while len(counts) <= seconds:
+        if replay.can_sample(32):
+          replay.sample(32, rng)
+        time.sleep(0.002)
+        if time.monotonic() >= tick:
+          counts.append(write_count.copy())
+          tick += 1.0
+      stop.set()
+      for p in procs:
+        p.join(timeout=30)
+        assert p.exitcode == 0
+  inserted = np.diff(counts, axis=0)  # [second, writer] rows.
+  share = inserted / inserted.sum(1, keepdims=True)
+  assert (share >= 1 / (2 * len(sizes))).all(), f"rows inserted per second and writer:\n{inserted}"
 
 
 @pytest.mark.parametrize("ratio", [None, 0.0])
