@@ -190,7 +190,7 @@ class SharedReplay:
   once it is complete; a partition's write counter (in shared memory) is
   raised only after its slots are complete. ``sample`` reads the versions,
   copies the rows, re-reads the versions, and marks a row invalid unless its
-  version was even and unchanged. Versions of a slot never decrease (see
+  version was even, unchanged and not 0 (never written). Versions of a slot never decrease (see
   ``ReplayWriter``), so a change is always seen. This relies on each process
   making its stores, and its loads, visible in program order: true on x86-64
   (TSO) with numpy's plain copies, each a separate C call; weaker memory
@@ -316,6 +316,9 @@ class SharedReplay:
     long as no add holds more than a partition's rows (which ``ReplayWriter``
     already assumes of a writer killed in ``add``): a restored writer then
     rewrites index k, or a later one, into the slot, and no version decreases.
+    A counter may also count slots begun after the second read, saved with
+    version 0; a partition has such slots only in its first lap, where the
+    slots begun are the first ones, so its counter is cut to their number.
     """
     arrays = self._arrays
     first = arrays["version"].copy()
@@ -324,7 +327,9 @@ class SharedReplay:
     torn = (version != first) | (first % 2 == 1)
     version[torn] = (version[torn] - 1) | 1  # Largest odd <= the second read: 2k + 2 -> 2k + 1.
     contents["version"] = version
-    contents["write_count"] = arrays["write_count"].copy()
+    write_count = arrays["write_count"].copy()
+    begun = np.add.reduceat(version > 0, self._bounds[:-1])  # Slots begun, per partition.
+    contents["write_count"] = np.where(begun < self._sizes, np.minimum(write_count, begun), write_count)
     contents["samples"] = arrays["samples"].copy()
     return contents
 
@@ -384,8 +389,9 @@ class SharedReplay:
       next_obs [B, *obs_shape] (float32, or uint8 if stored as uint8),
       action int32 [B], reward, discount and valid float32 [B]; and
       policy_step int64 [B]. A row whose slot was being written during the
-      copy has valid 0.0 and all its fields zeroed, policy_step 0 included:
-      mask statistics of policy_step (such as policy lag) with valid.
+      copy, or never written (a restored counter ahead of its slots), has
+      valid 0.0 and all its fields zeroed, policy_step 0 included: mask
+      statistics of policy_step (such as policy lag) with valid.
     """
     arrays = self._arrays
     committed = np.minimum(arrays["write_count"], self._sizes)  # Read before the versions.
@@ -397,7 +403,7 @@ class SharedReplay:
     slots = self._bounds[part] + u - (ends - committed)[part]
     version = arrays["version"][slots]
     rows = {key: arrays[key][slots] for key in FIELDS}
-    valid = (version % 2 == 0) & (arrays["version"][slots] == version)
+    valid = (version > 0) & (version % 2 == 0) & (arrays["version"][slots] == version)
     arrays["samples"][0] += batch_size
     if not valid.all():
       for value in rows.values():

@@ -36,6 +36,31 @@ def shared_replay(capacity, num_writers=1, obs_shape=(3,), obs_dtype=F32, **kwar
     replay.unlink()
 
 
+@contextlib.contextmanager
+def attached(replay):
+  """The replay as another process opens it: writers there use their own arrays."""
+  other = SharedReplay.attach(replay.handle)
+  try:
+    yield other
+  finally:
+    other.close()
+
+
+class FetchHook(dict):
+  """A replay's arrays, by name, that call ``hook`` once, just before ``key``
+  is first fetched: a reader interrupted there by another process."""
+
+  def __init__(self, arrays, key, hook):
+    super().__init__(arrays)
+    self._key, self._hook = key, hook
+
+  def __getitem__(self, key):
+    if key == self._key and self._hook is not None:
+      hook, self._hook = self._hook, None
+      hook()
+    return super().__getitem__(key)
+
+
 def rows(ids, obs_shape=(3,)) -> dict[str, np.ndarray]:
   """Transitions whose every field encodes its id (ids < 2**24, exact in float32)."""
   ids = np.asarray(ids, np.int64)
@@ -406,6 +431,34 @@ def test_writer_restart_resumes_its_partition():
     assert replay.inserts() == 7 and version.tolist() == [10, 12, 14, 8]
     batch, _ = replay.sample(400, np.random.default_rng(2))
     assert batch.valid.all() and set(batch.action.tolist()) == {3, 10, 11, 12}
+
+
+def test_never_written_rows_never_sample_valid():
+  """A restored counter ahead of the slots written (version 0, every field
+  0), as ``contents`` saved before it cut its counters."""
+  with shared_replay(8) as replay, shared_replay(8) as restored:
+    replay.writer(0).add(rows([1, 2, 3]))
+    saved = replay.contents()
+    saved["write_count"][0] = 6
+    restored.restore(saved)
+    batch, policy_step = restored.sample(2_000, np.random.default_rng(0))
+    valid = batch.valid == 1
+    assert set(batch.action[valid].tolist()) == {1, 2, 3} and 0.4 < (~valid).mean() < 0.6
+    assert self_consistent(batch, policy_step)[valid].all()
+
+
+def test_contents_counts_no_slot_begun_after_it_read_the_versions():
+  with shared_replay(8) as replay, attached(replay) as other, shared_replay(8) as restored:
+    writer = other.writer(0)
+    writer.add(rows([1, 2, 3]))
+    replay._arrays = FetchHook(replay._arrays, "write_count", lambda: writer.add(rows([4, 5])))
+    saved = replay.contents()  # The add lands between the versions' second read and the counter's.
+    assert saved["version"].tolist() == [2, 4, 6, 0, 0, 0, 0, 0] and saved["write_count"].tolist() == [3]
+    restored.restore(saved)
+    assert restored.size() == restored.inserts() == 3
+    restored.writer(0).add(rows([6]))  # Index 3, into slot 3.
+    batch, _ = restored.sample(400, np.random.default_rng(0))
+    assert batch.valid.all() and set(batch.action.tolist()) == {1, 2, 3, 6}
 
 
 def _write(handle, writer_id, num_batches, seed, obs_shape, stop=None):
