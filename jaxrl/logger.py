@@ -17,6 +17,8 @@ import contextlib
 import json
 import math
 import os
+import socket
+import struct
 import sys
 import time
 from pathlib import Path
@@ -28,16 +30,16 @@ from rich import live as rich_live
 from rich import progress as rich_progress
 from rich import text as rich_text
 import yaml
-from tensorboardX import FileWriter
 from tensorboardX import summary as tb_summary
+from tensorboardX.proto.event_pb2 import Event
 from tensorboardX.proto.summary_pb2 import Summary
+from tensorboardX.record_writer import masked_crc32c
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 CURVE_FILE = "learning_curve.png"
 SUMMARY_FIELDS = ("eval_return", "env_steps", "learner_steps", "wall_seconds", "stopped_because")
 RETURN_WINDOW = 20  # episodes in the "recent return" mean, on screen and in the plot.
-_TB_FLUSH_SECS = 10  # a killed run loses at most this much TensorBoard data.
 
 # TensorBoard tags of record fields, grouped as CleanRL's users know them.
 # Other numeric fields go under misc/; identifiers and counters are not curves.
@@ -71,6 +73,10 @@ def _plain(key: str, value: Any) -> Any:
   (JSON null); a list or tuple becomes a list of such values. Raises
   TypeError for arrays with more than one element.
   """
+  if type(value) in (int, bool, str):   # the common cases, without numpy's cost
+    return value
+  if type(value) is float:
+    return value if math.isfinite(value) else None
   if isinstance(value, (list, tuple)):
     return [_plain(key, v) for v in value]
   if value is not None and not isinstance(value, str):
@@ -117,13 +123,32 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
   return [json.loads(line) for line in _complete_lines(data)]
 
 
-class MetricsLogger:
-  """Appends metrics records to ``metrics.jsonl`` and TensorBoard.
+def _write_all(fd: int, data: bytes) -> None:
+  view = memoryview(data)
+  while view:  # One write in practice; a short write is finished, not left half done.
+    view = view[os.write(fd, view):]
 
-  Each record is one JSON line written with one ``write`` call on an
-  unbuffered file, so a killed run keeps every record logged before it died
-  and never leaves half a line except on a write error (resume cuts such a
-  line away).
+
+def _tfrecord(event: Event) -> bytes:
+  """``event`` framed as TensorBoard reads it (TFRecord): the length, its
+  masked crc32c, the serialized event, its masked crc32c; little-endian."""
+  data = event.SerializeToString()
+  header = struct.pack("<Q", len(data))
+  return header + struct.pack("<I", masked_crc32c(header)) + data + struct.pack("<I", masked_crc32c(data))
+
+
+class MetricsLogger:
+  """Appends metrics records to ``metrics.jsonl`` and a TensorBoard event file.
+
+  Records wait in memory and go to each file with one ``write`` call once the
+  oldest waiting one is ``flush_seconds`` old (at the next ``log`` or
+  ``flush_if_due``), on ``flush`` and at ``close``: a record costs no system
+  call of its own. A killed run loses the records that were waiting, but
+  never leaves half a line except on a write error (resume cuts such a line
+  away). A write that fails (a full disk) raises its ``OSError`` once, out of
+  ``log``, ``flush``, ``flush_if_due`` or ``close``; the logger then writes
+  nothing more (an append could glue a record onto a half-written one),
+  drops what it is given, and still closes without raising. One thread logs.
 
   TensorBoard gets one event per record at global step ``env_steps``, its
   numeric fields tagged by ``TB_TAGS`` (``charts/episodic_return``,
@@ -133,7 +158,9 @@ class MetricsLogger:
   in the record's ``/<agent_id>`` (or ``/<learner_id>``), and per-agent
   fields (``eval_return/<agent_id>``) get tags of their own; with one, the
   tags are those of a single-agent run. ``config`` (plain data), if given,
-  is written once as text.
+  is written once as text. The events are framed here rather than by
+  tensorboardX's FileWriter, whose queue and writer thread cost a record
+  more than the rest of ``log``.
 
   ``time`` is seconds since ``launch_time``. With ``resume=True`` it
   continues from the last record instead, so that ``time`` counts the
@@ -142,30 +169,37 @@ class MetricsLogger:
   """
 
   def __init__(self, run_dir: str | os.PathLike, launch_time: float, resume: bool = False,
-               config: dict[str, Any] | None = None, agent_ids: tuple[str, ...] = ()):
+               config: dict[str, Any] | None = None, agent_ids: tuple[str, ...] = (),
+               flush_seconds: float = 1.0):
     self.run_dir = Path(run_dir)
     self.run_dir.mkdir(parents=True, exist_ok=True)
     self.path = self.run_dir / METRICS_FILE
     self._launch_time = launch_time
+    self._flush_seconds = flush_seconds
     self._time_offset = 0.0
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
     if resume and self.path.exists():
       self._time_offset = self._truncate_partial_line()
     elif not resume:
       flags |= os.O_EXCL
-    self._fd = os.open(self.path, flags, 0o644)
-    self._tb = FileWriter(str(self.run_dir), flush_secs=_TB_FLUSH_SECS)
+    self._fds: tuple[int, ...] = (os.open(self.path, flags, 0o644),)
+    # Named as tensorboardX names it, with microseconds: a resume in the same second gets a later file.
+    events = self.run_dir / f"events.out.tfevents.{time.time():.6f}.{socket.gethostname()}"
+    self._fds += (os.open(events, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644),)
+    self._lines: list[bytes] = []    # waiting for metrics.jsonl
+    self._events: list[bytes] = []   # waiting for the event file
+    self._since: float | None = None   # time.monotonic() of the oldest waiting record
+    self._add_event(file_version="brain.Event:2")
     self._several_agents = len(agent_ids) > 1
     self._returns: dict[Any, collections.deque] = collections.defaultdict(
         lambda: collections.deque(maxlen=RETURN_WINDOW))
     if config is not None:
       text = "```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```"
-      self._tb.add_summary(tb_summary.text("config", text), global_step=0)
+      self._add_event(step=0, summary=tb_summary.text("config", text))
 
   def _truncate_partial_line(self) -> float:
     """Cuts a crashed run's partial last line; returns the last record's time."""
-    data = self.path.read_bytes()
-    lines = _complete_lines(data)
+    lines = _complete_lines(self.path.read_bytes())
     os.truncate(self.path, sum(len(line) + 1 for line in lines))
     return float(json.loads(lines[-1])["time"]) if lines else 0.0
 
@@ -174,10 +208,14 @@ class MetricsLogger:
     return self._time_offset + time.time() - self._launch_time
 
   def log(self, record: dict[str, Any]) -> dict[str, Any]:
-    """Writes one record; returns it as written (with ``time``, plain scalars).
+    """Takes one record, and writes the records waiting if they are due;
+    returns it as written (with ``time``, plain scalars).
 
     ``record`` must hold ``env_steps`` and ``learner_steps`` (ints) and no
     ``time``; other values are scalars (Python, numpy or JAX) or strings.
+
+    Raises:
+      OSError: a write failed (once: see the class).
     """
     for key in ("env_steps", "learner_steps"):
       if key not in record:
@@ -188,14 +226,17 @@ class MetricsLogger:
     for key in ("env_steps", "learner_steps"):
       if not isinstance(line[key], int) or isinstance(line[key], bool):
         raise ValueError(f"{key} must be an integer, got {record[key]!r}")
-    data = (json.dumps(line, allow_nan=False, separators=(",", ":")) + "\n").encode()
-    view = memoryview(data)
-    while view:  # One write in practice; a short write is finished, not left half done.
-      view = view[os.write(self._fd, view):]
-    self._write_tensorboard(line)
+    self._lines.append((json.dumps(line, allow_nan=False, separators=(",", ":")) + "\n").encode())
+    self._add_tensorboard(line)
+    if self._since is None:
+      self._since = time.monotonic()
+    self.flush_if_due()
     return line
 
-  def _write_tensorboard(self, line: dict[str, Any]) -> None:
+  def _add_event(self, **fields) -> None:
+    self._events.append(_tfrecord(Event(wall_time=time.time(), **fields)))
+
+  def _add_tensorboard(self, line: dict[str, Any]) -> None:
     """One event per record, holding its scalars: a quarter of the cost of
     an event per scalar, which an episode-per-record run pays per episode."""
     owner = line.get("agent_id", line.get("learner_id"))
@@ -212,16 +253,47 @@ class MetricsLogger:
     if _is_number(line.get("episode_return")):
       recent = self._returns[owner]
       recent.append(line["episode_return"])
-      values.append(Summary.Value(tag=RECENT_RETURN_TAG + suffix, simple_value=float(np.mean(recent))))
+      values.append(Summary.Value(tag=RECENT_RETURN_TAG + suffix, simple_value=sum(recent) / len(recent)))
     if values:
-      self._tb.add_summary(Summary(value=values), global_step=line["env_steps"])
+      self._add_event(step=line["env_steps"], summary=Summary(value=values))
+
+  def flush_if_due(self) -> None:
+    """``flush`` if the oldest waiting record is ``flush_seconds`` old."""
+    if self._since is not None and time.monotonic() - self._since >= self._flush_seconds:
+      self.flush()
+
+  def flush(self) -> None:
+    """Writes the records waiting, each file with one ``write`` call.
+
+    Raises:
+      OSError: a write failed (once: see the class).
+    """
+    waiting = (b"".join(self._lines), b"".join(self._events))
+    self._lines, self._events, self._since = [], [], None
+    if not self._fds:
+      return
+    try:
+      for fd, data in zip(self._fds, waiting):
+        _write_all(fd, data)
+    except OSError:
+      self._close_files()
+      raise
+
+  def _close_files(self) -> None:
+    for fd in self._fds:
+      os.close(fd)
+    self._fds = ()
 
   def close(self) -> None:
-    """Closes metrics.jsonl and flushes TensorBoard; later calls do nothing."""
-    if self._fd is not None:
-      os.close(self._fd)
-      self._fd = None
-      self._tb.close()
+    """Writes the records waiting and closes the files; later calls do nothing.
+
+    Raises:
+      OSError: that last write failed (the files are closed all the same).
+    """
+    try:
+      self.flush()
+    finally:
+      self._close_files()
 
   def __enter__(self) -> MetricsLogger:
     return self

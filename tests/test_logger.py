@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
+import os
 import struct
 import sys
 import tempfile
@@ -15,6 +17,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 from tensorboardX.proto import event_pb2
+from tensorboardX.record_writer import masked_crc32c
 
 from jaxrl import logger as logger_lib
 
@@ -39,18 +42,24 @@ def _expected(value):
   return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
+def _events_of(path: Path) -> list[event_pb2.Event]:
+  """Every event of a TFRecord event file, each record's crcs checked."""
+  events, data, pos = [], path.read_bytes(), 0
+  while pos < len(data):
+    header = data[pos:pos + 8]
+    (length,) = struct.unpack("<Q", header)
+    body = data[pos + 12:pos + 12 + length]
+    assert struct.unpack_from("<II", data[pos + 8:pos + 12] + data[pos + 12 + length:pos + 16 + length]) == (
+        masked_crc32c(header), masked_crc32c(body))
+    events.append(event_pb2.Event.FromString(body))
+    pos += 12 + length + 4  # length, its crc, the event, its crc.
+  return events
+
+
 def _tensorboard_events(run_dir: Path) -> list[event_pb2.Event]:
   """The events of the TFRecord event files in run_dir that hold a summary."""
-  events = []
-  for path in sorted(run_dir.glob("events.out.tfevents.*")):
-    data, pos = path.read_bytes(), 0
-    while pos < len(data):
-      (length,) = struct.unpack_from("<Q", data, pos)
-      event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
-      pos += 12 + length + 4  # length, its crc, the event, its crc.
-      if event.summary.value:
-        events.append(event)
-  return events
+  return [event for path in sorted(run_dir.glob("events.out.tfevents.*")) for event in _events_of(path)
+          if event.summary.value]
 
 
 def _tensorboard_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -70,7 +79,8 @@ def test_metrics_lines_are_json_with_counters_time_and_converted_values(records)
     with logger_lib.MetricsLogger(run_dir, launch) as log:
       for record in records:
         log.log(record)
-      read_before_close = logger_lib.read_metrics(run_dir)  # Every line is flushed as written.
+      log.flush()
+      read_before_close = logger_lib.read_metrics(run_dir)
     lines = (Path(run_dir) / logger_lib.METRICS_FILE).read_text().splitlines()
     read = [json.loads(line) for line in lines]  # Strict JSON: NaN/inf would be rejected below.
     assert all("NaN" not in line and "Infinity" not in line for line in lines)
@@ -119,6 +129,69 @@ def test_resume_appends_after_cutting_a_partial_line_and_keeps_time_monotonic(fi
     assert [line["env_steps"] for line in read] == [r["env_steps"] for r in first + second]
     times = [line["time"] for line in read]
     assert times == sorted(times) and times[len(first)] >= 50.0
+
+
+def _record(step: int) -> dict:
+  return {"env_steps": step, "learner_steps": step, "loss": float(step)}
+
+
+def test_records_wait_and_go_out_together_once_flush_seconds_old(tmp_path, monkeypatch):
+  """One write call a file for all the records waiting, when the oldest is
+  flush_seconds old at a log, on flush and at close; never one per record."""
+  clock, writes, write = [100.0], [], os.write
+  monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+  monkeypatch.setattr(os, "write", lambda fd, data: writes.append(fd) or write(fd, data))
+  with logger_lib.MetricsLogger(tmp_path, time.time(), flush_seconds=1.0) as log:
+    for step in range(5):   # logged at 100.0 .. 100.8: none is a second old
+      log.log(_record(step))
+      clock[0] += 0.2
+    assert writes == [] and logger_lib.read_metrics(tmp_path) == []
+    log.log(_record(5))   # at 101.0: the first one is
+    assert len(writes) == len(set(writes)) == 2   # metrics.jsonl and the event file, once each
+    assert [r["env_steps"] for r in logger_lib.read_metrics(tmp_path)] == list(range(6))
+    log.log(_record(6))
+    log.flush_if_due()
+    assert len(writes) == 2
+    clock[0] += 1.0
+    log.flush_if_due()
+    assert len(writes) == 4 and len(logger_lib.read_metrics(tmp_path)) == 7
+    log.log(_record(7))
+  assert len(writes) == 6 and len(logger_lib.read_metrics(tmp_path)) == 8
+  assert [step for step, _ in _tensorboard_scalars(tmp_path)["losses/td_loss"]] == list(range(8))
+
+
+@pytest.mark.parametrize("failing", ["log", "flush", "close"])
+def test_a_failed_write_raises_once_then_the_logger_drops_records_and_closes(tmp_path, monkeypatch, failing):
+  """A full disk midway through a write: the OSError comes out of the call
+  that wrote, once; nothing is appended after the half line it left (resume
+  cuts it); closing does not raise again, and the summary is still written."""
+  log = logger_lib.MetricsLogger(tmp_path, time.time(), flush_seconds=0.0 if failing == "log" else 3600.0)
+  log.log(_record(1))
+  log.flush()
+  write, calls = os.write, []
+
+  def half_then_no_space(fd, data):
+    calls.append(fd)
+    if len(calls) == 1:
+      return write(fd, data[:len(data) // 2])
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  monkeypatch.setattr(os, "write", half_then_no_space)
+  with pytest.raises(OSError) as info:
+    log.log(_record(2))
+    getattr(log, failing)()
+  assert info.value.errno == errno.ENOSPC
+  monkeypatch.undo()
+  assert log.log(_record(3))["env_steps"] == 3   # still returned, for the display
+  log.flush()
+  log.close()
+  log.close()
+  data = (tmp_path / logger_lib.METRICS_FILE).read_bytes()
+  first, _, rest = data.partition(b"\n")
+  assert json.loads(first)["env_steps"] == 1 and rest and b"\n" not in rest   # then half of record 2
+  logger_lib.write_summary(tmp_path, {"eval_return": None, "env_steps": 3, "learner_steps": 3,
+                                      "wall_seconds": 1.0, "stopped_because": "error"})
+  logger_lib.MetricsLogger(tmp_path, time.time(), resume=True).close()
+  assert [r["env_steps"] for r in logger_lib.read_metrics(tmp_path)] == [1]
 
 
 def test_tensorboard_tags_group_measurements_and_leave_out_ids_and_counters(tmp_path):
