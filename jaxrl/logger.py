@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -31,7 +32,7 @@ from rich import progress as rich_progress
 from rich import text as rich_text
 import yaml
 from tensorboardX import summary as tb_summary
-from tensorboardX.proto.event_pb2 import Event
+from tensorboardX.proto.event_pb2 import Event, SessionLog
 from tensorboardX.proto.summary_pb2 import Summary
 from tensorboardX.record_writer import masked_crc32c
 
@@ -163,14 +164,19 @@ class MetricsLogger:
   more than the rest of ``log``.
 
   ``time`` is seconds since ``launch_time``. With ``resume=True`` it
-  continues from the last record instead, so that ``time`` counts the
+  continues from the last record kept instead, so that ``time`` counts the
   seconds the run has been running, across restarts, and stays monotonic.
-  Without ``resume``, an existing metrics.jsonl raises FileExistsError.
+  ``resume_env_steps`` (the checkpoint's env steps) drops the records a
+  crashed run wrote after its checkpoint: metrics.jsonl is cut before its
+  first record with more env steps, and the new event file starts with a
+  TensorBoard purge (a ``SessionLog.START`` at step ``resume_env_steps + 1``)
+  that hides the old events from that step on. Without ``resume``, an
+  existing metrics.jsonl raises FileExistsError.
   """
 
   def __init__(self, run_dir: str | os.PathLike, launch_time: float, resume: bool = False,
                config: dict[str, Any] | None = None, agent_ids: tuple[str, ...] = (),
-               flush_seconds: float = 1.0):
+               resume_env_steps: int | None = None, flush_seconds: float = 1.0):
     self.run_dir = Path(run_dir)
     self.run_dir.mkdir(parents=True, exist_ok=True)
     self.path = self.run_dir / METRICS_FILE
@@ -179,7 +185,7 @@ class MetricsLogger:
     self._time_offset = 0.0
     flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT
     if resume and self.path.exists():
-      self._time_offset = self._truncate_partial_line()
+      self._time_offset = self._cut(resume_env_steps)
     elif not resume:
       flags |= os.O_EXCL
     self._fds: tuple[int, ...] = (os.open(self.path, flags, 0o644),)
@@ -190,6 +196,8 @@ class MetricsLogger:
     self._events: list[bytes] = []   # waiting for the event file
     self._since: float | None = None   # time.monotonic() of the oldest waiting record
     self._add_event(file_version="brain.Event:2")
+    if resume and resume_env_steps is not None:
+      self._add_event(step=resume_env_steps + 1, session_log=SessionLog(status=SessionLog.START))
     self._several_agents = len(agent_ids) > 1
     self._returns: dict[Any, collections.deque] = collections.defaultdict(
         lambda: collections.deque(maxlen=RETURN_WINDOW))
@@ -197,9 +205,13 @@ class MetricsLogger:
       text = "```yaml\n" + yaml.safe_dump(config, sort_keys=False) + "```"
       self._add_event(step=0, summary=tb_summary.text("config", text))
 
-  def _truncate_partial_line(self) -> float:
-    """Cuts a crashed run's partial last line; returns the last record's time."""
+  def _cut(self, resume_env_steps: int | None) -> float:
+    """Cuts a crashed run's partial last line, and with ``resume_env_steps``
+    every record from the first with more env steps; returns the last kept
+    record's time."""
     lines = _complete_lines(self.path.read_bytes())
+    if resume_env_steps is not None:
+      lines = list(itertools.takewhile(lambda line: json.loads(line)["env_steps"] <= resume_env_steps, lines))
     os.truncate(self.path, sum(len(line) + 1 for line in lines))
     return float(json.loads(lines[-1])["time"]) if lines else 0.0
 

@@ -194,6 +194,39 @@ def test_a_failed_write_raises_once_then_the_logger_drops_records_and_closes(tmp
   assert [r["env_steps"] for r in logger_lib.read_metrics(tmp_path)] == [1]
 
 
+def test_resume_drops_the_records_written_after_the_checkpoint(tmp_path):
+  """metrics.jsonl keeps its records up to the first with more env steps
+  than the checkpoint's, and TensorBoard is told to purge the later steps."""
+  with logger_lib.MetricsLogger(tmp_path, time.time() - 50.0) as log:
+    for step in range(101):
+      log.log(_record(step))
+  with open(tmp_path / logger_lib.METRICS_FILE, "ab") as f:
+    f.write(b'{"time":')   # and a crash midway through a line
+  old_files = set(tmp_path.glob("events.out.tfevents.*"))
+  with logger_lib.MetricsLogger(tmp_path, time.time(), resume=True, resume_env_steps=50) as log:
+    log.log(_record(51))
+  read = logger_lib.read_metrics(tmp_path)
+  assert [r["env_steps"] for r in read] == [*range(51), 51]
+  times = [r["time"] for r in read]
+  assert times == sorted(times)
+  (new_file,) = set(tmp_path.glob("events.out.tfevents.*")) - old_files
+  assert new_file > max(old_files)   # read after them
+  version, purge, record = _events_of(new_file)
+  assert version.file_version == "brain.Event:2"
+  assert purge.session_log.status == event_pb2.SessionLog.START and purge.step == 51
+  assert record.step == 51 and record.summary.value[0].simple_value == 51.0
+
+
+def test_resume_keeps_the_records_before_the_first_past_the_checkpoint(tmp_path):
+  """Records are in time order: a record after one past the checkpoint was
+  written after the checkpoint too, whatever its env steps."""
+  with logger_lib.MetricsLogger(tmp_path, time.time()) as log:
+    for step in (0, 10, 60, 20):
+      log.log(_record(step))
+  logger_lib.MetricsLogger(tmp_path, time.time(), resume=True, resume_env_steps=50).close()
+  assert [r["env_steps"] for r in logger_lib.read_metrics(tmp_path)] == [0, 10]
+
+
 def test_tensorboard_tags_group_measurements_and_leave_out_ids_and_counters(tmp_path):
   with logger_lib.MetricsLogger(tmp_path, time.time(), config={"seed": 3}) as log:
     log.log({"env_steps": 10, "learner_steps": 2, "loss": np.float32(0.5), "q_mean": 2.0, "sps": 900.0,
