@@ -461,6 +461,39 @@ def test_contents_counts_no_slot_begun_after_it_read_the_versions():
     assert batch.valid.all() and set(batch.action.tolist()) == {1, 2, 3, 6}
 
 
+def test_a_row_rewritten_while_sample_copies_it_is_invalid():
+  with shared_replay(4) as replay, attached(replay) as other:
+    writer = other.writer(0)
+    writer.add(rows([1, 2, 3, 4]))
+    replay._arrays = FetchHook(replay._arrays, "next_obs", lambda: writer.add(rows([5])))
+    batch, policy_step = replay.sample(64, np.random.default_rng(0))  # Slot 0: 1 -> 5 mid-copy.
+    valid = batch.valid == 1
+    assert set(batch.action[valid].tolist()) == {2, 3, 4} and self_consistent(batch, policy_step)[valid].all()
+    assert (~valid).any() and (batch.obs[~valid] == 0).all() and (policy_step[~valid] == 0).all()
+    batch, _ = replay.sample(64, np.random.default_rng(1))
+    assert batch.valid.all() and set(batch.action.tolist()) == {2, 3, 4, 5}
+
+
+def test_contents_saves_a_row_rewritten_during_its_copy_invalid():
+  """The torn slot is saved with the odd version of the write it saw begun,
+  stays invalid after restore, and is valid again once rewritten."""
+  with shared_replay(4) as replay, attached(replay) as other, shared_replay(4) as restored:
+    writer = other.writer(0)
+    writer.add(rows([1, 2, 3, 4]))
+    replay._arrays = FetchHook(replay._arrays, "next_obs", lambda: writer.add(rows([5])))
+    saved = replay.contents()  # Slot 0 (index 0 -> 4) torn: obs of id 1, next_obs of id 5.
+    assert saved["version"].tolist() == [9, 4, 6, 8] and saved["write_count"].tolist() == [5]
+    assert stored_consistent(saved).tolist() == [False, True, True, True]
+    restored.restore(saved)
+    batch, policy_step = restored.sample(64, np.random.default_rng(0))
+    valid = batch.valid == 1
+    assert set(batch.action[valid].tolist()) == {2, 3, 4} and (~valid).any()
+    restored.writer(0).add(rows([6, 7, 8, 9]))  # Indices 5..8: index 8 rewrites slot 0.
+    assert restored._arrays["version"].tolist() == [18, 12, 14, 16]
+    batch, _ = restored.sample(64, np.random.default_rng(1))
+    assert batch.valid.all() and set(batch.action.tolist()) == {6, 7, 8, 9}
+
+
 def _write(handle, writer_id, num_batches, seed, obs_shape, stop=None):
   """Writer process: batches of 16 rows with random ids, all fields equal to
   the id; ``num_batches`` of them, or fewer once the event ``stop`` is set."""
@@ -474,13 +507,14 @@ def _write(handle, writer_id, num_batches, seed, obs_shape, stop=None):
   replay.close()
 
 
-_MIN_TORN = 20  # Torn rows a hammer must see rejected before it stops (unless time runs out).
-_HAMMER_SECONDS = 60.0
-
-
+@pytest.mark.slow
 def test_two_writer_processes_and_a_sampler():
+  """Smoke test across processes: every row sampled valid is whole, and a
+  writer SIGKILLed (most likely inside ``add``) is resumed by a new one.
+  Whether any copy was torn depends on the machine; the tests above tear
+  one on purpose."""
   ctx, obs_shape, rng = mp.get_context("spawn"), (512,), np.random.default_rng(0)
-  procs, checked, rejected = [], 0, 0
+  procs, checked = [], 0
 
   def start(writer_id, num_batches, seed):
     procs.append(ctx.Process(target=_write,
@@ -489,31 +523,27 @@ def test_two_writer_processes_and_a_sampler():
     return procs[-1]
 
   def sample_while(*running):
-    nonlocal checked, rejected
+    nonlocal checked
     while any(p.is_alive() for p in running):
       if replay.size():
         batch, policy_step = replay.sample(64, rng)
         valid = batch.valid == 1
         assert self_consistent(batch, policy_step)[valid].all()
         checked += int(valid.sum())
-        rejected += int((~valid).sum())
 
   with shared_replay(capacity=128, num_writers=2, obs_shape=obs_shape) as replay, reaped(procs):
-    inserted, seed, deadline = 0, 0, time.monotonic() + _HAMMER_SECONDS
-    while rejected < _MIN_TORN and time.monotonic() < deadline:  # Rounds of both writers.
-      writers = [start(0, 500, seed), start(1, 500, seed + 1)]
-      sample_while(*writers)
-      inserted, seed = inserted + 2 * 500 * 16, seed + 2
-      assert [p.exitcode for p in writers] == [0, 0] and replay.inserts() == inserted
-    assert rejected >= _MIN_TORN, "too few rows torn by a writer, so the seqlock went untested"
+    writers = [start(0, 500, 0), start(1, 500, 1)]
+    sample_while(*writers)
+    inserted = 2 * 500 * 16
+    assert [p.exitcode for p in writers] == [0, 0] and replay.inserts() == inserted
 
-    doomed = start(1, 10**9, seed)
+    doomed = start(1, 10**9, 2)
     while doomed.is_alive() and replay.inserts() < inserted + 10 * 16:
       pass
     doomed.kill()  # SIGKILL, most likely inside add().
     doomed.join()
     killed_at = replay.inserts()
-    restarted = start(1, 8, seed + 1)
+    restarted = start(1, 8, 3)
     sample_while(restarted)
     assert restarted.exitcode == 0 and replay.inserts() >= killed_at + 8 * 16
     batch, policy_step = replay.sample(4_096, rng)  # 8 batches rewrote partition 1 whole.
@@ -521,14 +551,15 @@ def test_two_writer_processes_and_a_sampler():
   assert checked > 0
 
 
+@pytest.mark.slow
 def test_contents_taken_while_writers_write_restores_no_torn_row():
-  """A checkpoint taken while two writer processes rewrite their partitions:
-  every slot it saved torn (fields of two transitions) is saved invalid, and
-  a replay restored from it samples only self-consistent rows, before and
-  after its writers resume. Large observations make the copy long, so that
-  writers rewrite many slots within it."""
+  """Smoke test: checkpoints taken while two writer processes rewrite their
+  partitions save every torn slot (fields of two transitions) invalid, and a
+  replay restored from one samples only self-consistent rows, before and
+  after its writers resume. Large observations make each copy long, so that
+  writers are likely to rewrite slots within it."""
   ctx, obs_shape, rng = mp.get_context("spawn"), (4096,), np.random.default_rng(0)
-  stop, torn, snapshots = ctx.Event(), 0, 0
+  stop = ctx.Event()
   with shared_replay(128, 2, obs_shape=obs_shape) as replay, \
        shared_replay(128, 2, obs_shape=obs_shape) as restored:
     procs = [ctx.Process(target=_write, args=(replay.handle, w, 10**9, w, obs_shape, stop))
@@ -536,16 +567,14 @@ def test_contents_taken_while_writers_write_restores_no_torn_row():
     with reaped(procs):
       for p in procs:
         p.start()
-      deadline = time.monotonic() + _HAMMER_SECONDS
-      while replay.inserts() < 4 * replay.capacity and time.monotonic() < deadline:
-        time.sleep(0.01)  # The writers are under way.
-      while (torn < _MIN_TORN or snapshots < 200) and time.monotonic() < deadline:
+      while replay.inserts() < 4 * replay.capacity:  # The writers are under way.
+        assert all(p.is_alive() for p in procs)
+        time.sleep(0.01)
+      for _ in range(100):
         saved = replay.contents()
         assert (saved["version"] <= replay._arrays["version"]).all()  # Never ahead of the replay.
-        snapshots += 1
         mixed = ~stored_consistent(saved)
         assert (saved["version"][mixed] % 2 == 1).all(), "a torn slot was saved as complete"
-        torn += int(mixed.sum())
         restored.restore(saved)
         if restored.size():
           batch, policy_step = restored.sample(64, rng)
@@ -559,7 +588,6 @@ def test_contents_taken_while_writers_write_restores_no_torn_row():
       for p in procs:
         p.join(timeout=30)
         assert p.exitcode == 0
-  assert torn >= _MIN_TORN, f"{snapshots} checkpoints saw {torn} torn slots: the test went untested"
 
 
 # ---------------------------------------------------------------- rate limiting

@@ -1,5 +1,6 @@
-"""Tests for jaxrl.shm: ParamStore round trips, versions, isolation and a
-multi-process seqlock hammer; the machine and /dev/shm checks."""
+"""Tests for jaxrl.shm: ParamStore round trips, versions, isolation, a read
+torn by publishes and a multi-process seqlock hammer; the machine and
+/dev/shm checks."""
 
 from __future__ import annotations
 
@@ -13,7 +14,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 
 import jax
 import jax.numpy as jnp
@@ -146,14 +146,48 @@ def test_publish_mismatch_raises(change):
     _assert_same_tree(store.read().params, _mlp(1))
 
 
-# Multi-process hammer: every element of publish v equals v. A read retries
-# only when three publishes overtake its copy, so the leaves are large (a
-# copy lasts long enough to be preempted on a busy machine) and the readers
-# go on until they have each rejected some torn copies, or time runs out.
+class _FetchHook(dict):
+  """A store's arrays, by name, that call ``hook`` once, just before ``key``
+  is first fetched: a reader interrupted there by the publisher."""
+
+  def __init__(self, arrays, key, hook):
+    super().__init__(arrays)
+    self._key, self._hook = key, hook
+
+  def __getitem__(self, key):
+    if key == self._key and self._hook is not None:
+      hook, self._hook = self._hook, None
+      hook()
+    return super().__getitem__(key)
+
+
+def test_a_read_overtaken_by_three_publishes_is_retried():
+  """Publishes 2..4 land while ``read`` copies the leaves of version 1, the
+  last one after the others: the copy is torn and discarded, and the read
+  returns version 4 whole."""
+  with _owned(_mlp(0)) as store:
+    store.publish(_mlp(1), epsilon=1.0, step=1)
+    reader = ParamStore.attach(store.handle)
+    try:
+      def publish():
+        for v in (2, 3, 4):  # Version 4 rewrites slot 4 % 3 = 1, version 1's.
+          store.publish(_mlp(v), epsilon=1 / v, step=v)
+      reader._block.arrays = _FetchHook(reader._block.arrays, reader._keys[1][-1], publish)
+      snap = reader.read()
+      assert reader.torn_reads == 1
+      _assert_same_tree(snap.params, _mlp(4))
+      assert (snap.epsilon, snap.step, snap.version) == (0.25, 4, 4)
+    finally:
+      reader.close()
+
+
+# Multi-process hammer, a smoke test: every element of publish v equals v.
+# A read retries only when three publishes overtake its copy, so the leaves
+# are large (a copy lasts long enough to be preempted on a busy machine);
+# whether any read is torn depends on the machine, and the test above tears
+# one on purpose.
 
 _MIN_READS = 200
-_MIN_TORN_READS = 3  # Each reader's goal; the test requires one.
-_HAMMER_SECONDS = 60.0
 
 
 def _hammer_tree(version: int):
@@ -181,8 +215,8 @@ def _reader(handle, barrier, readers_left, out):
   barrier.wait()
   while store.latest_version() == 0:
     pass
-  versions, errors, deadline = [], [], time.monotonic() + _HAMMER_SECONDS
-  while (len(versions) < _MIN_READS or store.torn_reads < _MIN_TORN_READS) and time.monotonic() < deadline:
+  versions, errors = [], []
+  while len(versions) < _MIN_READS:
     snap = store.read()
     leaves_ok = all(np.all(leaf == snap.version) for leaf in jax.tree_util.tree_leaves(snap.params))
     if not (leaves_ok and snap.epsilon == _hammer_epsilon(snap.version) and snap.step == 3 * snap.version):
@@ -190,10 +224,11 @@ def _reader(handle, barrier, readers_left, out):
     versions.append(snap.version)
   with readers_left.get_lock():
     readers_left.value -= 1
-  out.put(("reader", versions, errors[:3], store.torn_reads))
+  out.put(("reader", versions, errors[:3]))
   store.close()
 
 
+@pytest.mark.slow
 def test_multiprocess_hammer(capfd):
   ctx = mp.get_context("spawn")
   with _owned(_hammer_tree(0)) as store:
@@ -203,7 +238,7 @@ def test_multiprocess_hammer(capfd):
     with reaped(procs):
       for p in procs:
         p.start()
-      results = [out.get(timeout=_HAMMER_SECONDS + 60) for _ in procs]
+      results = [out.get(timeout=120) for _ in procs]
       for p in procs:
         p.join(timeout=30)
         assert p.exitcode == 0
@@ -212,12 +247,10 @@ def test_multiprocess_hammer(capfd):
     assert published == last == store.latest_version()
     readers = [r for r in results if r[0] == "reader"]
     assert len(readers) == 2
-    for _, versions, errors, _ in readers:
+    for _, versions, errors in readers:
       assert errors == []
       assert len(versions) >= _MIN_READS
       assert all(a <= b for a, b in zip(versions, versions[1:]))
-      assert len(set(versions)) > 1  # It read while the publisher was publishing.
-    assert sum(r[3] for r in readers) >= 1, "no read was torn, so the seqlock went untested"
   err = capfd.readouterr().err
   assert "resource_tracker" not in err and "Traceback" not in err, err
 
