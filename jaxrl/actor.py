@@ -22,7 +22,7 @@ policy step, so acting is deterministic for a seed on both paths.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -273,7 +273,8 @@ class Evaluation(NamedTuple):
 
 
 def evaluate(agents: Mapping[str, Any], params: Mapping[str, Any], env_set: EnvSet, epsilon: float,
-             seed: int, max_steps: int | None = None) -> Evaluation:
+             seed: int, max_steps: int | None = None,
+             should_stop: Callable[[], bool] = lambda: False) -> Evaluation | None:
   """The returns of the first episode of each of ``env_set``'s env copies,
   every agent acting ``epsilon``-greedily (0 = greedy) with its learner's
   ``params[learner_id]``; nothing is written to replay.
@@ -282,7 +283,7 @@ def evaluate(agents: Mapping[str, Any], params: Mapping[str, Any], env_set: EnvS
   keeps the mean unbiased towards short episodes. An agent still in its
   first episode after ``max_steps`` steps (None = no cap) counts with its
   return so far, so that a policy that never ends its episode cannot hang
-  the caller.
+  the caller. None if ``should_stop()``, asked before each step, said so.
   """
   actor = Actor(agents, env_set, seed, collect=False)
   for learner in env_set.learners:
@@ -293,6 +294,8 @@ def evaluate(agents: Mapping[str, Any], params: Mapping[str, Any], env_set: EnvS
   first_return = np.full((env_set.num_envs, len(agent_ids)), np.nan)  # [E, agents]
   steps = 0
   while np.isnan(first_return).any():
+    if should_stop():
+      return None
     finished = actor.step(learner_steps).episodes
     steps += 1
     for episode in finished:

@@ -110,17 +110,20 @@ def _train(cfg: RunConfig, run_dir: Path, launch_time: float, resuming: bool) ->
   from jaxrl.checkpoint import CheckpointError  # pylint: disable=import-outside-toplevel
   from jaxrl.envs import EnvError  # pylint: disable=import-outside-toplevel
   from jaxrl.shm import SharedMemoryError  # pylint: disable=import-outside-toplevel
+  interrupted = runtime.Interrupted()   # from here on, a Ctrl-C stops the run with a summary
   try:
-    runtime.preflight(cfg)
-    resume = runtime.load_resume(cfg, run_dir) if resuming else None
-  except (ConfigError, EnvError, CheckpointError, SharedMemoryError) as e:
-    return _fail(str(e))
-  try:
-    summary = runtime.train(cfg, run_dir, launch_time, resume)
+    try:
+      spaces = runtime.preflight(cfg)
+      resume = runtime.load_resume(cfg, run_dir, spaces) if resuming else None
+    except (ConfigError, EnvError, CheckpointError, SharedMemoryError) as e:
+      return _fail(str(e))
+    summary = runtime.train(cfg, run_dir, launch_time, resume, spaces, interrupted)
   except KeyboardInterrupt:
     print("jaxrl-train: interrupted twice: stopped at once, without a final checkpoint or summary",
           file=sys.stderr)
     return 130
+  finally:
+    interrupted.restore()
   print(f"jaxrl-train: {summary['stopped_because']}: eval_return {summary['eval_return']}, "
         f"env_steps {summary['env_steps']}, learner_steps {summary['learner_steps']}, "
         f"{summary['wall_seconds']:.1f}s -> {run_dir}")

@@ -228,9 +228,11 @@ class ReplayConfig:
       sync mode the learner makes one fused update per actor step).
     rate_tolerance: slack of the rate limiter, in inserted transitions: the
       actors wait when they are more than this many inserts ahead of what
-      the learner's samples justify (``samples / samples_per_insert``), the
-      learner waits when it is more than this many behind. Any value >= 0
-      is deadlock-free (see ``SharedReplay``).
+      the learner's samples justify (``samples / samples_per_insert``;
+      each waiting actor's step may take them past it, by at most its own
+      size), taking turns fairly in rows; the learner waits when it is more
+      than this many behind. Any value >= 0 is deadlock-free (see
+      ``SharedReplay``).
   """
 
   capacity: int = 100_000

@@ -399,3 +399,34 @@ class ParamStore:
   def unlink(self) -> None:
     """Removes the segment (owner only, once every process is done; idempotent)."""
     self._block.unlink()
+
+
+class SnapshotReader:
+  """The newest snapshots of several ParamStores (learner id -> store), each
+  copied out only when its store has published since this reader last
+  looked: the one way the actors, the Ray backend and the supervisor read
+  published params."""
+
+  def __init__(self, stores: dict[str, ParamStore]):
+    self.stores = stores
+    self._newest: dict[str, ParamSnapshot] = {}
+
+  def ready(self) -> bool:
+    """Whether every store has published."""
+    return all(store.latest_version() for store in self.stores.values())
+
+  def changed(self) -> dict[str, ParamSnapshot]:
+    """Learner id -> the newest snapshot, for the stores that published since the last call."""
+    new = {}
+    for lid, store in self.stores.items():
+      known = self._newest.get(lid)
+      if store.latest_version() != (known.version if known else 0):
+        new[lid] = self._newest[lid] = store.read()
+    return new
+
+  def newest(self) -> dict[str, ParamSnapshot] | None:
+    """Learner id -> the newest snapshot of every store; None until each has published."""
+    if not self.ready():
+      return None
+    self.changed()
+    return dict(self._newest)

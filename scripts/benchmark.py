@@ -35,6 +35,9 @@ actor, replay, agent and learner settings:
                (spawn, imports, compiles, ``replay.min_size``), which sync's
                acting and learning seconds leave out by definition; that
                ratio is listed as well.
+  supervisor   episode records/s the supervisor logs (``Run.log``, batches of 8), and
+               an async MPE simple_spread run with 4 actors: episode records logged/s,
+               the share of counted episodes logged, seconds from SIGINT to exit.
   conv         the fused DQN train_step of the MinAtar network, batch 32, C = 4 and 10:
                ``networks.Im2colConv`` against ``flax.linen.Conv``, timed in turn.
   minatar      (not run by default) frames/s of the whole system (``scripts/train.py``, async,
@@ -492,7 +495,8 @@ def _ray_snapshot_latency(args, num_params: int = 1_000_000) -> list[dict]:
   from jaxrl.runtime.ray_backend import SnapshotBoard  # pylint: disable=import-outside-toplevel
   sizes = [num_params // 4] * 3 + [num_params - 3 * (num_params // 4)]
   params = {f"layer{i}": {"kernel": np.full((n,), float(i), np.float32)} for i, n in enumerate(sizes)}
-  store, board = ParamStore.create(params), SnapshotBoard()
+  store = ParamStore.create(params)
+  board = SnapshotBoard({"agent_0": store})
 
   class SnapshotProbe:   # defined here: Ray pickles it by value, not by this script's module name
     """A Ray actor that fetches a snapshot and says when it holds it."""
@@ -506,12 +510,11 @@ def _ray_snapshot_latency(args, num_params: int = 1_000_000) -> list[dict]:
     for i in range(5 + 20 * args.repeats):
       start = time.monotonic_ns()
       store.publish(params, epsilon=0.1, step=i)
-      _, ref = board.newest({"agent_0": store.handle})
+      _, ref = board.newest()
       held = ray.get(probe.fetch.remote([ref]))
       if i >= 5:   # warm-up: the worker's start, first imports
         latency_ms.append((held - start) / 1e6)
   finally:
-    board.close()
     store.close()
     store.unlink()
     ray.kill(probe)
@@ -523,13 +526,14 @@ def _ray_shipping(cfg: RunConfig, args) -> list[dict]:
   """Transitions/s (and bytes/s) that one Ray actor steps and ships into
   the driver's replay, against the same Actor stepping in this process."""
   from jaxrl.runtime.ray_backend import RemoteActor, SnapshotBoard  # pylint: disable=import-outside-toplevel
-  agents = runtime.make_agents(cfg)
+  spaces = runtime.learner_spaces(cfg)
+  agents = runtime.make_agents(cfg, spaces)
   params = {lid: jax.device_get(agent.init(jax.random.PRNGKey(0)).params) for lid, agent in agents.items()}
   stores = {lid: ParamStore.create(params[lid]) for lid in agents}
   for lid, store in stores.items():
     store.publish(params[lid], agents[lid].config.epsilon_end, 0)
-  board = SnapshotBoard()
-  remote = RemoteActor(cfg, 0, 0, board, {lid: store.handle for lid, store in stores.items()}, None)
+  board = SnapshotBoard(stores)
+  remote = RemoteActor(cfg, spaces, 0, 0, board, None)
   local_actor = make_actor(cfg, agents, 0, 0)
   for lid, store in stores.items():
     snap = store.read()
@@ -562,7 +566,6 @@ def _ray_shipping(cfg: RunConfig, args) -> list[dict]:
           rates.setdefault("bytes", []).append(sum(shipped) / elapsed / 1e6)
   finally:
     remote.close()
-    board.close()
     local_actor.env_set.close()
     for store in stores.values():
       store.close()
@@ -574,6 +577,56 @@ def _ray_shipping(cfg: RunConfig, args) -> list[dict]:
           _figure("ray_ship_mb", "  bytes of those transitions", "MB/s", rates["bytes"]),
           _figure("ray_snapshot_bytes", f"  one snapshot of {Path(args.config).name}'s params", "bytes",
                   [snapshot_bytes])]
+
+
+def bench_supervisor(cfg: RunConfig, args) -> dict:
+  """What the supervisor sustains: episode records/s through ``Run.log``
+  (metrics.jsonl, TensorBoard, the display's state) in batches of 8, as
+  actors send them; and an async run of MPE simple_spread with 4 actors for
+  ``--stop-seconds`` (at most 60): episodes it logged per second, whether
+  every episode counted was logged, and seconds from a SIGINT to its exit."""
+  from jaxrl.runtime.run import Run  # pylint: disable=import-outside-toplevel
+  runtime.configure_jax("supervisor")
+  with tempfile.TemporaryDirectory(prefix="jaxrl_bench_") as run_dir:
+    spaces = runtime.learner_spaces(cfg)
+    run = Run(cfg, Path(run_dir), time.time(), None, spaces)
+    batch = [{"episode_return": float(i), "episode_length": 25, "policy_lag": 1.5, "agent_id": "agent_0",
+              "actor_id": 0} for i in range(8)]
+
+    def log_batch():
+      run.env_steps += 200
+      run.log(*batch)
+    rates = _rates(log_batch, len(batch), args)
+    run.finish({})
+  figures = [_figure("supervisor_records", "supervisor: episode records logged", "records/s", rates)]
+  seconds = min(args.stop_seconds, 60.0)
+  spread = str(Path(__file__).resolve().parent.parent / "configs" / "mpe_spread_dqn.yaml")
+  with tempfile.TemporaryDirectory(prefix="jaxrl_bench_") as run_dir:
+    proc = subprocess.Popen(_train_cmd(spread, run_dir, "actors.num=4", "runtime.mode=async",
+                                       "stop.env_steps=null", "stop.seconds=null"), stdout=subprocess.DEVNULL)
+    try:
+      metrics = Path(run_dir, "metrics.jsonl")
+      while proc.poll() is None and not (metrics.exists() and any("loss" in r for r in read_metrics(run_dir))):
+        time.sleep(0.2)
+      time.sleep(seconds)
+      proc.send_signal(signal.SIGINT)
+      sent = time.monotonic()
+      proc.wait(timeout=120)
+      stop_seconds = time.monotonic() - sent
+    finally:
+      if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    summary = json.loads(Path(run_dir, "summary.json").read_text())
+    records = read_metrics(run_dir)
+  episodes = [r for r in records if "episode_return" in r]
+  agents = len({r["agent_id"] for r in episodes}) or 1
+  figures += [_figure("spread4_episode_records", "MPE spread, 4 actors: episode records logged", "records/s",
+                      [len(episodes) / summary["wall_seconds"]]),
+              _figure("spread4_all_logged", "  episodes counted that were logged", "fraction",
+                      [len(episodes) / agents / max(summary["episodes"], 1)]),
+              _figure("spread4_stop_seconds", "  seconds from SIGINT to exit", "s", [stop_seconds], target="<= 10")]
+  return {"figures": figures}
 
 
 def bench_learning(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-argument
@@ -691,8 +744,8 @@ def bench_minatar(cfg: RunConfig, args) -> dict:
 
 SECTIONS = {"env": bench_env, "actor": bench_actor, "train_step": bench_train_step, "learner": bench_learner,
             "publish": bench_publish, "time_to_475": bench_time_to_475, "conv": bench_conv, "minatar": bench_minatar,
-            "learning": bench_learning, "ray": bench_ray}
-DEFAULT_SECTIONS = ["env", "actor", "train_step", "learner", "publish", "time_to_475"]   # "minatar", "learning": long
+            "learning": bench_learning, "ray": bench_ray, "supervisor": bench_supervisor}
+DEFAULT_SECTIONS = ["env", "actor", "train_step", "learner", "publish", "time_to_475", "supervisor"]   # "minatar", "learning": long
 RATIOS = (  # (key, name, numerator key, denominator key, target)
     ("actor_over_env", "actor / env steps/s", "actor", "env", ">= 0.5"),
     ("learners_all_over_one", "all learners / one learner alone, updates/s", "learners_all",

@@ -1,4 +1,5 @@
-"""Child processes a test starts, reaped whatever the test's outcome."""
+"""Child processes a test starts, reaped whatever the test's outcome, and a reader
+interrupted mid-copy as a writer in another process would interrupt it."""
 
 import contextlib
 
@@ -15,3 +16,19 @@ def reaped(processes: list):
       if p.is_alive():
         p.kill()
       p.join()
+
+
+class FetchHook(dict):
+  """Arrays by name (a replay's or a store's) that call ``hook`` once, just
+  before ``key`` is first fetched: a reader interrupted there by a writer in
+  another process."""
+
+  def __init__(self, arrays, key, hook):
+    super().__init__(arrays)
+    self._key, self._hook = key, hook
+
+  def __getitem__(self, key):
+    if key == self._key and self._hook is not None:
+      hook, self._hook = self._hook, None
+      hook()
+    return super().__getitem__(key)

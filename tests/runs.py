@@ -41,12 +41,12 @@ def train_cli(*args, timeout=120, env=None):
   return proc
 
 
-def wait_for(predicate, timeout=90, what="condition"):
+def wait_for(predicate, timeout=90, what="condition", interval=0.1):
   deadline = time.time() + timeout
   while not predicate():
     if time.time() > deadline:
       raise TimeoutError(f"timed out waiting for {what}")
-    time.sleep(0.1)
+    time.sleep(interval)
 
 
 def records(run_dir):

@@ -10,7 +10,7 @@ import pytest
 from jaxrl.config import AgentsConfig, EnvConfig
 from jaxrl.envs import (EnvError, GymVectorEnvSet, LearnerSpace, ParallelEnvSet, env_learner_spaces,
                         learner_ids, make_env_set, make_vec_env)
-from jaxrl.replay import NStepAccumulator
+from jaxrl.nstep import NStepAccumulator
 from parallel_env import AGENTS, TinyParallelEnv
 
 F32 = np.dtype(np.float32)

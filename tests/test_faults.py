@@ -21,7 +21,7 @@ import pytest
 from jaxrl import runtime
 from jaxrl.checkpoint import latest_checkpoint, restore_checkpoint
 from jaxrl.config import load_config
-from runs import (CARTPOLE, SHORT, assert_clean_exit, records, segments_of, start_cli, train_cli,
+from runs import (CARTPOLE, ROOT, SHORT, assert_clean_exit, records, segments_of, start_cli, train_cli,
                   wait_for, wait_until_learning, workers)
 
 LONG = ["stop.env_steps=10_000_000", "stop.eval_return=null"]   # runs until stopped
@@ -90,22 +90,35 @@ def test_a_signal_to_the_whole_process_group_is_handled_by_the_supervisor(tmp_pa
   assert_final_checkpoint(run_dir, signum.name)
 
 
-def test_a_group_sigint_while_the_children_start_stops_the_run_cleanly(tmp_path):
+@pytest.mark.parametrize("signum, children", [(signal.SIGINT, 0), (signal.SIGINT, 1), (signal.SIGTERM, 2),
+                                               (signal.SIGINT, 3)],
+                         ids=["sigint-before-the-learner", "sigint-starting-actor-0", "sigterm-starting-actor-1",
+                              "sigint-all-started"])
+def test_a_group_signal_at_any_point_of_startup_stops_the_run_cleanly(tmp_path, signum, children):
+  """A Ctrl-C (or a batch system's SIGTERM) to the whole process group as
+  soon as the supervisor has started ``children`` children: while it starts
+  the next one, or while they all still import. It is never lost: the run
+  ends with a summary, exit 0, nothing left."""
   run_dir = tmp_path / "run"
   proc = start_cli(CARTPOLE, f"run_dir={run_dir}", *LONG, *SHORT, "actors.num=2", new_session=True)
-  wait_for(lambda: proc.poll() is not None or len(workers(proc)) == 3, what="the children")
+  if children:
+    wait_for(lambda: proc.poll() is not None or len(workers(proc)) >= children, timeout=60, what="the children",
+             interval=0.002)
+  else:
+    wait_for(lambda: proc.poll() is not None or (run_dir / "config.yaml").exists(), timeout=60,
+             what="the run directory", interval=0.002)
   descendants = psutil.Process(proc.pid).children(recursive=True)
-  os.killpg(proc.pid, signal.SIGINT)   # they are still importing
-  _, err = proc.communicate(timeout=30)
+  os.killpg(proc.pid, signum)
+  _, err = proc.communicate(timeout=60)
   assert proc.returncode == 0, err
   assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
   assert_clean_exit(proc, descendants, err)
-  assert summary_of(run_dir)["stopped_because"] == "SIGINT"
+  assert summary_of(run_dir)["stopped_because"] == signum.name
 
 
 def test_a_learner_that_does_not_stop_in_time_is_killed_and_the_summary_says_so(tmp_path):
   run_dir = tmp_path / "run"
-  proc, descendants = learning_run(run_dir)
+  proc, descendants = learning_run(run_dir, "runtime.stop_timeout_seconds=3")
   workers(proc)[0].suspend()   # the learner: it can neither checkpoint nor exit
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=60)
@@ -113,8 +126,47 @@ def test_a_learner_that_does_not_stop_in_time_is_killed_and_the_summary_says_so(
   assert_clean_exit(proc, descendants, err)
   summary = summary_of(run_dir)
   assert summary["stopped_because"] == "SIGTERM" and summary["killed"] == ["learner"]
-  assert "final checkpoint may be missing" in summary["error"]
-  assert one_line_errors(err)[-1].startswith("jaxrl-train: error: learner: did not stop within"), err
+  assert "did not write its final checkpoint within runtime.stop_timeout_seconds (3 s)" in summary["error"]
+  assert one_line_errors(err)[-1].startswith("jaxrl-train: error: learner: did not write its final checkpoint"), err
+
+
+def test_a_learner_slower_to_stop_than_any_fixed_grace_finishes_its_final_checkpoint(tmp_path):
+  """Under load a learner can take longer than a fixed grace to write its
+  final checkpoint (here: held still for 12 s once asked to stop). The run
+  waits for it, up to runtime.stop_timeout_seconds, and a run that saved
+  everything is a success."""
+  run_dir = tmp_path / "run"
+  proc, descendants = learning_run(run_dir)
+  learner = workers(proc)[0]
+  learner.suspend()
+  proc.send_signal(signal.SIGTERM)
+  time.sleep(12)
+  learner.resume()
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 0, err
+  assert_clean_exit(proc, descendants, err)
+  assert_final_checkpoint(run_dir, "SIGTERM")
+
+
+def test_a_signal_during_a_long_evaluation_stops_the_run_within_seconds(tmp_path):
+  """MinAtar Freeway's episodes are 2,500 steps; 32 of them with an
+  evaluation due at every learner step keep an evaluation always running.
+  The supervisor does not wait for it."""
+  run_dir = tmp_path / "run"
+  proc = start_cli(str(ROOT / "configs" / "minatar_dqn.yaml"), f"run_dir={run_dir}", "env.id=MinAtar/Freeway-v1",
+                   *LONG, "replay.min_size=256", "eval.interval=1", "eval.episodes=32", "runtime.progress=false",
+                   "runtime.log_interval_seconds=0.5")
+  wait_until_learning(run_dir, proc)
+  time.sleep(2)   # well into an evaluation
+  descendants = psutil.Process(proc.pid).children(recursive=True)
+  proc.send_signal(signal.SIGINT)
+  sent = time.time()
+  _, err = proc.communicate(timeout=60)
+  stopped_in = time.time() - sent
+  assert proc.returncode == 0, err
+  assert stopped_in < 10, stopped_in   # the issue's target is 5 s; this machine may be loaded
+  assert_clean_exit(proc, descendants, err)
+  assert_final_checkpoint(run_dir, "SIGINT")
 
 
 def test_the_learner_gets_the_callers_environment_not_the_actors_jax_flags(tmp_path):
@@ -215,11 +267,10 @@ def test_segments_of_a_killed_process_group_are_removed_by_the_next_run(tmp_path
 
 
 def test_actor_killed_is_restarted_and_the_run_goes_on(tmp_path):
-  """Without a rate limit: with one, two actors race for the room each
-  learner call makes, and a new actor can lose that race for long stretches
-  (see the note on issue 10), which this test is not about."""
+  """With the config's rate limit: the restarted actor gets its share of
+  the room each learner call makes."""
   run_dir = tmp_path / "run"
-  proc, descendants = learning_run(run_dir, "replay.samples_per_insert=null")
+  proc, descendants = learning_run(run_dir)
   workers(proc)[2].kill()   # actor 1
   wait_for(lambda: any("actor_restarts" in r for r in records(run_dir)), what="a restart record")
   restart = next(i for i, r in enumerate(records(run_dir)) if "actor_restarts" in r)
@@ -254,14 +305,9 @@ def test_actor_exceptions_restart_up_to_max_restarts_then_abort(tmp_path):
     # NaN observations from an env step on: the loss becomes NaN.
     (["env.id=faulty_env:FaultyCartPole-v0", "env.kwargs={nan_after: 1500}", *NO_EVAL,
       "checkpoint.interval_seconds=0.2"], "learner: NonFiniteError: non-finite loss"),
-    # The learner cannot write its checkpoint: an exception in the learner process.
-    (["checkpoint.interval_seconds=0.2"], "learner: FileExistsError"),
 ])
 def test_learner_failure_stops_with_exit_1_and_a_usable_checkpoint(tmp_path, fault, reason):
   run_dir = tmp_path / "run"
-  if "FileExistsError" in reason:
-    run_dir.mkdir()
-    (run_dir / "checkpoints").write_text("not a directory")
   proc = start_cli(CARTPOLE, f"run_dir={run_dir}", *LONG, *SHORT, "actors.num=1", *fault)
   wait_for(lambda: proc.poll() is not None or psutil.Process(proc.pid).children(), what="children")
   descendants = psutil.Process(proc.pid).children(recursive=True) if proc.poll() is None else []
@@ -272,10 +318,28 @@ def test_learner_failure_stops_with_exit_1_and_a_usable_checkpoint(tmp_path, fau
   assert summary_of(run_dir)["stopped_because"] == "error"
   assert "Traceback" in (run_dir / "errors.log").read_text()
   assert_clean_exit(proc, descendants, err)
-  if "NonFinite" in reason:   # checkpoints written before the NaNs stay good
-    state, counters, _ = checkpoint_state(run_dir / "checkpoints", run_dir / "config.yaml")
-    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state) if leaf.dtype.kind == "f")
-    assert counters["learner_steps"] < summary_of(run_dir)["learner_steps"]
+  state, counters, _ = checkpoint_state(run_dir / "checkpoints", run_dir / "config.yaml")
+  assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(state) if leaf.dtype.kind == "f")
+  assert counters["learner_steps"] < summary_of(run_dir)["learner_steps"]   # checkpoints before the NaNs
+
+
+def test_checkpoints_that_cannot_be_written_are_retried_and_only_the_final_one_is_an_error(tmp_path):
+  """A periodic checkpoint that fails is a warning and the run goes on
+  learning; the final one failing is the run's error (exit 1)."""
+  run_dir = tmp_path / "run"
+  run_dir.mkdir()
+  (run_dir / "checkpoints").write_text("not a directory")
+  proc, descendants = learning_run(run_dir, "actors.num=1", "checkpoint.interval_seconds=0.2")
+  before = sum("loss" in r for r in records(run_dir))
+  wait_for(lambda: sum("loss" in r for r in records(run_dir)) > before + 2, what="learning after failed checkpoints")
+  proc.send_signal(signal.SIGINT)
+  _, err = proc.communicate(timeout=60)
+  assert proc.returncode == 1, err
+  lines = one_line_errors(err)
+  assert any(line.startswith("jaxrl: learner: checkpoint not written (") for line in lines), err
+  assert lines[-1].startswith("jaxrl-train: error: learner: FileExistsError"), err
+  assert summary_of(run_dir)["stopped_because"] == "error" and "FileExistsError" in summary_of(run_dir)["error"]
+  assert_clean_exit(proc, descendants, err)
 
 
 def test_resume_restores_the_state_bit_for_bit_and_continues(tmp_path):
@@ -345,12 +409,14 @@ def test_bad_resume_is_a_one_line_error_that_changes_nothing(tmp_path, damage, m
     checkpoint.unlink()
   elif damage == "truncated":
     checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
-  files = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+  def files():   # but the lock, which holds the pid of its last holder
+    return {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+  before = files()
   proc = train_cli("--resume", str(run_dir if damage != "no_run" else tmp_path / "nowhere"))
   assert proc.returncode == 2
   lines = one_line_errors(proc.stderr)
   assert len(lines) == 1 and message in lines[0], proc.stderr
-  assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == files
+  assert files() == before
 
 
 def test_dict_observations_are_a_one_line_error(tmp_path):

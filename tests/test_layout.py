@@ -42,7 +42,7 @@ def test_the_core_imports_nothing_of_the_runtime(module):
 
 
 def test_replay_and_shared_memory_import_no_jax_and_no_runtime():
-  loaded = importing(["jaxrl.replay", "jaxrl.shm"])
+  loaded = importing(["jaxrl.replay", "jaxrl.nstep", "jaxrl.shm"])
   assert not {top(m) for m in loaded} & {"jax", "jaxlib", "flax", "optax"}
   assert not [m for m in loaded if m.startswith("jaxrl.runtime")]
 
@@ -82,3 +82,15 @@ def test_the_config_schema_is_apart_from_yaml():
 def test_making_environments_imports_nothing_of_the_actor():
   found = {name for name in imported_modules(PACKAGE / "envs.py") if name.startswith("jaxrl.actor")}
   assert not found, f"jaxrl/envs.py imports {sorted(found)}"
+
+
+def test_local_and_ray_actors_are_both_the_supervisors_child():
+  """What an actor is to the supervisor is one small interface (design
+  section 7), which a process and a Ray actor each implement."""
+  from jaxrl.runtime import local, supervisor  # pylint: disable=import-outside-toplevel
+  interface = {name for name in vars(supervisor.Child) if not name.startswith("_")}
+  assert interface == {"receive", "alive", "exit_reason", "kill", "close"}
+  assert interface <= set(vars(local.ProcessChild))
+  source = (PACKAGE / "runtime" / "ray_backend.py").read_text()
+  for name in interface:
+    assert f"  def {name}(self" in source.split("class RayActorChild", 1)[1]

@@ -124,16 +124,24 @@ def test_a_killed_ray_actor_process_is_restarted_and_the_run_goes_on(tmp_path, c
 
 
 def test_a_learner_failure_stops_a_ray_run_as_it_stops_a_local_one(tmp_path, cluster):
-  """The learner cannot write its checkpoint: exit 1 with the reason, and
-  the run's Ray actor is gone from the cluster, which keeps running."""
+  """The learner cannot write its checkpoints: the periodic ones are
+  warnings, the final one the run's error, exit 1 with the reason; and the
+  run's Ray actor is gone from the cluster, which keeps running."""
   run_dir = tmp_path / "run"
   run_dir.mkdir()
   (run_dir / "checkpoints").write_text("not a directory")
-  proc = train_cli(CARTPOLE, f"run_dir={run_dir}", *joined(cluster), *SHORT, "stop.env_steps=10_000_000",
-                   "stop.seconds=null", "checkpoint.interval_seconds=0.2", timeout=120)
-  assert proc.returncode == 1, proc.stderr
-  assert proc.stderr.strip().splitlines()[-1].startswith("jaxrl-train: error: learner: FileExistsError")
-  assert json.loads((run_dir / "summary.json").read_text())["stopped_because"] == "error"
+  proc = start_cli(CARTPOLE, f"run_dir={run_dir}", *joined(cluster), *SHORT, "stop.env_steps=10_000_000",
+                   "stop.seconds=null", "checkpoint.interval_seconds=0.2")
+  try:
+    wait_until_learning(run_dir, proc)
+    wait_for(lambda: actor_starts(run_dir), what="the actor's start")
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+  finally:
+    proc.kill()
+  assert proc.returncode == 1, err
+  assert err.strip().splitlines()[-1].startswith("jaxrl-train: error: learner: FileExistsError")
+  assert "FileExistsError" in json.loads((run_dir / "summary.json").read_text())["error"]
   pids = [r["actor_pid"] for r in actor_starts(run_dir)]
   gone, alive = psutil.wait_procs([psutil.Process(pid) for pid in pids if psutil.pid_exists(pid)], timeout=10)
   assert not alive, alive
@@ -163,6 +171,35 @@ def test_actors_run_on_both_nodes_and_one_whose_node_goes_away_is_restarted(tmp_
     cluster.worker = cluster.add_node(num_cpus=1)
   assert proc.returncode == 0, err
   assert summary_of(run_dir)["actor_restarts"] == 1
+
+
+def test_an_actor_ray_cannot_place_does_not_hang_the_run_and_ctrl_c_stops_it(tmp_path, cluster):
+  """Three actors fill the cluster's three CPUs; the worker node goes, and
+  its actor's restart waits for a CPU that never comes. The run goes on
+  with the others, and a Ctrl-C stops it cleanly: the pending actor is
+  neither waited for nor called killed."""
+  run_dir = tmp_path / "run"
+  proc = start_cli(CARTPOLE, f"run_dir={run_dir}", *joined(cluster), *SHORT, "actors.num=3",
+                   "stop.env_steps=10_000_000", "stop.seconds=null")
+  try:
+    wait_until_learning(run_dir, proc)
+    wait_for(lambda: len(actor_starts(run_dir)) == 3, what="the three actors")
+    cluster.remove_node(cluster.worker)
+    wait_for(lambda: any("actor_restarts" in r for r in records(run_dir)), timeout=120, what="the restart")
+    time.sleep(3)   # the restarted actor is pending
+    assert len(actor_starts(run_dir)) == 3
+    proc.send_signal(signal.SIGINT)
+    sent = time.time()
+    _, err = proc.communicate(timeout=60)
+  finally:
+    proc.kill()
+    cluster.worker = cluster.add_node(num_cpus=1)
+  assert proc.returncode == 0, err
+  assert time.time() - sent < 20
+  summary = summary_of(run_dir)
+  assert summary["stopped_because"] == "SIGINT" and summary["killed"] == [] and "abandoned" not in summary
+  assert summary["actor_restarts"] == 1
+  assert not segments_of(proc.pid)
 
 
 @pytest.mark.parametrize("signum, to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)],

@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 import numpy as np
 import pytest
 
-from children import reaped
+from children import FetchHook, reaped
 from jaxrl.replay import SharedReplay, Transition
 
 F32 = np.float32
@@ -43,21 +43,6 @@ def attached(replay):
     yield other
   finally:
     other.close()
-
-
-class FetchHook(dict):
-  """A replay's arrays, by name, that call ``hook`` once, just before ``key``
-  is first fetched: a reader interrupted there by another process."""
-
-  def __init__(self, arrays, key, hook):
-    super().__init__(arrays)
-    self._key, self._hook = key, hook
-
-  def __getitem__(self, key):
-    if key == self._key and self._hook is not None:
-      hook, self._hook = self._hook, None
-      hook()
-    return super().__getitem__(key)
 
 
 def rows(ids, obs_shape=(3,)) -> dict[str, np.ndarray]:

@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jaxrl import runtime
-from jaxrl.runtime import local
+from jaxrl.runtime import supervisor
 from jaxrl.config import load_config
 from jaxrl.logger import read_metrics
 from jaxrl.shm import SharedMemoryError
@@ -108,7 +108,7 @@ def test_cpu_placement_gives_the_learner_the_first_cpus_and_the_rest_to_the_othe
 def test_learner_cpus_that_leave_none_for_the_actors_is_a_note_not_a_pin(capsys):
   available = os.sched_getaffinity(0)
   cfg = load_config(CARTPOLE, [f"runtime.learner_cpus={len(available)}"])
-  assert local._async_placement(cfg) is None   # pylint: disable=protected-access
+  assert supervisor._async_placement(cfg) is None   # pylint: disable=protected-access
   assert f"would leave none of the {len(available)} CPUs" in capsys.readouterr().err
 
 

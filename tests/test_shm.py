@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from children import reaped
+from children import FetchHook, reaped
 from jaxrl.replay import SharedReplay
 from jaxrl.shm import (ParamStore, SharedBlock, SharedMemoryError, check_free_space, check_memory_ordering,
                        remove_dead_segments)
@@ -146,21 +146,6 @@ def test_publish_mismatch_raises(change):
     _assert_same_tree(store.read().params, _mlp(1))
 
 
-class _FetchHook(dict):
-  """A store's arrays, by name, that call ``hook`` once, just before ``key``
-  is first fetched: a reader interrupted there by the publisher."""
-
-  def __init__(self, arrays, key, hook):
-    super().__init__(arrays)
-    self._key, self._hook = key, hook
-
-  def __getitem__(self, key):
-    if key == self._key and self._hook is not None:
-      hook, self._hook = self._hook, None
-      hook()
-    return super().__getitem__(key)
-
-
 def test_a_read_overtaken_by_three_publishes_is_retried():
   """Publishes 2..4 land while ``read`` copies the leaves of version 1, the
   last one after the others: the copy is torn and discarded, and the read
@@ -172,7 +157,7 @@ def test_a_read_overtaken_by_three_publishes_is_retried():
       def publish():
         for v in (2, 3, 4):  # Version 4 rewrites slot 4 % 3 = 1, version 1's.
           store.publish(_mlp(v), epsilon=1 / v, step=v)
-      reader._block.arrays = _FetchHook(reader._block.arrays, reader._keys[1][-1], publish)
+      reader._block.arrays = FetchHook(reader._block.arrays, reader._keys[1][-1], publish)
       snap = reader.read()
       assert reader.torn_reads == 1
       _assert_same_tree(snap.params, _mlp(4))

@@ -14,12 +14,16 @@ Modules, in the order a reader meets them:
             which hands the run to a backend.
   sync      the one-thread backend (``runtime.mode: sync``): the loops
             interleaved in this process, deterministic for a seed.
-  local     the local-processes backend (``runtime.mode: async``): a learner
-            process and actor processes over shared memory; spawning, pipes,
-            signals, orphan detection and CPU placement live here only.
-  ray_backend  the Ray backend (``runtime.backend: ray``): the local
-            supervisor and learner, with Ray actors anywhere in a cluster;
-            the only module that imports Ray.
+  supervisor  the async supervisor (``runtime.mode: async``), top-down:
+            shared memory, the learner and actors as ``Child``ren (start,
+            messages, stop, restart), the stop phases; reads the same for
+            both backends.
+  local     processes on this machine: the learner and actor processes, the
+            supervisor's handle on each (``ProcessChild``), pipes, signals
+            and orphan detection.
+  ray_backend  the Ray backend (``runtime.backend: ray``): the supervisor
+            and its learner, with Ray actors anywhere in a cluster; the only
+            module that imports Ray.
 
 The loops know nothing of processes, signals, shared-memory names or Ray.
 Public names load lazily, so an actor process that imports
@@ -36,11 +40,11 @@ __getattr__, __dir__ = lazy_exports(__name__, {
     "state_templates": "jaxrl.runtime.builders",
     "Learner": "jaxrl.runtime.learning",
     "NonFiniteError": "jaxrl.runtime.learning",
+    "Interrupted": "jaxrl.runtime.run",
     "Resume": "jaxrl.runtime.run",
     "load_resume": "jaxrl.runtime.run",
     "preflight": "jaxrl.runtime.run",
     "train": "jaxrl.runtime.run",
-    "cpu_placement": "jaxrl.runtime.local",
-    "learner_stop_grace": "jaxrl.runtime.local",
+    "cpu_placement": "jaxrl.runtime.supervisor",
 })
 __all__ = sorted(__dir__())

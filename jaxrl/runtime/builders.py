@@ -67,11 +67,12 @@ def learner_spaces(cfg: RunConfig) -> dict[str, LearnerSpace]:
   return env_learner_spaces(cfg.env, cfg.agents)
 
 
-def make_agents(cfg: RunConfig) -> dict:
-  """Learner id -> its Agent, built for its config (``cfg.agent_config``) and spaces."""
+def make_agents(cfg: RunConfig, spaces: dict[str, LearnerSpace] | None = None) -> dict:
+  """Learner id -> its Agent, built for its config (``cfg.agent_config``) and
+  spaces (``learner_spaces(cfg)``, made here when not given)."""
   from jaxrl.learner import make_agent  # pylint: disable=import-outside-toplevel
   return {lid: make_agent(cfg.agent_config(lid), space.obs_shape, space.num_actions, obs_range=space.obs_range)
-          for lid, space in learner_spaces(cfg).items()}
+          for lid, space in (spaces or learner_spaces(cfg)).items()}
 
 
 def _init_key(cfg: RunConfig, index: int):
@@ -126,18 +127,19 @@ def make_actor(cfg: RunConfig, agents: dict, actor_id: int, env_steps: int):
                seed=actor_seed(cfg, actor_id, env_steps), n_step=cfg.replay.n_step, gamma=cfg.replay.gamma)
 
 
-def replay_nbytes(cfg: RunConfig) -> int:
+def replay_nbytes(cfg: RunConfig, spaces: dict[str, LearnerSpace]) -> int:
   """Bytes of the learners' replays in shared memory."""
   return sum(SharedReplay.nbytes(space.obs_shape, space.obs_dtype, cfg.replay.capacity, cfg.actors.num)
-             for space in learner_spaces(cfg).values())
+             for space in spaces.values())
 
 
-def make_replays(cfg: RunConfig, contents: dict[str, dict[str, np.ndarray]] | None) -> dict[str, SharedReplay]:
+def make_replays(cfg: RunConfig, spaces: dict[str, LearnerSpace],
+                 contents: dict[str, dict[str, np.ndarray]] | None) -> dict[str, SharedReplay]:
   """Learner id -> its replay, one partition per actor, filled with its
   ``contents`` (a checkpoint's) when they have this replay's layout."""
   replays = {}
   try:
-    for lid, space in learner_spaces(cfg).items():
+    for lid, space in spaces.items():
       replays[lid] = SharedReplay.create(space.obs_shape, space.obs_dtype, cfg.replay.capacity, cfg.actors.num,
                                          cfg.replay.min_size, cfg.replay.samples_per_insert,
                                          cfg.replay.rate_tolerance)

@@ -1,11 +1,12 @@
 """The run itself, written once for every backend, and ``train``.
 
-``preflight`` makes every check a run can fail before it writes anything;
-``Run`` keeps the run directory, counters, stop conditions, evaluation and
-summary; ``train`` builds the Run and hands it to the backend of
-``runtime.backend`` and ``runtime.mode`` (sync: ``runtime.sync``; async:
-``runtime.local``; ray: ``runtime.ray_backend``), which runs the acting and
-learning loops and returns when the run stops.
+``preflight`` makes every check a run can fail before it writes anything and
+computes the environment's spaces, once per run; ``Run`` keeps the run
+directory, counters, stop conditions, evaluation and summary; ``train``
+builds the Run and hands it to the backend of ``runtime.backend`` and
+``runtime.mode`` (sync: ``runtime.sync``; async, local or Ray:
+``runtime.supervisor``), which runs the acting and learning loops and
+returns when the run stops.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from jaxrl.config import RunConfig, config_to_dict, save_config
+from jaxrl.config import RunConfig
+from jaxrl.config_file import config_to_dict, save_config
+from jaxrl.envs import LearnerSpace
 from jaxrl.logger import MetricsLogger, ProgressDisplay, plot_learning_curve, write_summary
 from jaxrl.runtime.builders import configure_jax, learner_spaces, make_agents, make_env_set, seed, state_templates
 from jaxrl.runtime.learning import CHECKPOINT_DIR, replay_contents
@@ -32,24 +35,33 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 def _backend(cfg: RunConfig):
   """The backend module of ``runtime.backend`` and ``runtime.mode``:
-  ``preflight(cfg)`` and ``run(cfg, run, interrupted, resume) -> dict``
-  (extra summary fields)."""
+  ``preflight(cfg, spaces)`` and ``run(cfg, run, interrupted, resume) ->
+  dict`` (extra summary fields)."""
   import importlib  # pylint: disable=import-outside-toplevel
   if cfg.runtime.backend == "ray":
     return importlib.import_module("jaxrl.runtime.ray_backend")
-  return importlib.import_module({"sync": "jaxrl.runtime.sync", "async": "jaxrl.runtime.local"}[cfg.runtime.mode])
+  return importlib.import_module({"sync": "jaxrl.runtime.sync", "async": "jaxrl.runtime.supervisor"}[cfg.runtime.mode])
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass
 class Resume:
-  """What ``train`` resumes from: the checkpoint and the counters in it."""
+  """What ``train`` resumes from: the checkpoint and the counters in it, and
+  the replay's contents if it saved them (until ``take_replay``)."""
   checkpoint: Path
   counters: dict[str, int]
   replay: dict[str, dict[str, np.ndarray]] | None   # learner id -> its replay's contents, if saved
 
+  def take_replay(self) -> dict[str, dict[str, np.ndarray]] | None:
+    """The replay's contents, forgotten here: once copied into shared memory
+    they are not kept a second time for the whole run."""
+    contents, self.replay = self.replay, None
+    return contents
 
-def load_resume(cfg: RunConfig, run_dir: str | os.PathLike) -> Resume:
-  """Checks that ``run_dir``'s latest checkpoint restores into ``cfg``'s learners.
+
+def load_resume(cfg: RunConfig, run_dir: str | os.PathLike,
+                spaces: dict[str, LearnerSpace] | None = None) -> Resume:
+  """Checks that ``run_dir``'s latest checkpoint restores into ``cfg``'s
+  learners (of ``spaces``, made here when not given).
 
   Sets this process's JAX up as the supervisor's first (``configure_jax``):
   reading a checkpoint must not start JAX with its defaults (on a GPU host,
@@ -64,41 +76,48 @@ def load_resume(cfg: RunConfig, run_dir: str | os.PathLike) -> Resume:
   path = ckpt.latest_checkpoint(directory)
   if path is None:
     raise ckpt.CheckpointError(f"{directory}: no checkpoint to resume from")
-  _, counters, _ = ckpt.restore_checkpoint(path, state_templates(make_agents(cfg)))
+  _, counters, _ = ckpt.restore_checkpoint(path, state_templates(make_agents(cfg, spaces)))
   return Resume(path, {k: int(counters[k]) for k in ("env_steps", "episodes", "learner_steps")},
                 replay_contents(ckpt.load_extra_arrays(path)))
 
 
-def preflight(cfg: RunConfig) -> None:
+def preflight(cfg: RunConfig) -> dict[str, LearnerSpace]:
   """Every check a run can fail before it writes anything: the environment
-  (``actor.EnvError``), and what the backend needs (for shared memory,
-  ``shm.SharedMemoryError``). Sets this process's JAX up as the
-  supervisor's. Removes the shared-memory segments of killed runs first
-  (``shm.remove_dead_segments``), with a line on stderr."""
+  (``envs.EnvError``), and what the backend needs (for shared memory,
+  ``shm.SharedMemoryError``); returns the learners' spaces, which the run
+  passes down rather than making the environment again. Sets this process's
+  JAX up as the supervisor's. Removes the shared-memory segments of killed
+  runs first (``shm.remove_dead_segments``), with a line on stderr."""
   removed = remove_dead_segments()
   if removed:
     pids = sorted({segment_pid(name) for name in removed})
     print(f"jaxrl: removed {len(removed)} shared-memory segments left in /dev/shm by killed runs "
           f"(pids {', '.join(map(str, pids))})", file=sys.stderr)
   configure_jax("supervisor", cfg.runtime.compilation_cache)
-  learner_spaces(cfg)
-  _backend(cfg).preflight(cfg)
+  spaces = learner_spaces(cfg)
+  _backend(cfg).preflight(cfg, spaces)
+  return spaces
 
 
 class Run:
   """The run itself, the same for every backend: its directory (config,
-  metrics, errors, summary), counters, stop conditions and evaluation."""
+  metrics, errors, summary), counters, stop conditions and evaluation.
 
-  def __init__(self, cfg: RunConfig, run_dir: Path, launch_time: float, resume: Resume | None, agents: dict):
+  ``spaces`` and ``agents`` are the learners' (``preflight``, ``make_agents``).
+  """
+
+  def __init__(self, cfg: RunConfig, run_dir: Path, launch_time: float, resume: Resume | None,
+               spaces: dict[str, LearnerSpace]):
     self.cfg, self.run_dir, self.launch_time = cfg, run_dir, launch_time
+    self.spaces, self.agents = spaces, make_agents(cfg, spaces)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
-    agent_ids = tuple(a for space in learner_spaces(cfg).values() for a in space.agent_ids)
+    counters = resume.counters if resume else {}
+    agent_ids = tuple(a for space in spaces.values() for a in space.agent_ids)
     self.logger = MetricsLogger(run_dir, launch_time, resume=resume is not None, config=config_to_dict(cfg),
-                                agent_ids=agent_ids)
+                                agent_ids=agent_ids, resume_env_steps=counters.get("env_steps"))
     self.progress = ProgressDisplay(cfg.runtime.progress, stop_env_steps=cfg.stop.env_steps,
                                     stop_seconds=cfg.stop.seconds)
-    counters = resume.counters if resume else {}
     self.env_steps = counters.get("env_steps", 0)
     self.episodes = counters.get("episodes", 0)
     self.learner_steps = counters.get("learner_steps", 0)
@@ -106,40 +125,51 @@ class Run:
     self.stopped_because: str | None = None
     self.error: str | None = None
     self.actor_restarts = 0
-    self.killed: list[str] = []   # processes killed because they did not stop in time
-    self._evaluator = Evaluator(cfg, agents, self.learner_steps)
+    self.killed: list[str] = []      # children killed because they did not stop in time
+    self.abandoned: list[str] = []   # children that could not be killed (threads) and were left
+    self.evaluator = Evaluator(cfg, self.agents, self.learner_steps)
 
   def set_counters(self, counters: dict[str, int]) -> None:
-    """Takes env_steps, episodes and learner_steps from ``_counters``."""
+    """Takes env_steps, episodes and learner_steps (dict keys of those names)."""
     self.env_steps, self.episodes, self.learner_steps = (
         counters["env_steps"], counters["episodes"], counters["learner_steps"])
 
-  def log(self, record: dict) -> None:
-    record = self.logger.log({"env_steps": int(self.env_steps), "learner_steps": int(self.learner_steps),
-                              **record})
-    self.progress.update(record)
+  def log(self, *records: dict) -> None:
+    """Logs ``records`` at the run's counters; the display shows the last."""
+    counters = {"env_steps": int(self.env_steps), "learner_steps": int(self.learner_steps)}
+    logged = [self.logger.log({**counters, **record}) for record in records]
+    if logged:
+      self.progress.update(logged[-1])
 
-  def evaluate_if_due(self, newest_params: Callable[[], tuple[Any, int] | None], **extra) -> bool:
+  def evaluate_if_due(self, newest_params: Callable[[], tuple[Any, int] | None],
+                      should_stop: Callable[[], bool] = lambda: False, **extra) -> bool:
     """Evaluates and logs the newest params (``newest_params() -> (params,
     learner step)``, None if there are none yet) when an evaluation is due
-    at the run's ``learner_steps``; whether it did. The record's
-    ``eval_learner_steps`` is the step of the params evaluated."""
-    if not self._evaluator.due(self.learner_steps):
+    at the run's ``learner_steps``; whether it did. ``should_stop``, asked
+    at every evaluation step, abandons it."""
+    if not self.evaluator.due(self.learner_steps):
       return False
     newest = newest_params()
     if newest is None:
       return False
-    params, step = newest
-    record = self._evaluator(params, self.learner_steps)
-    self.eval_return = record["eval_return"]
-    self.log({**record, "eval_learner_steps": step, **extra})
+    record = self.evaluator(*newest, self.learner_steps, should_stop)
+    if record is not None:
+      self.log_evaluation({**record, **extra})
     return True
+
+  def log_evaluation(self, record: dict) -> None:
+    """Logs an ``Evaluator`` record and takes its ``eval_return``."""
+    self.eval_return = record["eval_return"]
+    self.log(record)
 
   def fail(self, process: str, reason: str, trace: str | None = None) -> None:
     """Records a failure: one line on stderr, the traceback in errors.log."""
     print(f"jaxrl: {process} failed: {reason}", file=sys.stderr, flush=True)
-    with open(self.run_dir / ERRORS_FILE, "a") as f:
-      f.write(f"[{self.logger.elapsed():.1f}s] {process}: {reason}\n{trace or ''}\n")
+    try:
+      with open(self.run_dir / ERRORS_FILE, "a") as f:
+        f.write(f"[{self.logger.elapsed():.1f}s] {process}: {reason}\n{trace or ''}\n")
+    except OSError:   # a full disk: the line above is all there is
+      pass
 
   def check_stop(self) -> bool:
     stop = self.cfg.stop
@@ -154,18 +184,37 @@ class Run:
     return self.stopped_because is not None
 
   def finish(self, extra: dict) -> dict:
+    """Writes the summary (and, if that fails, says so in one line) and the
+    learning curve; closes the logger and the evaluator's environments."""
     self.progress.close()
+    self.evaluator.close()
     summary = {"eval_return": self.eval_return, "env_steps": int(self.env_steps),
                "learner_steps": int(self.learner_steps), "episodes": int(self.episodes),
                "wall_seconds": self.logger.elapsed(), "launch_time": self.launch_time,
                "stopped_because": self.stopped_because or "interrupted",
                "actor_restarts": self.actor_restarts, "killed": self.killed, **extra}
+    if self.abandoned:
+      summary["abandoned"] = self.abandoned
+    try:
+      self.logger.close()
+    except OSError as e:
+      self._write_error(f"metrics: {e}")
     if self.error is not None:
       summary["error"] = self.error
-    self.logger.close()
-    write_summary(self.run_dir, summary)
-    plot_learning_curve(self.run_dir)
+    try:
+      write_summary(self.run_dir, summary)
+      plot_learning_curve(self.run_dir)
+    except OSError as e:
+      self._write_error(f"summary: {e}")
+      summary.setdefault("error", f"summary: {e}")
     return summary
+
+  def _write_error(self, reason: str) -> None:
+    """A failure to write the run's own files: one line on stderr, and the run's error."""
+    print(f"jaxrl: {reason}", file=sys.stderr, flush=True)
+    if self.error is None:
+      self.error = reason
+      self.stopped_because = self.stopped_because or "error"
 
 
 class Evaluator:
@@ -175,7 +224,7 @@ class Evaluator:
   ``eval.max_episode_steps``."""
 
   def __init__(self, cfg: RunConfig, agents: dict, learner_steps: int):
-    from jaxrl.actor import has_time_limit  # pylint: disable=import-outside-toplevel
+    from jaxrl.envs import has_time_limit  # pylint: disable=import-outside-toplevel
     self.cfg, self.agents = cfg, agents
     self.envs = make_env_set(cfg.env, cfg.agents, cfg.eval.episodes) if cfg.eval.interval > 0 else None
     self.max_steps = None if self.envs is None or has_time_limit(self.envs) else cfg.eval.max_episode_steps
@@ -188,22 +237,32 @@ class Evaluator:
   def due(self, learner_steps: int) -> bool:
     return self.envs is not None and learner_steps >= self.next_step
 
-  def __call__(self, params: dict, learner_steps: int) -> dict[str, float]:
-    """An evaluation record of ``params`` (learner id -> params):
-    ``eval_return`` (the team return), ``eval_return/<agent_id>`` of each
-    agent, and ``eval_capped``, the episodes cut at the step cap."""
+  def __call__(self, params: dict, params_step: int, learner_steps: int,
+               should_stop: Callable[[], bool] = lambda: False) -> dict[str, float] | None:
+    """An evaluation record of ``params`` (learner id -> params, of learner
+    step ``params_step``) at the run's ``learner_steps``: ``eval_return``
+    (the team return), ``eval_return/<agent_id>`` of each agent,
+    ``eval_capped``, the episodes cut at the step cap, and
+    ``eval_learner_steps``; None if ``should_stop()`` abandoned it."""
     from jaxrl.actor import evaluate  # pylint: disable=import-outside-toplevel
     self._schedule(learner_steps)
     result = evaluate(self.agents, params, self.envs, self.cfg.eval.epsilon,
-                      seed=seed(self.cfg, 3, learner_steps), max_steps=self.max_steps)
+                      seed=seed(self.cfg, 3, learner_steps), max_steps=self.max_steps, should_stop=should_stop)
+    if result is None:
+      return None
     return {"eval_return": result.mean_return,
             **{f"eval_return/{agent_id}": value for agent_id, value in result.agent_returns.items()},
-            "eval_capped": result.capped}
+            "eval_capped": result.capped, "eval_learner_steps": params_step}
+
+  def close(self) -> None:
+    if self.envs is not None:
+      self.envs.close()
 
 
 class Interrupted:
-  """SIGINT/SIGTERM set a flag that the supervisor's loop checks; a second
-  one raises KeyboardInterrupt, which stops the run at once."""
+  """SIGINT/SIGTERM set a flag that the backend's loop checks; a second one
+  raises KeyboardInterrupt, which stops the run at once. Installed before
+  anything of the run starts, so that no signal finds Python's default."""
 
   def __init__(self):
     self.signum: int | None = None
@@ -220,24 +279,33 @@ class Interrupted:
 
 
 def train(cfg: RunConfig, run_dir: str | os.PathLike, launch_time: float | None = None,
-          resume: Resume | None = None) -> dict:
+          resume: Resume | None = None, spaces: dict[str, LearnerSpace] | None = None,
+          interrupted: Interrupted | None = None) -> dict:
   """Runs training to a stop condition; returns the summary (also in summary.json).
 
-  Runs ``preflight`` first: a run that cannot start fails before it writes
-  anything. With ``resume`` (from ``load_resume``), the learner state,
-  counters, metrics.jsonl and (if saved) replay continue from the
-  checkpoint. A second SIGINT/SIGTERM raises KeyboardInterrupt after killing
-  the children and unlinking the segments, without a final checkpoint or
-  summary.
+  Runs ``preflight`` first unless its ``spaces`` are given: a run that
+  cannot start fails before it writes anything. With ``resume`` (from
+  ``load_resume``), the learner state, counters, metrics.jsonl and (if
+  saved) replay continue from the checkpoint. A SIGINT/SIGTERM (from
+  ``interrupted``'s installation on, made here when not given) stops the run
+  with a final checkpoint and summary; a second one raises KeyboardInterrupt
+  after killing the children and unlinking the segments, without a final
+  checkpoint or summary.
   """
   launch_time = time.time() if launch_time is None else launch_time
-  preflight(cfg)
-  run = Run(cfg, Path(run_dir), launch_time, resume, make_agents(cfg))
-  interrupted = Interrupted()
+  owned = interrupted is None
+  interrupted = interrupted or Interrupted()
   try:
-    extra = _backend(cfg).run(cfg, run, interrupted, resume)
+    spaces = spaces or preflight(cfg)
+    run = Run(cfg, Path(run_dir), launch_time, resume, spaces)
+    try:
+      extra = _backend(cfg).run(cfg, run, interrupted, resume)
+    except OSError as e:   # the run's own files: a full disk, say
+      run.error, run.stopped_because, extra = f"{type(e).__name__}: {e}", "error", {}
+      run.fail("supervisor", run.error)
   finally:
-    interrupted.restore()
+    if owned:
+      interrupted.restore()
   if interrupted.signum is not None and run.stopped_because is None:
     run.stopped_because = signal.Signals(interrupted.signum).name
   return run.finish(extra)

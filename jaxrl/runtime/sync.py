@@ -15,16 +15,16 @@ from __future__ import annotations
 import time
 
 from jaxrl.config import RunConfig
+from jaxrl.envs import LearnerSpace
 from jaxrl.runtime.acting import ActingLoop, episode_record
-from jaxrl.runtime.builders import (describe_error, learner_stream, make_actor, make_agents, make_replays,
-                                    replay_nbytes, restored_states)
+from jaxrl.runtime.builders import describe_error, learner_stream, make_actor, make_replays, replay_nbytes, restored_states
 from jaxrl.runtime.learning import Checkpointer, Learner, LearningLoop
 from jaxrl.shm import check_free_space
 
 
-def preflight(cfg: RunConfig) -> None:
+def preflight(cfg: RunConfig, spaces: dict[str, LearnerSpace]) -> None:
   """Raises shm.SharedMemoryError if the replays would not fit in /dev/shm."""
-  check_free_space(replay_nbytes(cfg), "this run's replay")
+  check_free_space(replay_nbytes(cfg, spaces), "this run's replay")
 
 
 class _Published:
@@ -55,8 +55,9 @@ class _Published:
 def run(cfg: RunConfig, run, interrupted, resume) -> dict:
   """Runs ``run`` to a stop condition in this thread; returns the busy seconds."""
   import jax  # pylint: disable=import-outside-toplevel
-  agents = make_agents(cfg)
-  replays = make_replays(cfg, resume and resume.replay)
+  agents = run.agents
+  replays = make_replays(cfg, run.spaces, resume and resume.take_replay())
+  acting_loops: list[ActingLoop] = []
   rate_limited = cfg.replay.samples_per_insert is not None
   acting = learning = 0.0
 
@@ -89,17 +90,16 @@ def run(cfg: RunConfig, run, interrupted, resume) -> dict:
         finished.extend((actor_id, episode) for episode in episodes)
       return record
 
-    acting_loops = [ActingLoop(make_actor(cfg, agents, i, run.env_steps),
-                               {lid: replay.writer(i) for lid, replay in replays.items()},
-                               published.source(), learner_steps, recorder(i)) for i in range(cfg.actors.num)]
+    acting_loops.extend(ActingLoop(make_actor(cfg, agents, i, run.env_steps),
+                                   {lid: replay.writer(i) for lid, replay in replays.items()},
+                                   published.source(), learner_steps, recorder(i)) for i in range(cfg.actors.num))
 
     def act(loop: ActingLoop) -> bool:
       nonlocal acting
       start = time.perf_counter()
       inserted = loop.step()
       acting += time.perf_counter() - start
-      for actor_id, episode in finished:
-        run.log({**episode_record(episode, actor_id), **busy()})
+      run.log(*({**episode_record(episode, actor_id), **busy()} for actor_id, episode in finished))
       finished.clear()
       return inserted
 
@@ -125,7 +125,7 @@ def run(cfg: RunConfig, run, interrupted, resume) -> dict:
             learn()
         while rate_limited and interrupted.signum is None and learn():
           pass
-        run.evaluate_if_due(newest_params, **busy())
+        run.evaluate_if_due(newest_params, lambda: interrupted.signum is not None, **busy())
         learning_loop.housekeeping()
       learning_loop.checkpoint()
     except Exception as e:  # pylint: disable=broad-except
@@ -133,6 +133,8 @@ def run(cfg: RunConfig, run, interrupted, resume) -> dict:
       run.error, run.stopped_because = reason, "error"
       run.fail("learner", reason, trace)
   finally:
+    for loop in acting_loops:
+      loop.actor.env_set.close()
     for replay in replays.values():
       replay.close()
       replay.unlink()
