@@ -149,12 +149,13 @@ def test_a_learner_slower_to_stop_than_any_fixed_grace_finishes_its_final_checkp
 
 
 def test_a_signal_during_a_long_evaluation_stops_the_run_within_seconds(tmp_path):
-  """MinAtar Freeway's episodes are 2,500 steps; 32 of them with an
-  evaluation due at every learner step keep an evaluation always running.
-  The supervisor does not wait for it."""
+  """MinAtar Freeway's episodes are 2,500 steps; 128 of them with an
+  evaluation due at every learner step keep an evaluation always running
+  (each takes longer than the 5 s allowed here). The supervisor does not
+  wait for it."""
   run_dir = tmp_path / "run"
   proc = start_cli(str(ROOT / "configs" / "minatar_dqn.yaml"), f"run_dir={run_dir}", "env.id=MinAtar/Freeway-v1",
-                   *LONG, "replay.min_size=256", "eval.interval=1", "eval.episodes=32", "runtime.progress=false",
+                   *LONG, "replay.min_size=256", "eval.interval=1", "eval.episodes=128", "runtime.progress=false",
                    "runtime.log_interval_seconds=0.5")
   wait_until_learning(run_dir, proc)
   time.sleep(2)   # well into an evaluation
@@ -164,7 +165,7 @@ def test_a_signal_during_a_long_evaluation_stops_the_run_within_seconds(tmp_path
   _, err = proc.communicate(timeout=60)
   stopped_in = time.time() - sent
   assert proc.returncode == 0, err
-  assert stopped_in < 10, stopped_in   # the issue's target is 5 s; this machine may be loaded
+  assert stopped_in < 5, stopped_in
   assert_clean_exit(proc, descendants, err)
   assert_final_checkpoint(run_dir, "SIGINT")
 
@@ -425,3 +426,22 @@ def test_dict_observations_are_a_one_line_error(tmp_path):
   lines = one_line_errors(proc.stderr)
   assert len(lines) == 1 and "Box of rank 1 or 3" in lines[0], proc.stderr
   assert not (tmp_path / "run").exists()
+
+
+def test_resume_after_a_crash_drops_the_records_past_the_checkpoint(tmp_path):
+  """A run killed whole (SIGKILL to its group) after records past its last
+  checkpoint; resumed, its metrics.jsonl never has env_steps go backwards."""
+  run_dir = tmp_path / "run"
+  proc, descendants = learning_run(run_dir, "checkpoint.interval_seconds=1", new_session=True)
+  wait_for(lambda: latest_checkpoint(run_dir / "checkpoints") is not None, what="a checkpoint")
+  _, saved, _ = checkpoint_state(latest_checkpoint(run_dir / "checkpoints"), run_dir / "config.yaml")
+  wait_for(lambda: records(run_dir)[-1]["env_steps"] > saved["env_steps"] + 500, what="records past it")
+  os.killpg(proc.pid, signal.SIGKILL)
+  proc.wait()
+  psutil.wait_procs(descendants, timeout=10)
+  _, saved, _ = checkpoint_state(latest_checkpoint(run_dir / "checkpoints"), run_dir / "config.yaml")
+  assert records(run_dir)[-1]["env_steps"] > saved["env_steps"]   # records past the last checkpoint
+  more = train_cli("--resume", str(run_dir), f"stop.env_steps={saved['env_steps'] + 1000}", "runtime.mode=sync")
+  assert more.returncode == 0, more.stderr
+  steps = [r["env_steps"] for r in records(run_dir)]
+  assert steps == sorted(steps) and steps[-1] >= saved["env_steps"] + 1000

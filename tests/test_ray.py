@@ -236,6 +236,34 @@ def test_a_signal_stops_the_run_and_every_ray_process_it_started(tmp_path, signu
   assert not segments_of(proc.pid)
 
 
+def test_a_ctrl_c_while_ray_starts_stops_the_run_cleanly(tmp_path):
+  """A Ctrl-C to the process group while ray.init starts the run's own Ray
+  instance (its GCS is up, the rest is starting) is never lost: the run
+  ends with a summary, exit 0, and no process or segment of it is left."""
+  run_dir = tmp_path / "run"
+  proc = start_cli(CARTPOLE, f"run_dir={run_dir}", *RAY, *SHORT, "stop.env_steps=10_000_000",
+                   "stop.seconds=null", new_session=True)
+
+  def ray_starting():
+    try:
+      return any(p.name().startswith("gcs_server") for p in psutil.Process(proc.pid).children(recursive=True))
+    except psutil.NoSuchProcess:
+      return False
+  try:
+    wait_for(lambda: proc.poll() is not None or ray_starting(), timeout=60, what="Ray's start", interval=0.01)
+    descendants = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+  finally:
+    proc.kill()
+  assert proc.returncode == 0, err
+  assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+  assert summary_of(run_dir)["stopped_because"] == "SIGINT"
+  gone, alive = psutil.wait_procs(descendants, timeout=10)
+  assert not alive, alive
+  assert not segments_of(proc.pid)
+
+
 def test_without_ray_the_backend_is_a_one_line_error(tmp_path):
   hidden = tmp_path / "no_ray"
   (hidden / "ray").mkdir(parents=True)

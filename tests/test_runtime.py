@@ -199,3 +199,23 @@ def test_a_run_larger_than_dev_shm_is_a_one_line_error_before_anything_is_writte
   lines = proc.stderr.strip().splitlines()
   assert len(lines) == 1 and "--shm-size" in lines[0] and "replay.capacity" in lines[0], proc.stderr
   assert not (tmp_path / "run").exists()
+
+
+def test_a_full_disk_while_logging_ends_the_run_with_one_line_and_a_summary(tmp_path, monkeypatch, capsys):
+  """metrics.jsonl cannot be written (ENOSPC) in the supervisor of an async
+  run: one line on stderr, the run's error in summary.json, nothing left."""
+  import errno  # pylint: disable=import-outside-toplevel
+  from jaxrl import logger  # pylint: disable=import-outside-toplevel
+
+  def full(fd, data):
+    raise OSError(errno.ENOSPC, "No space left on device")
+  monkeypatch.setattr(logger, "_write_all", full)   # this process's logger; the children are spawned
+  run_dir = tmp_path / "run"
+  cfg = load_config(CARTPOLE, [f"run_dir={run_dir}", "stop.env_steps=10_000_000", *SHORT])
+  summary = runtime.train(cfg, run_dir)
+  assert summary["stopped_because"] == "error" and "No space left on device" in summary["error"]
+  assert json.loads((run_dir / "summary.json").read_text())["error"] == summary["error"]
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert [line for line in lines if "No space left" in line] == [
+      f"jaxrl: supervisor failed: {summary['error']}"], lines
+  assert not segments_of(os.getpid())

@@ -169,3 +169,13 @@ def test_an_evaluation_is_abandoned_at_its_next_step():
     assert evaluator(params, 5, 0)["eval_learner_steps"] == 5   # not asked to stop: a record
   finally:
     evaluator.close()
+
+
+def test_a_resumed_replay_is_handed_over_once():
+  """The supervisor copies a checkpoint's replay into shared memory and
+  keeps no second copy for the whole run."""
+  from jaxrl.runtime.run import Resume  # pylint: disable=import-outside-toplevel
+  contents = {"agent_0": {"action": np.arange(4)}}
+  resume = Resume(checkpoint=None, counters={}, replay=contents)
+  assert resume.take_replay() is contents
+  assert resume.replay is None and resume.take_replay() is None

@@ -57,7 +57,7 @@ from jaxrl.runtime.builders import configure_jax, describe_error, make_actor, ma
 from jaxrl.shm import ParamStore, SnapshotReader
 
 _CALLS_IN_FLIGHT = 2         # per actor: one acting while the other's steps travel or wait for replay
-_CALL_SECONDS = 0.02         # a call acts this long at most (see _RemoteActing.act)
+_CALL_SECONDS = 0.02         # a call acts this long at most (see _RemoteActing.steps)
 _OBJECT_STORE_BYTES = 2**29  # object store of a Ray instance the run starts (snapshots and batches)
 _ANSWER_S = 5.0              # how long preflight waits for a cluster's address to answer
 _WAIT_S = 0.05               # how long a driver thread waits for Ray before it looks at the stop flag
@@ -222,7 +222,7 @@ class _RemoteActing:
     import ray  # pylint: disable=import-outside-toplevel
     return self.node_id, ray.util.get_node_ip_address(), os.getpid()
 
-  def act(self, version: tuple[int, ...], snapshot: list, learner_steps: dict[str, int]) -> ActorStep:
+  def steps(self, version: tuple[int, ...], snapshot: list, learner_steps: dict[str, int]) -> ActorStep:
     """Steps the environments for ``_CALL_SECONDS`` (at least once; fewer if
     a learner's transitions reach half the rate limiter's tolerance), with
     the snapshot ``snapshot[0]`` (fetched only if ``version`` is new to this
@@ -273,7 +273,7 @@ class RemoteActor:
       if newest is None:
         break
       version, ref = newest
-      self._calls.append(self.handle.act.remote(version, [ref], learner_steps))
+      self._calls.append(self.handle.steps.remote(version, [ref], learner_steps))
     if not self._calls:
       time.sleep(_WAIT_S)
       return _NO_STEP

@@ -158,8 +158,12 @@ class Run:
     return True
 
   def log_evaluation(self, record: dict) -> None:
-    """Logs an ``Evaluator`` record and takes its ``eval_return``."""
+    """Logs an ``Evaluator`` record, takes its ``eval_return`` and schedules
+    the next evaluation from the run's learner steps now: an evaluation that
+    took longer than an interval is followed by one an interval later, so
+    that each interval's records hold one evaluation at most."""
     self.eval_return = record["eval_return"]
+    self.evaluator.schedule(self.learner_steps)
     self.log(record)
 
   def fail(self, process: str, reason: str, trace: str | None = None) -> None:
@@ -228,9 +232,11 @@ class Evaluator:
     self.cfg, self.agents = cfg, agents
     self.envs = make_env_set(cfg.env, cfg.agents, cfg.eval.episodes) if cfg.eval.interval > 0 else None
     self.max_steps = None if self.envs is None or has_time_limit(self.envs) else cfg.eval.max_episode_steps
-    self._schedule(learner_steps)
+    self.schedule(learner_steps)
 
-  def _schedule(self, learner_steps: int) -> None:
+  def schedule(self, learner_steps: int) -> None:
+    """The next evaluation is due at the first multiple of ``eval.interval``
+    after ``learner_steps`` (the run's, when the last one was logged)."""
     if self.envs is not None:
       self.next_step = (learner_steps // self.cfg.eval.interval + 1) * self.cfg.eval.interval
 
@@ -245,7 +251,6 @@ class Evaluator:
     ``eval_capped``, the episodes cut at the step cap, and
     ``eval_learner_steps``; None if ``should_stop()`` abandoned it."""
     from jaxrl.actor import evaluate  # pylint: disable=import-outside-toplevel
-    self._schedule(learner_steps)
     result = evaluate(self.agents, params, self.envs, self.cfg.eval.epsilon,
                       seed=seed(self.cfg, 3, learner_steps), max_steps=self.max_steps, should_stop=should_stop)
     if result is None:
