@@ -9,6 +9,8 @@ of its own, as a run with ``runtime.ray.address: null`` does.
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import psutil
@@ -174,25 +176,46 @@ def test_actors_run_on_both_nodes_and_one_whose_node_goes_away_is_restarted(tmp_
 
 
 def test_an_actor_ray_cannot_place_does_not_hang_the_run_and_ctrl_c_stops_it(tmp_path, cluster):
-  """Three actors fill the cluster's three CPUs; the worker node goes, and
-  its actor's restart waits for a CPU that never comes. The run goes on
-  with the others, and a Ctrl-C stops it cleanly: the pending actor is
-  neither waited for nor called killed."""
+  """Another job holds the head node's CPUs, so the run's actor goes to the
+  worker node; the worker node goes, and the actor's restart waits for a CPU
+  that never comes (none of the run's own actors frees one when the run
+  stops). A Ctrl-C stops the run cleanly: the pending actor is neither
+  waited for nor called killed."""
+  # Another job: an actor of 2 CPUs, which only the head node has, held until its stdin closes.
+  hold_the_head = """
+import sys, ray
+ray.init(address=sys.argv[1], log_to_driver=False)
+hold = ray.remote(num_cpus=2)(type("Hold", (), {"ready": lambda self: True})).remote()
+ray.get(hold.ready.remote())
+print("holding", flush=True)
+sys.stdin.read()
+"""
   run_dir = tmp_path / "run"
-  proc = start_cli(CARTPOLE, f"run_dir={run_dir}", *joined(cluster), *SHORT, "actors.num=3",
-                   "stop.env_steps=10_000_000", "stop.seconds=null")
+  holder = subprocess.Popen([sys.executable, "-c", hold_the_head, cluster.address], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  proc = None
   try:
+    assert holder.stdout.readline() == "holding\n"
+    proc = start_cli(CARTPOLE, f"run_dir={run_dir}", *joined(cluster), *SHORT, "stop.env_steps=10_000_000",
+                     "stop.seconds=null")
     wait_until_learning(run_dir, proc)
-    wait_for(lambda: len(actor_starts(run_dir)) == 3, what="the three actors")
+    wait_for(lambda: len(actor_starts(run_dir)) == 1, what="the actor's start")
+    assert actor_starts(run_dir)[0]["actor_node"] == cluster.worker.node_id   # the head's CPUs are held
     cluster.remove_node(cluster.worker)
     wait_for(lambda: any("actor_restarts" in r for r in records(run_dir)), timeout=120, what="the restart")
     time.sleep(3)   # the restarted actor is pending
-    assert len(actor_starts(run_dir)) == 3
+    assert len(actor_starts(run_dir)) == 1
     proc.send_signal(signal.SIGINT)
     sent = time.time()
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=30)
   finally:
-    proc.kill()
+    if proc is not None:
+      proc.kill()
+    holder.stdin.close()
+    try:
+      holder.wait(timeout=30)
+    finally:
+      holder.kill()
     cluster.worker = cluster.add_node(num_cpus=1)
   assert proc.returncode == 0, err
   assert time.time() - sent < 20
