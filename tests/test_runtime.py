@@ -219,3 +219,19 @@ def test_a_full_disk_while_logging_ends_the_run_with_one_line_and_a_summary(tmp_
   assert [line for line in lines if "No space left" in line] == [
       f"jaxrl: supervisor failed: {summary['error']}"], lines
   assert not segments_of(os.getpid())
+
+
+def test_a_run_reads_the_environments_spaces_once(tmp_path, monkeypatch):
+  """preflight computes the learners' spaces and the run passes them down:
+  the environment is not made again just to read them."""
+  from jaxrl.runtime import builders  # pylint: disable=import-outside-toplevel
+  calls = []
+
+  def counted(*args):
+    calls.append(args)
+    return real(*args)
+  real = builders.env_learner_spaces
+  monkeypatch.setattr(builders, "env_learner_spaces", counted)
+  cfg = load_config(CARTPOLE, ["runtime.mode=sync", "stop.env_steps=600", *SHORT])
+  runtime.train(cfg, tmp_path / "run")
+  assert len(calls) == 1
