@@ -14,7 +14,6 @@ import functools
 import inspect
 import json
 import os
-import pathlib
 import re
 import textwrap
 import types
@@ -23,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from jaxrl.atomic_file import replaced_atomically
 from jaxrl.config import ConfigError, RunConfig, _build, _field_hint, _hints, _mismatch
 
 
@@ -165,14 +165,8 @@ def save_config(cfg: RunConfig, path: str | os.PathLike) -> None:
   written, so a crash leaves the old file or the new one, never a partial
   one; on error the temporary file is removed.
   """
-  path = pathlib.Path(path)
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  try:
-    with open(tmp, "w", encoding="utf-8") as f:
-      yaml.dump(config_to_dict(cfg), f, Dumper=_Dumper, sort_keys=False)
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
+  with replaced_atomically(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+    yaml.dump(config_to_dict(cfg), f, Dumper=_Dumper, sort_keys=False)
 
 
 def _describe_fields(describe, prefix: str, cls: type, defaults: dict) -> None:

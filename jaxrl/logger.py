@@ -13,7 +13,6 @@ This module does not import JAX: JAX scalars are read through
 from __future__ import annotations
 
 import collections
-import contextlib
 import itertools
 import json
 import math
@@ -23,7 +22,7 @@ import struct
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 from rich import console as rich_console
@@ -35,6 +34,8 @@ from tensorboardX import summary as tb_summary
 from tensorboardX.proto.event_pb2 import Event, SessionLog
 from tensorboardX.proto.summary_pb2 import Summary
 from tensorboardX.record_writer import masked_crc32c
+
+from jaxrl.atomic_file import replaced_atomically
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
@@ -96,21 +97,6 @@ def _plain_record(record: dict[str, Any]) -> dict[str, Any]:
 
 def _is_number(value: Any) -> bool:
   return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-@contextlib.contextmanager
-def _replaced_atomically(path: Path) -> Iterator[Path]:
-  """Yields a temporary path beside ``path``, moved onto ``path`` on success.
-
-  Readers see the old file or the new one, never a partial one; on error the
-  temporary file is removed.
-  """
-  tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-  try:
-    yield tmp
-    os.replace(tmp, path)
-  finally:
-    tmp.unlink(missing_ok=True)
 
 
 def _complete_lines(data: bytes) -> list[bytes]:
@@ -364,7 +350,7 @@ def plot_learning_curve(run_dir: str | os.PathLike, out_path: str | os.PathLike 
   axes[0].set_ylabel("return")
   if series:
     axes[0].legend(loc="best", fontsize="small")
-  with _replaced_atomically(out_path) as tmp:
+  with replaced_atomically(out_path) as tmp:
     fig.savefig(tmp, format="png", dpi=100)
   return out_path
 
@@ -380,7 +366,7 @@ def write_summary(run_dir: str | os.PathLike, summary: dict[str, Any]) -> Path:
     raise ValueError(f"summary needs {missing}, got keys {sorted(summary)}")
   path = Path(run_dir) / SUMMARY_FILE
   text = json.dumps(_plain_record(summary), allow_nan=False, indent=2) + "\n"
-  with _replaced_atomically(path) as tmp:
+  with replaced_atomically(path) as tmp:
     with open(tmp, "w") as f:
       f.write(text)
       f.flush()

@@ -432,8 +432,9 @@ def test_resume_after_a_crash_drops_the_records_past_the_checkpoint(tmp_path):
   """A run killed whole (SIGKILL to its group) after records past its last
   checkpoint; resumed, its metrics.jsonl never has env_steps go backwards."""
   run_dir = tmp_path / "run"
-  proc, descendants = learning_run(run_dir, "checkpoint.interval_seconds=1", new_session=True)
-  wait_for(lambda: latest_checkpoint(run_dir / "checkpoints") is not None, what="a checkpoint")
+  proc, descendants = learning_run(run_dir, "checkpoint.interval_seconds=4", new_session=True)
+  wait_for(lambda: (run_dir / "checkpoints").is_dir() and latest_checkpoint(run_dir / "checkpoints"),
+           what="a checkpoint")
   _, saved, _ = checkpoint_state(latest_checkpoint(run_dir / "checkpoints"), run_dir / "config.yaml")
   wait_for(lambda: records(run_dir)[-1]["env_steps"] > saved["env_steps"] + 500, what="records past it")
   os.killpg(proc.pid, signal.SIGKILL)
