@@ -203,7 +203,8 @@ def test_a_run_larger_than_dev_shm_is_a_one_line_error_before_anything_is_writte
 
 def test_a_full_disk_while_logging_ends_the_run_with_one_line_and_a_summary(tmp_path, monkeypatch, capsys):
   """metrics.jsonl cannot be written (ENOSPC) in the supervisor of an async
-  run: one line on stderr, the run's error in summary.json, nothing left."""
+  run: one line on stderr, the run stops as for any error (its learner's
+  final checkpoint included), the error in summary.json, nothing left."""
   import errno  # pylint: disable=import-outside-toplevel
   from jaxrl import logger  # pylint: disable=import-outside-toplevel
 
@@ -216,8 +217,8 @@ def test_a_full_disk_while_logging_ends_the_run_with_one_line_and_a_summary(tmp_
   assert summary["stopped_because"] == "error" and "No space left on device" in summary["error"]
   assert json.loads((run_dir / "summary.json").read_text())["error"] == summary["error"]
   lines = capsys.readouterr().err.strip().splitlines()
-  assert [line for line in lines if "No space left" in line] == [
-      f"jaxrl: supervisor failed: {summary['error']}"], lines
+  assert [line for line in lines if "No space left" in line] == [f"jaxrl: {summary['error']}"], lines
+  assert summary["error"].startswith("metrics: OSError: [Errno 28]") and summary["killed"] == []
   assert not segments_of(os.getpid())
 
 

@@ -179,3 +179,23 @@ def test_a_resumed_replay_is_handed_over_once():
   resume = Resume(checkpoint=None, counters={}, replay=contents)
   assert resume.take_replay() is contents
   assert resume.replay is None and resume.take_replay() is None
+
+
+def test_a_second_signal_in_a_deferred_block_raises_only_at_its_end():
+  """While the supervisor starts or closes a child (``deferred``), a
+  second Ctrl-C cannot leave it half done: it raises once the block ends."""
+  from jaxrl.runtime.run import Interrupted  # pylint: disable=import-outside-toplevel
+  interrupted = Interrupted()
+  done = []
+  try:
+    with pytest.raises(KeyboardInterrupt):
+      with interrupted.deferred():
+        for _ in range(2):
+          os.kill(os.getpid(), signal.SIGINT)
+          time.sleep(0.05)   # the handler runs between bytecodes
+        done.append(True)
+    assert done == [True] and interrupted.signum == signal.SIGINT
+    with interrupted.deferred():   # nothing pending any more
+      pass
+  finally:
+    interrupted.restore()

@@ -61,6 +61,7 @@ SIGNALS = frozenset({signal.SIGINT, signal.SIGTERM})
 # every env step: the actors first, then the learner.
 STOP_ACTORS, STOP_ALL = 1, 2
 _ORPHAN_CHECK_S = 0.05   # how often a child looks whether its supervisor is alive
+_KILL_WAIT_S = 10.0      # how long a SIGKILLed child may take to end
 
 
 def control_specs(num_actors: int, num_learners: int) -> dict:
@@ -210,14 +211,15 @@ class ProcessChild:
     return f"exited with status {code}"
 
   def kill(self) -> bool:
-    """SIGKILL; True: a process always ends."""
+    """SIGKILL; whether it ended within ``_KILL_WAIT_S`` (not in an
+    uninterruptible wait, as on a hung network disk)."""
     self._process.kill()
-    self._process.join()
-    return True
+    self._process.join(timeout=_KILL_WAIT_S)
+    return not self._process.is_alive()
 
   def close(self) -> None:
-    """Waits for the ended process and closes the pipe."""
-    self._process.join()
+    """Reaps the ended process and closes the pipe."""
+    self._process.join(timeout=_KILL_WAIT_S)
     self._connection.close()
 
 
@@ -232,10 +234,14 @@ def child_setup(role: str, process: str, shared: Shared, connection):
     os.sched_setaffinity(0, shared.placement[0 if role == "learner" else 1])
   outbox = Outbox(connection)
   configure_jax(role, shared.compilation_cache)
-  block = SharedBlock.attach(shared.control)
+  try:   # the supervisor may have stopped, and unlinked them, while this process started
+    block = SharedBlock.attach(shared.control)
+    stores = {lid: ParamStore.attach(handle) for lid, handle in shared.params.items()}
+    replays = {lid: SharedReplay.attach(handle) for lid, handle in shared.replays.items()}
+  except FileNotFoundError:
+    outbox.close(flush=False)
+    sys.exit(0)
   control = ChildControl(block)
-  stores = {lid: ParamStore.attach(handle) for lid, handle in shared.params.items()}
-  replays = {lid: SharedReplay.attach(handle) for lid, handle in shared.replays.items()}
   failed = False
   try:
     yield control, stores, replays, outbox

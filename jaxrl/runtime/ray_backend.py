@@ -132,23 +132,24 @@ def _connected(cfg: RunConfig):
   logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
   # ray.init sets a SIGTERM handler of its own (sys.exit): the run's handlers stay.
   handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-  with local.signals_held(), warnings.catch_warnings():
-    warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
-    os.environ.update({k: actor_env[k] for k in environ})
-    try:   # "local": a new instance, even where RAY_ADDRESS or a `ray start` on this machine names one
-      ray.init(address=address or "local", logging_level=logging.WARNING, log_to_driver=True, **options)
-    finally:
-      for k, value in environ.items():
-        if value is None:
-          del os.environ[k]
-        else:
-          os.environ[k] = value
-      for s, handler in handlers.items():
-        signal.signal(s, handler)
   try:
+    with local.signals_held(), warnings.catch_warnings():
+      warnings.filterwarnings("ignore", message=r"os\.fork\(\) was called", category=RuntimeWarning)
+      os.environ.update({k: actor_env[k] for k in environ})
+      try:   # "local": a new instance, even where RAY_ADDRESS or a `ray start` on this machine names one
+        ray.init(address=address or "local", logging_level=logging.WARNING, log_to_driver=True, **options)
+      finally:
+        for k, value in environ.items():
+          if value is None:
+            del os.environ[k]
+          else:
+            os.environ[k] = value
+        for s, handler in handlers.items():
+          signal.signal(s, handler)
     yield
   finally:
-    ray.shutdown()
+    if ray.is_initialized():
+      ray.shutdown()
 
 
 def run(cfg: RunConfig, run, interrupted, resume) -> dict:
@@ -334,7 +335,8 @@ class RayActorChild:
       reason, trace = describe_error(e)
       self._messages.put(("error", {"process": self.name, "reason": reason, "traceback": trace}))
     finally:
-      self._remote.close()
+      with contextlib.suppress(Exception):   # Ray may be shut down already
+        self._remote.close()
 
   def receive(self, limit: int) -> list[tuple[str, Any]]:
     messages = []

@@ -11,6 +11,7 @@ returns when the run stops.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
@@ -135,11 +136,26 @@ class Run:
         counters["env_steps"], counters["episodes"], counters["learner_steps"])
 
   def log(self, *records: dict) -> None:
-    """Logs ``records`` at the run's counters; the display shows the last."""
+    """Logs ``records`` at the run's counters; the display shows the last.
+    A write that fails (a full disk) is the run's error, said in one line."""
     counters = {"env_steps": int(self.env_steps), "learner_steps": int(self.learner_steps)}
-    logged = [self.logger.log({**counters, **record}) for record in records]
-    if logged:
-      self.progress.update(logged[-1])
+    with self._metrics_written():
+      logged = [self.logger.log({**counters, **record}) for record in records]
+      if logged:
+        self.progress.update(logged[-1])
+
+  def flush_metrics_if_due(self) -> None:
+    """Writes the records waiting for a second or more (``MetricsLogger.flush_if_due``)."""
+    with self._metrics_written():
+      self.logger.flush_if_due()
+
+  @contextlib.contextmanager
+  def _metrics_written(self):
+    """Turns a failed metrics write into the run's error (the logger raises once, then drops records)."""
+    try:
+      yield
+    except OSError as e:
+      self._write_error(f"metrics: {type(e).__name__}: {e}")
 
   def evaluate_if_due(self, newest_params: Callable[[], tuple[Any, int] | None],
                       should_stop: Callable[[], bool] = lambda: False, **extra) -> bool:
@@ -199,26 +215,23 @@ class Run:
                "actor_restarts": self.actor_restarts, "killed": self.killed, **extra}
     if self.abandoned:
       summary["abandoned"] = self.abandoned
-    try:
+    with self._metrics_written():
       self.logger.close()
-    except OSError as e:
-      self._write_error(f"metrics: {e}")
     if self.error is not None:
       summary["error"] = self.error
     try:
       write_summary(self.run_dir, summary)
       plot_learning_curve(self.run_dir)
     except OSError as e:
-      self._write_error(f"summary: {e}")
-      summary.setdefault("error", f"summary: {e}")
+      self._write_error(f"summary: {type(e).__name__}: {e}")
+      summary.setdefault("error", self.error)
     return summary
 
   def _write_error(self, reason: str) -> None:
-    """A failure to write the run's own files: one line on stderr, and the run's error."""
+    """A failure to write the run's own files: one line on stderr, and the
+    run's error (the backend then stops the run as for any error)."""
     print(f"jaxrl: {reason}", file=sys.stderr, flush=True)
-    if self.error is None:
-      self.error = reason
-      self.stopped_because = self.stopped_because or "error"
+    self.error = self.error or reason
 
 
 class Evaluator:
@@ -271,12 +284,31 @@ class Interrupted:
 
   def __init__(self):
     self.signum: int | None = None
+    self._deferring = self._second = False
     self._previous = {s: signal.signal(s, self._handle) for s in _SIGNALS}
 
   def _handle(self, signum, _frame):
-    if self.signum is not None:
+    if self.signum is None:
+      self.signum = signum
+    elif self._deferring:
+      self._second = True
+    else:
       raise KeyboardInterrupt
-    self.signum = signum
+
+  @contextlib.contextmanager
+  def deferred(self):
+    """A second signal during the block raises KeyboardInterrupt only at its
+    end, so that what the block starts or releases is in hand, whatever
+    thread the kernel gave the signal to."""
+    outer = self._deferring
+    self._deferring = True
+    try:
+      yield
+    finally:
+      self._deferring = outer
+    if self._second and not outer:
+      self._second = False
+      raise KeyboardInterrupt
 
   def restore(self):
     for s, handler in self._previous.items():

@@ -27,7 +27,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing as mp
 import os
-import signal
 import sys
 import threading
 import time
@@ -141,9 +140,12 @@ class Segments:
   def ask_to_stop(self, phase: int) -> None:
     self.control.arrays["stop"][0] = phase
 
-  def close(self) -> None:
+  def close(self, unmap: bool = True) -> None:
+    """Unlinks every segment, and unmaps it unless ``unmap`` is False (a
+    thread of this process may still write to it)."""
     for segment in self._owned:
-      segment.close()
+      if unmap:
+        segment.close()
       segment.unlink()
     self._owned = []
 
@@ -151,7 +153,8 @@ class Segments:
 class BackgroundEvaluation:
   """The run's evaluations, each in a thread of its own: ``poll`` logs a
   finished one and starts the next when one is due; ``abandon`` asks the
-  running one to stop and waits for it (a few env steps)."""
+  running one to stop, waits for it (a few env steps) and logs it if it
+  had finished."""
 
   def __init__(self, run, snapshots: SnapshotReader):
     self._run, self._snapshots = run, snapshots
@@ -161,23 +164,16 @@ class BackgroundEvaluation:
 
   def poll(self) -> None:
     """Logs a finished evaluation (a failed one is the run's error); starts a due one."""
-    if self._thread is not None:
-      if self._thread.is_alive():
-        return
-      self._thread, (kind, value) = None, self._outcome
-      if kind == "error":
-        self._run.error = f"evaluation: {value[0]}"
-        self._run.fail("evaluation", *value)
-      elif value is not None:
-        self._run.log_evaluation(value)
+    self._collect()
     run = self._run
-    if self._stopping or not run.evaluator.due(run.learner_steps):
+    if self._thread is not None or self._stopping or not run.evaluator.due(run.learner_steps):
       return
     newest = self._snapshots.newest()
     if newest is None:
       return
     params = {lid: snap.params for lid, snap in newest.items()}
     step = sum(snap.step for snap in newest.values())
+    self._outcome = None
     self._thread = threading.Thread(target=self._evaluate, args=(params, step, run.learner_steps),
                                     name="jaxrl-evaluation", daemon=True)
     self._thread.start()
@@ -185,13 +181,26 @@ class BackgroundEvaluation:
   def _evaluate(self, params: dict, step: int, learner_steps: int) -> None:
     try:
       self._outcome = ("record", self._run.evaluator(params, step, learner_steps, lambda: self._stopping))
-    except Exception as e:  # pylint: disable=broad-except
+    except BaseException as e:  # pylint: disable=broad-except
       self._outcome = ("error", describe_error(e))
 
+  def _collect(self) -> None:
+    """Logs the outcome of an evaluation thread that has ended."""
+    if self._thread is None or self._thread.is_alive():
+      return
+    self._thread, (kind, value) = None, self._outcome
+    if kind == "error":
+      self._run.error = self._run.error or f"evaluation: {value[0]}"
+      self._run.fail("evaluation", *value)
+    elif value is not None:
+      self._run.log_evaluation(value)
+
   def abandon(self) -> None:
-    self._stopping = True
-    if self._thread is not None:
+    if not self._stopping and self._thread is not None:
+      self._stopping = True
       self._thread.join(timeout=_EVALUATION_STOP_S)
+    self._stopping = True
+    self._collect()
 
 
 class Supervisor:
@@ -226,19 +235,24 @@ class Supervisor:
   # ---------------------------------------------------------------- start
 
   def start(self) -> None:
-    """The shared memory, the learner, the actors' session, the actors."""
-    self.segments = Segments(self.cfg, self.run, self.resume, self.placement)
+    """The shared memory, the learner, the actors' session, the actors. A
+    second signal waits until what it started is in hand (``deferred``)."""
+    with self.interrupted.deferred():
+      self.segments = Segments(self.cfg, self.run, self.resume, self.placement)
     self.evaluation = BackgroundEvaluation(self.run, SnapshotReader(self.segments.stores))
-    self.learner = local.ProcessChild(self.ctx, "learner", local.learner_main, (self.cfg, self.segments.shared))
-    self.session.enter_context(self.actors.session(self.segments))   # Ray starts while the learner starts
+    with self.interrupted.deferred():
+      self.learner = local.ProcessChild(self.ctx, "learner", local.learner_main, (self.cfg, self.segments.shared))
+    with self.interrupted.deferred():
+      self.session.enter_context(self.actors.session(self.segments))   # Ray starts while the learner starts
     for actor_id in range(self.cfg.actors.num):
       self.start_actor(actor_id)
     if self.placement:   # only now: the children's start-up (imports) runs on every CPU
       os.sched_setaffinity(0, self.placement[1])
 
   def start_actor(self, actor_id: int) -> None:
-    self.actor_children[actor_id] = self.actors.start(actor_id, self.segments.counters()["env_steps"],
-                                                      self.segments)
+    with self.interrupted.deferred():
+      self.actor_children[actor_id] = self.actors.start(actor_id, self.segments.counters()["env_steps"],
+                                                        self.segments)
 
   # ---------------------------------------------------------------- loop
 
@@ -255,7 +269,7 @@ class Supervisor:
       received |= bool(messages)
       for kind, payload in messages:
         self.handle(kind, payload)
-    self.run.logger.flush_if_due()
+    self.run.flush_metrics_if_due()
     return received
 
   def handle(self, kind: str, payload: Any) -> None:
@@ -347,7 +361,8 @@ class Supervisor:
   def kill(self, child: Child) -> None:
     """Kills a child that did not stop in time; the summary names it
     (``killed``, or ``abandoned`` for one that cannot be killed)."""
-    (self.run.killed if child.kill() else self.run.abandoned).append(child.name)
+    if child.name not in self.run.abandoned:
+      (self.run.killed if child.kill() else self.run.abandoned).append(child.name)
 
   def report_learner_failure(self) -> None:
     """A learner that ended without its final checkpoint, in a run with no
@@ -361,27 +376,27 @@ class Supervisor:
     self.run.fail("learner", reason, error and error["traceback"])
 
   def close(self) -> None:
-    """Kills every child still running and unlinks the shared memory;
-    nothing interrupts it, so a late Ctrl-C leaves no segment behind."""
-    signal.pthread_sigmask(signal.SIG_BLOCK, local.SIGNALS)
-    try:
+    """Kills every child still running, stops the actors' session and
+    unlinks the shared memory. A second signal waits until it is done
+    (``deferred``), so that a late Ctrl-C leaves no segment behind. Shared
+    memory that an abandoned thread may still touch stays mapped."""
+    with self.interrupted.deferred():
+      if self.segments is not None:
+        self.segments.ask_to_stop(local.STOP_ALL)   # what is still running exits by itself
       if self.evaluation is not None:
         self.evaluation.abandon()
       for child in self.children():
-        if child.alive() and not child.kill():
-          self.run.abandoned.append(child.name)
+        if child.alive():
+          self.kill(child)
         for kind, payload in child.receive(sys.maxsize):
-          if kind == "error":
-            self.errors[payload["process"]] = payload
+          self.handle(kind, payload)
         child.close()
-      if self.segments is not None:
-        self.run.set_counters(self.segments.counters())
-        self.segments.close()
       if self.placement:
         os.sched_setaffinity(0, self.placement[0] | self.placement[1])
       self.session.close()
-    finally:
-      signal.pthread_sigmask(signal.SIG_UNBLOCK, local.SIGNALS)
+      if self.segments is not None:
+        self.run.set_counters(self.segments.counters())
+        self.segments.close(unmap=not self.run.abandoned)
 
 
 def cpu_placement(available: set[int], learner_cpus: int) -> tuple[set[int], set[int]] | None:
