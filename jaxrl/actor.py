@@ -29,8 +29,6 @@ import jax
 import numpy as np
 
 from jaxrl.envs import EnvSet, LearnerSpace, SlotStep
-# Re-exported for the modules that still import them from here:
-from jaxrl.envs import EnvError, has_time_limit, import_env_modules  # pylint: disable=unused-import
 from jaxrl.nstep import NStepAccumulator
 
 

@@ -90,7 +90,8 @@ import jaxrl
 from jaxrl import networks, runtime
 from jaxrl.runtime import local
 from jaxrl.runtime.builders import make_actor
-from jaxrl.config import RunConfig, load_config
+from jaxrl.config import RunConfig
+from jaxrl.config_file import load_config
 from jaxrl.envs import minatar_game
 from jaxrl.logger import RETURN_WINDOW, read_metrics, trailing_mean
 from jaxrl.replay import SharedReplay

@@ -15,7 +15,8 @@ import pytest
 import jaxrl
 from jaxrl import cli
 from jaxrl.checkpoint import CheckpointError, latest_checkpoint, restore_checkpoint
-from jaxrl.config import ConfigError, RunConfig, load_config
+from jaxrl.config import ConfigError, RunConfig
+from jaxrl.config_file import load_config
 from runs import CARTPOLE, ENV, ROOT, train_cli
 
 EVALUATE = [sys.executable, str(ROOT / "scripts" / "evaluate.py")]

@@ -20,7 +20,7 @@ import pytest
 
 from jaxrl import runtime
 from jaxrl.checkpoint import latest_checkpoint, restore_checkpoint
-from jaxrl.config import load_config
+from jaxrl.config_file import load_config
 from runs import (CARTPOLE, ROOT, SHORT, assert_clean_exit, records, segments_of, start_cli, train_cli,
                   wait_for, wait_until_learning, workers)
 

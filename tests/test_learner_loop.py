@@ -12,7 +12,7 @@ import pytest
 
 import jaxrl
 from jaxrl import runtime
-from jaxrl.config import load_config
+from jaxrl.config_file import load_config
 from jaxrl.replay import SharedReplay
 from jaxrl.runtime.learning import (CHECKPOINT_DIR, FINAL_CHECKPOINT_STARTED, FINAL_CHECKPOINT_WRITTEN,
                                     Checkpointer, LearningLoop)

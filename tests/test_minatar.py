@@ -21,9 +21,11 @@ import pytest
 
 import jaxrl
 from jaxrl import cli, envs, runtime
-from jaxrl.actor import Actor, EnvError, has_time_limit, import_env_modules
+from jaxrl.actor import Actor
+from jaxrl.envs import EnvError, has_time_limit, import_env_modules
 from jaxrl.checkpoint import latest_checkpoint, load_extra_arrays
-from jaxrl.config import AgentsConfig, EnvConfig, load_config
+from jaxrl.config import AgentsConfig, EnvConfig
+from jaxrl.config_file import load_config
 from jaxrl.networks import Im2colConv
 from runs import ROOT, records, start_cli, train_cli
 

@@ -13,7 +13,7 @@ import pytest
 import jaxrl
 from jaxrl import runtime
 from jaxrl.checkpoint import latest_checkpoint, restore_checkpoint
-from jaxrl.config import load_config
+from jaxrl.config_file import load_config
 from jaxrl.replay import SharedReplay
 from jaxrl.runtime.builders import learner_stream
 from jaxrl.runtime.learning import LearningLoop

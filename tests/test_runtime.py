@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from jaxrl import runtime
 from jaxrl.runtime import supervisor
-from jaxrl.config import load_config
+from jaxrl.config_file import load_config
 from jaxrl.logger import read_metrics
 from jaxrl.shm import SharedMemoryError
 from runs import CARTPOLE, ROOT, SHORT, records, segments_of, train_cli

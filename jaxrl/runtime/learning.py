@@ -18,7 +18,8 @@ from typing import Callable
 
 import numpy as np
 
-from jaxrl.config import RunConfig, config_to_dict
+from jaxrl.config import RunConfig
+from jaxrl.config_file import config_to_dict
 from jaxrl.replay import SharedReplay
 from jaxrl.runtime.builders import seed
 

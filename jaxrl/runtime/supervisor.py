@@ -370,10 +370,8 @@ class Supervisor:
     exited."""
     if self.learner is None or self.final_checkpoint_at is not None or self.run.error is not None:
       return
-    error = self.errors.pop("learner", None)
-    reason = error["reason"] if error else f"{self.learner.exit_reason()} before its final checkpoint"
+    reason = self.reason_of_end(self.learner, "{} before its final checkpoint")
     self.run.error, self.run.stopped_because = f"learner: {reason}", "error"
-    self.run.fail("learner", reason, error and error["traceback"])
 
   def close(self) -> None:
     """Kills every child still running, stops the actors' session and
