@@ -161,7 +161,8 @@ def test_bad_input_is_a_one_line_error(tmp_path, args, message):
 
 @pytest.mark.parametrize("config,target,env_steps", [
     ("cartpole_dqn", 475, 100_000), ("cartpole_iqn", 475, 100_000),
-    ("acrobot_dqn", -100, 150_000), ("acrobot_iqn", -100, 150_000)])
+    ("acrobot_dqn", -100, 150_000),
+    pytest.param("acrobot_iqn", -100, 150_000, marks=pytest.mark.slow)])   # IQN and Acrobot: covered above
 def test_config_reaches_its_target(tmp_path, config, target, env_steps):
   """End-to-end learning with each shipped config: sync mode (deterministic),
   the issue's env-step budgets, stopping on the greedy evaluation."""
