@@ -169,7 +169,7 @@ class _LearnerSlots:
     """Books the actor's ``steps``-th step (``choose_actions``'s actions, then ``step``);
     appends the episodes that ended to ``episodes``; returns the transitions
     completed (None if not collecting)."""
-    next_obs, reward, terminated, truncated, active = step
+    next_obs, reward, terminated, truncated, active = step.obs, step.reward, step.terminated, step.truncated, step.active
     # A slot whose episode ended is inactive in the next step, which the
     # accumulator drops by itself: it needs ``active`` only for the others.
     ended = self._ended

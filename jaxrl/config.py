@@ -58,6 +58,9 @@ def check_unit_interval(field: str, value: Any, open_low: bool = False) -> None:
   check(ok, field, "in (0, 1]" if open_low else "in [0, 1]", value)
 
 
+AUGMENTS = (None, "random_shift")
+
+
 @dataclasses.dataclass(frozen=True)
 class AgentConfig:
   """Hyperparameters of one DQN or IQN learner.
@@ -86,6 +89,10 @@ class AgentConfig:
     num_quantile_samples: IQN K, quantile samples for acting / q_values.
     quantile_embedding_dim: IQN cosine features of tau.
     kappa: IQN quantile Huber threshold (0 = plain quantile regression).
+    augment: None, or "random_shift": image observations (``obs`` and
+      ``next_obs``) padded by 4 pixels (edge replication) and cropped back
+      at a random offset, independently per sample, inside ``train_step``
+      (DrQ; Kostrikov et al. 2020).
   """
 
   algo: str = "dqn"
@@ -107,6 +114,7 @@ class AgentConfig:
   num_quantile_samples: int = 32
   quantile_embedding_dim: int = 64
   kappa: float = 1.0
+  augment: str | None = None
 
   def __post_init__(self):
     check(self.algo in ("dqn", "iqn"), "algo", 'one of "dqn", "iqn"', self.algo)
@@ -137,6 +145,7 @@ class AgentConfig:
     check_positive_int("num_quantile_samples", self.num_quantile_samples)
     check_positive_int("quantile_embedding_dim", self.quantile_embedding_dim)
     check_positive("kappa", self.kappa, allow_zero=True)
+    check(self.augment in AUGMENTS, "augment", 'null or "random_shift"', self.augment)
 
 
 SHARES = ("none", "type", "all")
@@ -191,11 +200,19 @@ class EnvConfig:
     imports: modules imported in every process before the environment is
       made, so that third-party packages register their ids, e.g.
       ``[minatar.gym]``, ``[ale_py]`` or a module of your own.
+    terminal_on_life_loss: a lost life ends the bootstrap of the transitions
+      that reach it, as a termination would, in what the learner trains on
+      only: the game goes on, and episode records, evaluation and
+      ``summary.json`` count whole games.
+    clip_rewards: rewards clipped to [-1, 1] in replay only; episode
+      returns are the game's score.
   """
 
   id: str = "CartPole-v1"
   kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
   imports: tuple[str, ...] = ()
+  terminal_on_life_loss: bool = False
+  clip_rewards: bool = False
 
   def __post_init__(self):
     check(isinstance(self.id, str) and bool(self.id), "id", "a non-empty string", self.id)
@@ -205,6 +222,9 @@ class EnvConfig:
     check(isinstance(self.imports, (list, tuple)) and all(map(_is_module_name, self.imports)),
           "imports", "a list of module names, e.g. [minatar.gym]", self.imports)
     object.__setattr__(self, "imports", tuple(self.imports))
+    check(isinstance(self.terminal_on_life_loss, bool), "terminal_on_life_loss", "true or false",
+          self.terminal_on_life_loss)
+    check(isinstance(self.clip_rewards, bool), "clip_rewards", "true or false", self.clip_rewards)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -138,12 +138,16 @@ class LearnerSpace(NamedTuple):
       uint8 for bool (MinAtar's frames: one byte each, never a float copy).
     obs_range: (low, high) bounds of image observations (rank 3) that the
       network scales to [0, 1] by; None for vectors.
+    frame_stacked: the observation [H, W, S] is a stack of the S newest
+      frames on its last axis, oldest first (Atari): replay may store each
+      frame once.
   """
   agent_ids: tuple[str, ...]
   obs_shape: tuple[int, ...]
   obs_dtype: np.dtype
   num_actions: int
   obs_range: tuple[float, float] | None = None
+  frame_stacked: bool = False
 
 
 def learner_space(agent_ids: tuple[str, ...], obs_space: gym.spaces.Box, num_actions: int) -> LearnerSpace:
@@ -170,12 +174,15 @@ class SlotStep(NamedTuple):
     terminated, truncated: bool [S], the agent's episode ended this step.
     active: bool [S], the slot's agent acted this step: False for an agent
       already done, and for every slot of an env copy resetting this step.
+    life_lost: bool [S], the agent lost a life this step and its episode
+      goes on (Atari); None where the environment has no lives.
   """
   obs: np.ndarray
   reward: np.ndarray
   terminated: np.ndarray
   truncated: np.ndarray
   active: np.ndarray
+  life_lost: np.ndarray | None = None
 
 
 class EnvSet:
