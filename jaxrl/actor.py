@@ -29,6 +29,7 @@ import jax
 import numpy as np
 
 from jaxrl.envs import EnvSet, LearnerSpace, SlotStep
+from jaxrl.frame_replay import FrameStream
 from jaxrl.nstep import NStepAccumulator
 
 
@@ -96,10 +97,16 @@ class ActorStep(NamedTuple):
 class _LearnerSlots:
   """One learner's part of an ``Actor``: its policy, exploration draws,
   n-step accumulator and episode bookkeeping over its S slots, and the
-  observations [S, *obs_shape] they act in next (``obs``)."""
+  observations [S, *obs_shape] they act in next (``obs``).
+
+  Stacked frames (``space.frame_stacked``) reach replay through a
+  ``FrameStream``: the accumulator then carries references to stacks, and
+  each step's transitions carry the new frames. ``clip_rewards`` and
+  ``terminal_on_life_loss`` change the transitions only, never the episodes.
+  """
 
   def __init__(self, agent, space: LearnerSpace, obs: np.ndarray, rng: np.random.Generator, n_step: int,
-               gamma: float, collect: bool):
+               gamma: float, collect: bool, clip_rewards: bool = False, terminal_on_life_loss: bool = False):
     self.agent_ids = space.agent_ids
     self.obs = obs
     self.num_slots = num_slots = len(obs)
@@ -107,8 +114,13 @@ class _LearnerSlots:
     # DQN with the built-in MLP acts in numpy; IQN, the conv torso and a user's network in JAX.
     numpy_path = agent.config.algo == "dqn" and len(space.obs_shape) == 1 and agent.builtin_network
     self._jax_q_values = None if numpy_path else jax.jit(agent.q_values)
-    self._accumulator = (NStepAccumulator(num_slots, n_step, gamma, space.obs_shape, space.obs_dtype)
-                         if collect else None)
+    self._frames = FrameStream(num_slots) if collect and space.frame_stacked else None
+    self._obs_ref = None if self._frames is None else self._frames.push(obs)  # int64 [S]
+    self._accumulator = None
+    if collect:
+      stored_shape, stored_dtype = ((), np.int64) if self._frames else (space.obs_shape, space.obs_dtype)
+      self._accumulator = NStepAccumulator(num_slots, n_step, gamma, stored_shape, stored_dtype)
+    self._clip_rewards, self._terminal_on_life_loss = clip_rewards, terminal_on_life_loss
     self._rng = rng
     # Exploration draws, float [D, S] uniforms and int [D, S] random actions,
     # taken _DRAW_STEPS steps at a time; row self._draw is this step's. From
@@ -177,8 +189,7 @@ class _LearnerSlots:
       inactive, accumulator_active = ended, None
     else:
       inactive, accumulator_active = (~active).nonzero()[0], active
-    transitions = None if self._accumulator is None else self._accumulator.step(
-        self.obs, self._action, reward, terminated, truncated, next_obs, self.policy_step, accumulator_active)
+    transitions = None if self._accumulator is None else self._transitions(step, accumulator_active)
     self.obs = next_obs
     self._lag_sum += learner_step - self.policy_step
     self.returns += reward
@@ -194,6 +205,20 @@ class _LearnerSlots:
                               (self._lag_sum - float(self._start_lag_sums[slot])) / length))
     return transitions
 
+  def _transitions(self, step: SlotStep, active: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The n-step transitions this step completes, as the learner sees them."""
+    reward = np.clip(step.reward, -1.0, 1.0) if self._clip_rewards else step.reward
+    cut = step.life_lost if self._terminal_on_life_loss else None
+    if self._frames is None:
+      return self._accumulator.step(self.obs, self._action, reward, step.terminated, step.truncated, step.obs,
+                                    self.policy_step, active, cut)
+    next_ref = self._frames.push(step.obs)
+    transitions = self._accumulator.step(self._obs_ref, self._action, reward, step.terminated, step.truncated,
+                                         next_ref, self.policy_step, active, cut)
+    self._obs_ref = next_ref
+    transitions.update(self._frames.take_frames())
+    return transitions
+
 
 class Actor:
   """Steps an ``EnvSet``'s agents epsilon-greedily, each with its learner's policy.
@@ -206,11 +231,14 @@ class Actor:
   real env steps taken. Inactive slots (an env copy's autoreset step, an
   agent done before the others) make no transition and add nothing to any
   episode; a slot's next active step starts its next episode.
+  ``clip_rewards`` and ``terminal_on_life_loss`` (the ``env`` keys) change
+  the transitions only: episodes report the game's score over whole games.
   Deterministic for a given ``seed``, params and sequence of calls.
   """
 
   def __init__(self, agents: Mapping[str, Any], env_set: EnvSet, seed: int, n_step: int = 1,
-               gamma: float = 0.99, collect: bool = True):
+               gamma: float = 0.99, collect: bool = True, clip_rewards: bool = False,
+               terminal_on_life_loss: bool = False):
     if set(agents) != set(env_set.learners):
       raise ValueError(f"agents are for learners {sorted(agents)}, the env set has {list(env_set.learners)}")
     for learner, space in env_set.learners.items():
@@ -223,7 +251,8 @@ class Actor:
     rngs = np.random.default_rng(seed).spawn(len(env_set.learners))
     obs = env_set.reset(seed)
     self._learners = {
-        learner: _LearnerSlots(agents[learner], space, obs[learner], rng, n_step, gamma, collect)
+        learner: _LearnerSlots(agents[learner], space, obs[learner], rng, n_step, gamma, collect, clip_rewards,
+                               terminal_on_life_loss)
         for (learner, space), rng in zip(env_set.learners.items(), rngs)}
     self._steps = 0
     self._collect = collect

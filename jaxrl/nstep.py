@@ -83,7 +83,7 @@ class NStepAccumulator:
     self._oldest_start = self._start[:, :1] + np.arange(e)
 
   def step(self, obs, action, reward, terminated, truncated, next_obs,
-           policy_step, active=None) -> dict[str, np.ndarray]:
+           policy_step, active=None, cut=None) -> dict[str, np.ndarray]:
     """Adds one vector-env step; returns the transitions it completed.
 
     Args:
@@ -97,6 +97,10 @@ class NStepAccumulator:
       active: bool [E] or None (all active): an env with False here did not
         act this step; its inputs are ignored, it completes no transition,
         and its next active step starts afresh (as after an autoreset step).
+      cut: bool [E] or None: the env's episode goes on after this step, but
+        no transition spans it: its windows are emitted as if it terminated
+        (discount 0), and the next step opens a new one (a lost life with
+        ``env.terminal_on_life_loss``). Ignored where the episode ended.
 
     Returns:
       A dict with the keys of ``jaxrl.replay.FIELDS``: obs and next_obs
@@ -113,6 +117,10 @@ class NStepAccumulator:
     self._reward[row] = reward
     terminated = np.asarray(terminated, bool)
     done = terminated | np.asarray(truncated, bool)
+    goes_on = None
+    if cut is not None and np.any(cut):
+      goes_on = np.asarray(cut, bool) & ~done
+      terminated, done = terminated | goes_on, done | goes_on
     any_done = np.count_nonzero(done)
     if active is not None:
       inactive = ~np.asarray(active, bool)
@@ -127,6 +135,8 @@ class NStepAccumulator:
       env, position = np.nonzero(self._emit.take(code, axis=0))
       flat = self._start[row].take(position) + env
       self._code = self._next_code.take(code)
+      if goes_on is not None:
+        self._code[goes_on] = 0  # No window open, and the next step is not an autoreset.
       self._steady = not any_done and len(env) == num_envs
     returns = self._weights[row] @ self._reward  # [n, E]: the return of every window, by its start.
     discount = self._discount.take(position)

@@ -20,8 +20,6 @@ from jaxrl.transition import Transition
 # and consumed by ``ReplayWriter.add``.
 FIELDS = ("obs", "action", "reward", "discount", "next_obs", "policy_step")
 
-# The arrays ``SharedReplay.contents`` saves; the writers' places in line are not saved.
-_SAVED = (*FIELDS, "version", "write_count", "samples")
 
 _NOT_WAITING = np.iinfo(np.int64).max  # The tag of a writer waiting for nothing.
 
@@ -38,13 +36,17 @@ def _as_batch(rows: dict[str, np.ndarray], valid: np.ndarray) -> Transition:
 
 @dataclasses.dataclass(frozen=True)
 class ReplayHandle:
-  """Picklable description of a ``SharedReplay``, for ``SharedReplay.attach``."""
+  """Picklable description of a replay, for ``SharedReplay.attach``:
+  ``layout`` is its class (``SharedReplay`` or a subclass), ``options`` what
+  that class needs beyond the block and the rate limiter."""
 
   block: BlockHandle
   num_writers: int
   min_size: int
   samples_per_insert: float | None
   rate_tolerance: float
+  layout: type = None  # type: ignore[assignment]  # SharedReplay, set by create.
+  options: tuple = ()
 
 
 class SharedReplay:
@@ -86,6 +88,9 @@ class SharedReplay:
   reads of a few integers (and a write of the writer's tag); waiting is the
   caller's job.
   """
+
+  # The arrays ``contents`` saves; the writers' places in line are not saved.
+  _saved = (*FIELDS, "version", "write_count", "samples")
 
   def __init__(self, block: SharedBlock, handle: ReplayHandle):
     self._block = block
@@ -140,6 +145,13 @@ class SharedReplay:
       rate_tolerance: T >= 0, inserted transitions by which actors may run
         ahead of, or fall behind, the ratio (see the class docstring).
     """
+    return cls._create(cls._specs(obs_shape, obs_dtype, capacity, num_writers), capacity, num_writers,
+                       min_size, samples_per_insert, rate_tolerance)
+
+  @classmethod
+  def _create(cls, specs: dict, capacity: int, num_writers: int, min_size: int,
+              samples_per_insert: float | None, rate_tolerance: float, options: tuple = ()) -> "SharedReplay":
+    """Checks the arguments ``create`` shares with every layout, then makes the block of ``specs``."""
     check_positive_int("num_writers", num_writers)
     check_positive_int("capacity", capacity)
     check(capacity >= num_writers, "capacity", f">= num_writers ({num_writers})", capacity)
@@ -152,16 +164,17 @@ class SharedReplay:
       check_positive("samples_per_insert", samples_per_insert)
       samples_per_insert = float(samples_per_insert)
     check_positive("rate_tolerance", rate_tolerance, allow_zero=True)
-    block = SharedBlock.create(cls._specs(obs_shape, obs_dtype, capacity, num_writers))
+    block = SharedBlock.create(specs)
     block.arrays["waiting"][:] = _NOT_WAITING
     handle = ReplayHandle(block.handle, num_writers, min_size, samples_per_insert,
-                          float(rate_tolerance))
+                          float(rate_tolerance), cls, options)
     return cls(block, handle)
 
-  @classmethod
-  def attach(cls, handle: ReplayHandle) -> "SharedReplay":
-    """Opens the replay in another process (never unlinks it)."""
-    return cls(SharedBlock.attach(handle.block), handle)
+  @staticmethod
+  def attach(handle: ReplayHandle) -> "SharedReplay":
+    """Opens the replay ``handle`` describes, of its layout, in another
+    process (never unlinks it)."""
+    return handle.layout(SharedBlock.attach(handle.block), handle)
 
   def close(self) -> None:
     """Releases this process's mapping; the replay and its writers must not be used after."""
@@ -206,12 +219,12 @@ class SharedReplay:
   def restore(self, contents: dict[str, np.ndarray]) -> None:
     """Loads ``contents()`` of a replay of the same layout, before any writer
     or sampler starts. Raises ValueError if the layout differs."""
-    for key in _SAVED:
+    for key in self._saved:
       saved, array = contents.get(key), self._arrays[key]
       if saved is None or saved.shape != array.shape or saved.dtype != array.dtype:
         found = "missing" if saved is None else f"{saved.dtype}{list(saved.shape)}"
         raise ValueError(f"replay {key} is {found}, this replay's is {array.dtype}{list(array.shape)}")
-    for key in _SAVED:
+    for key in self._saved:
       self._arrays[key][...] = contents[key]
 
   def writer(self, writer_id: int) -> "ReplayWriter":
@@ -328,6 +341,11 @@ class ReplayWriter:
       arrays["version"][slots] = version + 1
       index += run
     arrays["write_count"][self.writer_id] = end
+    self._served(count)
+
+  def _served(self, count: int) -> None:
+    """Leaves the line (see ``can_insert``) after adding ``count`` transitions."""
+    arrays = self._replay._arrays
     waiting, served = arrays["waiting"], arrays["served"]
     tag = waiting[self.writer_id]
     served[self.writer_id] = tag if tag != _NOT_WAITING else served.max() + count

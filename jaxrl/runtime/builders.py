@@ -17,6 +17,7 @@ import numpy as np
 
 from jaxrl.config import RunConfig
 from jaxrl.envs import LearnerSpace, env_learner_spaces, make_env_set
+from jaxrl.frame_replay import FrameStackReplay
 from jaxrl.replay import SharedReplay
 
 _jax_role: str | None = None   # the role configure_jax set this process's JAX up for
@@ -124,13 +125,25 @@ def make_actor(cfg: RunConfig, agents: dict, actor_id: int, env_steps: int):
   environment for every learner's agents."""
   from jaxrl.actor import Actor  # pylint: disable=import-outside-toplevel
   return Actor(agents, make_env_set(cfg.env, cfg.agents, cfg.actors.envs_per_actor),
-               seed=actor_seed(cfg, actor_id, env_steps), n_step=cfg.replay.n_step, gamma=cfg.replay.gamma)
+               seed=actor_seed(cfg, actor_id, env_steps), n_step=cfg.replay.n_step, gamma=cfg.replay.gamma,
+               clip_rewards=cfg.env.clip_rewards, terminal_on_life_loss=cfg.env.terminal_on_life_loss)
+
+
+def _replay_layout(cfg: RunConfig, space: LearnerSpace) -> tuple[type, dict]:
+  """The replay class of a learner and its arguments beyond ``SharedReplay``'s:
+  stacked frames are stored once, in a stream per slot of each actor."""
+  if space.frame_stacked:
+    return FrameStackReplay, {"streams_per_writer": cfg.actors.envs_per_actor * len(space.agent_ids)}
+  return SharedReplay, {}
 
 
 def replay_nbytes(cfg: RunConfig, spaces: dict[str, LearnerSpace]) -> int:
   """Bytes of the learners' replays in shared memory."""
-  return sum(SharedReplay.nbytes(space.obs_shape, space.obs_dtype, cfg.replay.capacity, cfg.actors.num)
-             for space in spaces.values())
+  total = 0
+  for space in spaces.values():
+    layout, options = _replay_layout(cfg, space)
+    total += layout.nbytes(space.obs_shape, space.obs_dtype, cfg.replay.capacity, cfg.actors.num, **options)
+  return total
 
 
 def make_replays(cfg: RunConfig, spaces: dict[str, LearnerSpace],
@@ -140,9 +153,10 @@ def make_replays(cfg: RunConfig, spaces: dict[str, LearnerSpace],
   replays = {}
   try:
     for lid, space in spaces.items():
-      replays[lid] = SharedReplay.create(space.obs_shape, space.obs_dtype, cfg.replay.capacity, cfg.actors.num,
-                                         cfg.replay.min_size, cfg.replay.samples_per_insert,
-                                         cfg.replay.rate_tolerance)
+      layout, options = _replay_layout(cfg, space)
+      replays[lid] = layout.create(space.obs_shape, space.obs_dtype, cfg.replay.capacity, cfg.actors.num,
+                                   cfg.replay.min_size, cfg.replay.samples_per_insert, cfg.replay.rate_tolerance,
+                                   **options)
       if contents is not None and lid in contents:
         try:
           replays[lid].restore(contents[lid])
