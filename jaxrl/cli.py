@@ -153,12 +153,13 @@ def _record_episode(env_cfg: EnvConfig, agent, params, directory: Path, epsilon:
   """Writes a video of one episode of ``agent`` acting ``epsilon``-greedily
   with ``params`` in the environment ``env_cfg`` (cut at ``max_steps``, None
   = no cap): ``directory/episode.mp4`` with imageio-ffmpeg installed, else
-  ``directory/episode.gif``."""
-  import gymnasium as gym  # pylint: disable=import-outside-toplevel
+  ``directory/episode.gif``. Its frames are the environment's ``rgb_array``
+  renders (for Atari the game's 210x160 RGB screen, the agent acting on its
+  preprocessed frames: ``make_video_env``)."""
   import imageio  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
-  from jaxrl.envs import EnvError  # pylint: disable=import-outside-toplevel
-  env = gym.make(env_cfg.id, render_mode="rgb_array", **env_cfg.kwargs)
+  from jaxrl.envs import EnvError, make_video_env  # pylint: disable=import-outside-toplevel
+  env = make_video_env(env_cfg)
   try:
     obs, _ = env.reset(seed=seed)
     frames = [env.render()]

@@ -18,8 +18,8 @@ Three implementations: ``GymVectorEnvSet`` (a gymnasium vector env: one agent
 ids: stacks of frames [H, W, K], lost lives) and ``ParallelEnvSet``
 (copies of a PettingZoo parallel env); ``make_env_set`` picks one from the
 config. Making and inspecting environments is here too (``make_vec_env``,
-``has_time_limit``), and every environment jaxrl cannot serve is an
-``EnvError``. Numpy only (no jax), and nothing of ``jaxrl.actor``.
+``has_time_limit``, ``make_video_env``), and every environment jaxrl cannot
+serve is an ``EnvError``. Numpy only (no jax), and nothing of ``jaxrl.actor``.
 """
 
 from __future__ import annotations
@@ -51,6 +51,10 @@ ATARI_DEFAULTS = {"use_fire_reset": False, "num_threads": 1}
 # scored unclipped) -> jaxrl's own key, which changes only what the learner sees.
 ATARI_JAXRL_KEYS = {"reward_clipping": "env.clip_rewards", "episodic_life": "env.terminal_on_life_loss",
                     "life_loss_info": "env.terminal_on_life_loss"}
+# The twin of an Atari env that shows the game's screen for a video: ALE's full
+# 210x160 RGB frame, the last of each step's frame skip.
+ATARI_SCREEN = {"grayscale": False, "img_height": 210, "img_width": 160, "stack_num": 1, "maxpool": False}
+ATARI_FPS = 60  # Frames per second of the Atari 2600.
 
 
 class EnvError(ValueError):
@@ -346,6 +350,64 @@ class AtariEnvSet(GymVectorEnvSet):
     self._lives = info["lives"]
     step = SlotStep(hwc_frames(obs), reward.astype(np.float64), terminated, truncated, active, life_lost)
     return {self._learner_id: step}, int(np.count_nonzero(active))
+
+
+class AtariVideoEnv:
+  """One game of an ALE id for a video, as a gymnasium env: ``reset`` and
+  ``step`` give the observations jaxrl trains on ([H, W, K] uint8, those of
+  ``AtariEnvSet``), and ``render()`` the game's RGB screen [210, 160, 3]
+  uint8 at the end of the last step.
+
+  The screen comes from a twin ``AtariVectorEnv`` with the same settings but
+  ``ATARI_SCREEN`` frames, stepped in lockstep with the same seed and
+  actions: ale-py draws its no-ops and sticky actions from the seed, so the
+  twin plays the same game (checked each step: a twin whose frame number,
+  reward or lives differ is an EnvError).
+  """
+
+  def __init__(self, env: EnvConfig):
+    self._game = make_vec_env(env, 1)
+    self._screen = gym.make_vec(env.id, num_envs=1, vectorization_mode="vector_entry_point",
+                                **{**atari_kwargs(env), **ATARI_SCREEN})
+    self.metadata = {"render_fps": ATARI_FPS / self._game.spec.kwargs["frameskip"]}
+    self._frame = None
+
+  def _lockstep(self, game: tuple, screen: tuple) -> np.ndarray:
+    """The game's observation [H, W, K] from the outputs of a reset or step
+    of the game and of its twin, whose screen it keeps."""
+    (obs, *game_out, game_info), (frame, *screen_out, screen_info) = game, screen
+    game_out += [game_info["episode_frame_number"], game_info["lives"]]
+    screen_out += [screen_info["episode_frame_number"], screen_info["lives"]]
+    if not all(np.array_equal(a, b) for a, b in zip(game_out, screen_out)):
+      raise EnvError("the twin env that shows the RGB screen fell out of step with the game")
+    self._frame = frame[0, 0]
+    return hwc_frames(obs)[0]
+
+  def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict]:
+    obs = self._lockstep(self._game.reset(seed=seed), self._screen.reset(seed=seed))
+    return obs, {}
+
+  def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+    actions = np.array([action], np.int64)
+    game = self._game.step(actions)
+    obs = self._lockstep(game, self._screen.step(actions))
+    return obs, float(game[1][0]), bool(game[2][0]), bool(game[3][0]), {}
+
+  def render(self) -> np.ndarray:
+    return self._frame
+
+  def close(self) -> None:
+    self._game.close()
+    self._screen.close()
+
+
+def make_video_env(env: EnvConfig) -> Any:
+  """One copy of ``env``'s (gymnasium) environment whose ``render()`` gives
+  RGB frames: an ``AtariVideoEnv`` for an ALE id, else
+  ``gymnasium.make(env.id, render_mode="rgb_array", **env.kwargs)``."""
+  if is_atari(env.id):
+    return AtariVideoEnv(env)
+  return gym.make(env.id, render_mode="rgb_array", **env.kwargs)
 
 
 def has_time_limit(env_set: EnvSet) -> bool:

@@ -1,21 +1,29 @@
 """Tests of Atari in jaxrl.envs (ale-py's AtariVectorEnv behind ``ALE/...``
 ids): the preprocessing settings that reach ale-py, [H, W, K] frame stacks,
-lost lives, unclipped game scores, the frame cap and the one-line errors."""
+lost lives, unclipped game scores, the frame cap, the one-line errors, and
+the RGB screen of ``--video``."""
 
 from __future__ import annotations
 
 import importlib.util
 import inspect
+import json
 import subprocess
 import sys
+from pathlib import Path
 
 import gymnasium as gym
+import imageio
+import jax
 import numpy as np
 import pytest
 
-from jaxrl.config import AgentsConfig, EnvConfig
+from jaxrl import cli, runtime
+from jaxrl.checkpoint import save_checkpoint
+from jaxrl.config import AgentsConfig, EnvConfig, EvalConfig, RunConfig
+from jaxrl.config_file import config_to_dict, save_config
 from jaxrl.envs import (AtariEnvSet, EnvError, LearnerSpace, env_learner_spaces, has_time_limit, make_env_set,
-                        make_vec_env)
+                        make_vec_env, make_video_env)
 from runs import ENV, ROOT
 
 ale_py = pytest.importorskip("ale_py")
@@ -224,3 +232,60 @@ def test_ale_ids_need_no_env_imports_and_take_them():
   assert (proc.returncode, proc.stdout) == (0, "4\n"), proc.stderr
   spaces = env_learner_spaces(EnvConfig("ALE/Breakout-v5", imports=("ale_py",)), AgentsConfig())
   assert spaces["agent_0"].num_actions == 4
+
+
+def test_the_video_env_renders_the_screen_of_the_game_the_agent_sees():
+  """At full size, ungrayed and unpooled, the agent's newest frame is the
+  grayscale (ITU-R 601 luma) of the RGB screen the video env renders, step
+  by step: the twin that renders plays the same game."""
+  rng = np.random.default_rng(0)
+  env = make_video_env(EnvConfig("ALE/Breakout-v5", {"img_height": 210, "img_width": 160, "maxpool": False}))
+  assert env.metadata["render_fps"] == 15
+  obs, _ = env.reset(seed=3)
+  for t in range(80):
+    screen = env.render()
+    assert screen.shape == (210, 160, 3) and screen.dtype == U8
+    luma = np.round(screen @ np.array([0.299, 0.587, 0.114]))
+    assert np.abs(luma - obs[..., -1]).max() <= 1, t
+    obs, *_ = env.step(int(rng.integers(0, 4)))
+  env.close()
+
+
+def test_the_video_env_detects_a_twin_out_of_step():
+  env = make_video_env(EnvConfig("ALE/Breakout-v5"))
+  env.reset(seed=3)
+  env._screen.reset(seed=4)   # pylint: disable=protected-access  # other no-ops, other sticky actions
+  with pytest.raises(EnvError, match="^the twin env that shows the RGB screen fell out of step"):
+    for _ in range(50):
+      env.step(1)
+  env.close()
+
+
+def test_evaluate_video_of_an_atari_run_shows_the_rgb_screen(tmp_path, capsys, monkeypatch):
+  """--video of an Atari run (a fresh policy's checkpoint) writes the game's
+  210x160 RGB screens, the first and one a step (30 steps of 4 frames), not
+  its 84x84 input: the first is the screen after a reset of seed 0."""
+  written, mimsave = [], imageio.mimsave
+
+  def recorded(path, frames, **kwargs):
+    written.append(frames)
+    mimsave(path, frames, **kwargs)
+
+  monkeypatch.setattr(imageio, "mimsave", recorded)
+  monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)   # a GIF, quicker to write than an MP4
+  cfg = RunConfig(env=EnvConfig("ALE/Pong-v5", {"max_num_frames_per_episode": 120}),
+                  eval=EvalConfig(episodes=1), run_dir=str(tmp_path / "run"))
+  (tmp_path / "run").mkdir()
+  save_config(cfg, tmp_path / "run" / "config.yaml")
+  agent = runtime.make_agents(cfg)["agent_0"]
+  save_checkpoint(tmp_path / "run" / "checkpoints", {"agent_0": jax.jit(agent.init)(jax.random.PRNGKey(0))},
+                  {"env_steps": 0, "episodes": 0, "learner_steps": 0}, config_to_dict(cfg), keep=1)
+  assert cli.evaluate_main([str(tmp_path / "run"), "--video", str(tmp_path / "video")]) == 0
+  video = Path(json.loads(capsys.readouterr().out)["video"])
+  assert video.parent == tmp_path / "video" and video.stat().st_size > 1000
+  [frames] = written
+  assert len(frames) == 31 and all(f.shape == (210, 160, 3) and f.dtype == U8 for f in frames)
+  env = make_video_env(cfg.env)
+  env.reset(seed=0)
+  np.testing.assert_array_equal(frames[0], env.render())
+  env.close()
