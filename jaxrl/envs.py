@@ -337,7 +337,7 @@ class AtariEnvSet(GymVectorEnvSet):
     self._lives = np.zeros(self.num_envs, np.int32)  # Each env's life count after its last step.
 
   def reset(self, seed: int) -> dict[str, np.ndarray]:
-    obs, info = self.envs.reset(seed=seed)
+    obs, info = self.envs.reset(seed=ale_seed(seed, self.num_envs))
     self._ended = np.zeros(self.num_envs, bool)
     self._lives = info["lives"]
     return {self._learner_id: hwc_frames(obs)}
@@ -350,6 +350,12 @@ class AtariEnvSet(GymVectorEnvSet):
     self._lives = info["lives"]
     step = SlotStep(hwc_frames(obs), reward.astype(np.float64), terminated, truncated, active, life_lost)
     return {self._learner_id: step}, int(np.count_nonzero(active))
+
+
+def ale_seed(seed: int, num_envs: int) -> int:
+  """``seed`` (jaxrl's are uint32) folded into the range ale-py takes: it
+  seeds env e with ``seed + e``, a C int."""
+  return int(seed) % (2**31 - num_envs)
 
 
 class AtariVideoEnv:
@@ -384,6 +390,7 @@ class AtariVideoEnv:
     return hwc_frames(obs)[0]
 
   def reset(self, seed: int | None = None) -> tuple[np.ndarray, dict]:
+    seed = None if seed is None else ale_seed(seed, 1)
     obs = self._lockstep(self._game.reset(seed=seed), self._screen.reset(seed=seed))
     return obs, {}
 
