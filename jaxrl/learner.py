@@ -64,8 +64,8 @@ class Agent:
     num_actions: size of the discrete action space.
     obs_range: (low, high) of image observations, which the built-in conv
       torso scales to [0, 1]; None for vectors, or images taken unscaled.
-    network: the flax module: QNetwork or IQNNetwork, or the one given to
-      ``make_agent``.
+    network: the flax module: ``networks.make_network``'s QNetwork or
+      IQNNetwork, or the one given to ``make_agent``.
     builtin_network: True if ``network`` is jaxrl's own (its params have
       the layout of ``networks.QNetwork`` / ``IQNNetwork``).
     optimizer: the optax.GradientTransformation used by train_step
@@ -86,9 +86,8 @@ class Agent:
       raise ValueError(f"obs_range must be finite (low, high) with low < high, got {obs_range!r}")
     self.builtin_network = network is None
     if network is None:
-      torso = networks.make_torso(self.obs_shape, config.hidden_sizes, self.obs_range)
-      network = (networks.QNetwork(torso, self.num_actions) if config.algo == "dqn" else
-                 networks.IQNNetwork(torso, self.num_actions, config.quantile_embedding_dim))
+      network = networks.make_network(config.algo, self.obs_shape, self.num_actions, config.hidden_sizes,
+                                      self.obs_range, config.quantile_embedding_dim)
     self.network = network
     self.epsilon_schedule = _linear(config.epsilon_start, config.epsilon_end, config.epsilon_decay_steps)
     self.learning_rate_schedule = _linear(config.learning_rate, config.lr_end, config.lr_decay_steps)
