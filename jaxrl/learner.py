@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxrl import networks
+from jaxrl import augment, networks
 from jaxrl.config import AgentConfig
 from jaxrl.transition import Transition
 
@@ -84,6 +84,9 @@ class Agent:
     self.obs_range = None if obs_range is None else (float(obs_range[0]), float(obs_range[1]))
     if self.obs_range is not None and not (np.all(np.isfinite(self.obs_range)) and obs_range[0] < obs_range[1]):
       raise ValueError(f"obs_range must be finite (low, high) with low < high, got {obs_range!r}")
+    if config.augment is not None and len(self.obs_shape) != 3:
+      raise ValueError(f"augment {config.augment!r} needs image observations (H, W, C), "
+                       f"got obs_shape {self.obs_shape}")
     self.builtin_network = network is None
     if network is None:
       network = networks.make_network(config.algo, self.obs_shape, self.num_actions, config.hidden_sizes,
@@ -214,6 +217,11 @@ class Agent:
       ``q_mean`` (mean Q(obs, action) over valid samples), ``epsilon`` and
       ``learning_rate`` (of the new state / this update).
 
+    With ``augment: "random_shift"``, ``obs`` and ``next_obs`` are shifted
+    first (``augment.random_shift``, each with its own key, split after the
+    loss's key: the loss's taus are those of the same step without it).
+    Without augment, ``state.rng`` splits as it always did.
+
     A valid row (``valid > 0``) whose action is outside [0, num_actions)
     makes ``loss``, ``grad_norm`` and ``q_mean`` NaN and, through the NaN
     gradient, the new params and opt_state: such a batch never trains
@@ -224,6 +232,11 @@ class Agent:
     cfg = self.config
     batch = jax.tree.map(jnp.asarray, batch)
     rng, loss_key = jax.random.split(state.rng)
+    if cfg.augment == "random_shift":   # keys of its own, split after the loss's
+      rng, augment_key = jax.random.split(rng)
+      obs_key, next_obs_key = jax.random.split(augment_key)
+      batch = batch._replace(obs=augment.random_shift(obs_key, batch.obs),
+                             next_obs=augment.random_shift(next_obs_key, batch.next_obs))
     (loss, q_mean), grads = jax.value_and_grad(self._loss, has_aux=True)(
         state.params, state.target_params, batch, loss_key)
     learning_rate = self.learning_rate_schedule(state.step)
@@ -266,5 +279,9 @@ def make_agent(config: AgentConfig, obs_shape: Sequence[int], num_actions: int,
       conv torso scales frames to [0, 1] by them (MinAtar's bool frames
       (0, 1), an Atari frame's uint8 (0, 255)). None: frames unscaled.
       Vector observations are never scaled.
+
+  Raises:
+    ValueError: ``augment`` is set for observations that are not images
+      (H, W, C), or ``num_actions`` is not an integer >= 1.
   """
   return Agent(config, obs_shape, num_actions, network, obs_range)
