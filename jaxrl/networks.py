@@ -141,21 +141,22 @@ class NatureConvTorso(nn.Module):
   Frames are scaled to [0, 1] by ``obs_range`` as in ``ConvTorso``; every
   kernel is initialised by ``kernel_init``, biases are zero.
 
-  ``conv_layer`` is ``Im2colConv``, faster on XLA's CPU backend than
-  ``flax.linen.Conv``, whose convolutions run 8x slower inside the
-  ``lax.scan`` of fused learner steps (``learner.updates_per_call``).
-  Updates/s at batch 32 (``scripts/benchmark.py --sections nature``, 2-core
-  Intel Xeon (Sapphire Rapids) VM, jax 0.10.2; im2col / flax):
+  ``conv_layer`` is ``Im2colConv``: on XLA's CPU backend it trains as fast
+  as ``flax.linen.Conv`` or faster, and ``flax.linen.Conv`` is 8-10x
+  slower inside the ``lax.scan`` of fused learner steps
+  (``learner.updates_per_call``). Updates/s at batch 32, im2col / flax
+  (``scripts/benchmark.py --sections nature``: medians of 5; 2-core Intel
+  Xeon VM with AVX-512 and AMX, jax 0.10.2, no XLA_FLAGS):
 
-  ==============  ===================  ==================
+  ==============  ===================  ===================
   train_step      jitted alone         fused x4 (scan)
-  ==============  ===================  ==================
-  DQN             35.4 / 26.0 (1.36x)  37.7 / 3.45 (11x)
-  IQN (N=64)      4.53 / 4.52 (1.0x)   4.99 / 2.14 (2.3x)
-  ==============  ===================  ==================
+  ==============  ===================  ===================
+  DQN             33.7 / 28.0 (1.2x)   39.5 / 3.37 (11.7x)
+  IQN (N = 64)    4.45 / 4.46 (1.0x)   4.94 / 2.09 (2.4x)
+  ==============  ===================  ===================
 
-  With the learner pinned to one core the two are even alone (15.4 / 14.7
-  DQN updates/s); IQN's time is its 3136 x 512 dense layer on B*N rows.
+  Pinned to one core (``taskset``) the two are even alone (DQN: 15.4 / 14.7).
+  IQN's time goes to its 3136 x 512 dense layer on B x N rows.
   """
   hidden_sizes: Sequence[int]
   obs_range: tuple[float, float] | None = None

@@ -40,6 +40,10 @@ actor, replay, agent and learner settings:
                the share of counted episodes logged, seconds from SIGINT to exit.
   conv         the fused DQN train_step of the MinAtar network, batch 32, C = 4 and 10:
                ``networks.Im2colConv`` against ``flax.linen.Conv``, timed in turn.
+  nature       the train_step of the Atari networks (Nature torso, 84x84x4 uint8), DQN
+               and IQN (N = N' = 64, K = 32), batch 32, jitted alone and fused 4 to a
+               ``lax.scan``: ``networks.Im2colConv`` against ``flax.linen.Conv``; and
+               DQN's with ``augment: random_shift``; timed in turn.
   minatar      (not run by default) frames/s of the whole system (``scripts/train.py``, async,
                eval off) on a MinAtar config (``--config`` if it is one, else
                configs/minatar_dqn.yaml) at the settings of MinAtar's reference
@@ -66,6 +70,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import dataclasses
 import itertools
 import json
 import math
@@ -279,6 +284,83 @@ def bench_conv(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-argument
     xla = _figure(f"conv_flax_c{channels}", f"MinAtar DQN step, C={channels}: flax.linen.Conv", "updates/s",
                   rates["flax_conv"])
     figures += [im2col, xla, _ratio(f"conv_speedup_c{channels}", "  im2col / flax", im2col["median"], xla["median"])]
+  return {"figures": figures}
+
+
+class _FlaxNatureTorso(networks.NatureConvTorso):
+  """The Nature torso with ``flax.linen.Conv`` (XLA's convolution) for ``Im2colConv``."""
+  @staticmethod
+  def conv_layer(features: int, kernel_size: tuple[int, int], strides: tuple[int, int],
+                 kernel_init: networks.Initializer) -> flax.linen.Module:
+    return flax.linen.Conv(features, kernel_size, strides, padding="VALID", kernel_init=kernel_init)
+
+
+NATURE_FUSED = 4   # train_steps per lax.scan dispatch, as configs/atari_*.yaml's learner.updates_per_call
+
+
+def _blocking_train_step(agent, batches: jaxrl.Transition, fused: bool) -> tuple[Callable[[], Any], Callable[[], Any]]:
+  """A step of ``agent.train_step`` jitted alone on ``batches[0]`` or, if
+  ``fused``, a ``lax.scan`` over all of ``batches`` (compiled here), each
+  call waited for: a call takes tens of ms to seconds here, and a queue of
+  asynchronous dispatches would only draw out the timing's finish."""
+  if fused:
+    call = jax.jit(lambda state: jax.lax.scan(agent.train_step, state, batches)[0])
+  else:
+    train_step, batch = jax.jit(agent.train_step), jax.tree.map(lambda x: x[0], batches)
+    call = lambda state: train_step(state, batch)[0]
+  state = [jax.block_until_ready(call(agent.init(jax.random.PRNGKey(0))))]
+
+  def step():
+    state[0] = jax.block_until_ready(call(state[0]))
+  return step, lambda: None
+
+
+def bench_nature(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-argument
+  """The train_step of the Atari networks (``networks.make_network`` on
+  84x84x4 uint8 frames: the Nature torso, dense 512; IQN with Dopamine's N
+  = N' = 64, K = 32) at batch 32, with ``Im2colConv`` and with
+  ``flax.linen.Conv``: jitted alone, and fused 4 to a ``lax.scan`` as the
+  runtime runs it (``learner.updates_per_call``); and DQN's with ``augment:
+  random_shift``. Timed in turn."""
+  runtime.configure_jax("learner")
+  rng = np.random.default_rng(0)
+  shape, actions, size = (84, 84, 4), 6, 32
+  frames = lambda: rng.integers(0, 256, (NATURE_FUSED, size, *shape), dtype=np.uint8)
+  batches = jax.device_put(jaxrl.Transition(
+      obs=frames(), action=rng.integers(0, actions, (NATURE_FUSED, size)).astype(np.int32),
+      reward=rng.normal(size=(NATURE_FUSED, size)).astype(np.float32),
+      discount=np.full((NATURE_FUSED, size), 0.99, np.float32), next_obs=frames(),
+      valid=np.ones((NATURE_FUSED, size), np.float32)))
+  figures = []
+  for algo in ("dqn", "iqn"):
+    config = jaxrl.AgentConfig(algo=algo, hidden_sizes=(512,), num_tau_samples=64, num_tau_prime_samples=64,
+                               num_quantile_samples=32)
+    im2col = jaxrl.make_agent(config, shape, actions, obs_range=(0, 255)).network
+    torso = im2col.torso
+    flax_conv = im2col.clone(torso=_FlaxNatureTorso(torso.hidden_sizes, torso.obs_range, torso.kernel_init))
+    agents = {"im2col": jaxrl.make_agent(config, shape, actions, network=im2col),
+              "flax": jaxrl.make_agent(config, shape, actions, network=flax_conv)}
+    variants = {}
+    for fused, (name, agent) in itertools.product((False, True), agents.items()):
+      variants[name + "_fused" * fused] = _blocking_train_step(agent, batches, fused)
+    if algo == "dqn":
+      augmented = jaxrl.make_agent(dataclasses.replace(config, augment="random_shift"), shape, actions, network=im2col)
+      variants["augment"] = _blocking_train_step(augmented, batches, False)
+    rates = {name: [rate * (NATURE_FUSED if name.endswith("_fused") else 1) for rate in repeats]
+             for name, repeats in _interleaved_rates(variants, 1, args).items()}
+    label = f"Atari {algo.upper()} train_step, batch {size}"
+    for suffix, how in (("", "jitted alone"), ("_fused", f"fused x{NATURE_FUSED}")):
+      ours = _figure(f"nature_{algo}_im2col{suffix}", f"{label}, {how}: Im2colConv", "updates/s",
+                     rates[f"im2col{suffix}"])
+      xla = _figure(f"nature_{algo}_flax{suffix}", f"{label}, {how}: flax.linen.Conv", "updates/s",
+                    rates[f"flax{suffix}"])
+      figures += [ours, xla, _ratio(f"nature_{algo}_speedup{suffix}", "  im2col / flax", ours["median"],
+                                    xla["median"])]
+    if algo == "dqn":
+      shifted = _figure("nature_dqn_augment", f"{label}, jitted alone: Im2colConv, random_shift", "updates/s",
+                        rates["augment"])
+      figures += [shifted, _ratio("nature_dqn_augment_cost", "  with random_shift / without", shifted["median"],
+                                  figures[0]["median"])]
   return {"figures": figures}
 
 
@@ -743,7 +825,7 @@ def bench_minatar(cfg: RunConfig, args) -> dict:
 
 
 SECTIONS = {"env": bench_env, "actor": bench_actor, "train_step": bench_train_step, "learner": bench_learner,
-            "publish": bench_publish, "time_to_475": bench_time_to_475, "conv": bench_conv, "minatar": bench_minatar,
+            "publish": bench_publish, "time_to_475": bench_time_to_475, "conv": bench_conv, "nature": bench_nature, "minatar": bench_minatar,
             "learning": bench_learning, "ray": bench_ray, "supervisor": bench_supervisor}
 DEFAULT_SECTIONS = ["env", "actor", "train_step", "learner", "publish", "time_to_475", "supervisor"]   # "minatar", "learning": long
 RATIOS = (  # (key, name, numerator key, denominator key, target)
@@ -801,8 +883,9 @@ def main():
   if results["ratios"]:
     print("\n== ratios")
     _print_table(results["ratios"])
-  results["machine"] = {"platform": platform.platform(), "cpu_model": _cpu_model(), "cpus": os.cpu_count(),
-                        "backend": jax.default_backend(), "jax": jax.__version__}
+  results["machine"] = {"platform": platform.platform(), "cpu_model": _cpu_model(), "cpu_flags": _cpu_flags(),
+                        "cpus": os.cpu_count(), "backend": jax.default_backend(), "jax": jax.__version__,
+                        "xla_flags": os.environ.get("XLA_FLAGS", "")}
   with open(args.out, "w") as f:
     json.dump(results, f, indent=2)
   print(f"\nwrote {args.out}")
@@ -815,6 +898,19 @@ def _cpu_model() -> str:
       return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
   except (OSError, StopIteration):
     return platform.processor()
+
+
+_SIMD_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile", "neon", "sve")
+
+
+def _cpu_flags() -> list[str]:
+  """The CPU's vector-instruction flags XLA's CPU code can use (Linux /proc/cpuinfo), else []."""
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+      flags = next(line.split(":", 1)[1].split() for line in f if line.startswith(("flags", "Features")))
+  except (OSError, StopIteration):
+    return []
+  return [flag for flag in _SIMD_FLAGS if flag in flags]
 
 
 if __name__ == "__main__":
