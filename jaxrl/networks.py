@@ -75,9 +75,11 @@ class Im2colConv(nn.Module):
 
   Same maths and parameters (``kernel``, ``bias``) as ``flax.linen.Conv``
   with padding "VALID", and faster on XLA's CPU backend: the kernel's
-  gradient becomes one matmul instead of a convolution over the batch. The
-  fused DQN train_step of the MinAtar network (im2col), batch 32, is 3x (4
-  channels) to 6x (10) faster (``scripts/benchmark.py --sections conv``);
+  gradient becomes one matmul instead of a convolution over the batch, and
+  XLA's convolutions slow down inside a ``lax.scan``. The DQN train_step of
+  the MinAtar network (im2col), batch 32, fused 8 to a scan as the runtime
+  runs it, is 3x (4 channels) to 6x (10) faster (``scripts/benchmark.py
+  --sections conv``); jitted alone, 1.2x (C = 4: 720 / 620 updates/s).
   Atari's Nature network: see ``NatureConvTorso``.
   """
   features: int
