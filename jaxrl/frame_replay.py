@@ -163,13 +163,17 @@ class FrameStackReplay(SharedReplay):
     frames: at least 4 S cells."""
     check(len(obs_shape) == 3, "obs_shape", "(height, width, stack)", obs_shape)
     check_positive_int("streams_per_writer", streams_per_writer)
-    streams = num_writers * streams_per_writer
-    check(capacity >= 4 * obs_shape[2] * streams, "capacity",
-          f">= 4 * stack * actors * slots per actor ({4 * obs_shape[2] * streams})", capacity)
+    least = cls.min_capacity(obs_shape, num_writers, streams_per_writer)
+    check(capacity >= least, "capacity", f">= 4 * stack * writers * streams per writer ({least})", capacity)
     replay = cls._create(cls._specs(obs_shape, obs_dtype, capacity, num_writers, streams_per_writer),
                          capacity, num_writers, min_size, samples_per_insert, rate_tolerance,
                          (streams_per_writer, obs_shape[2]))
     return replay
+
+  @staticmethod
+  def min_capacity(obs_shape, num_writers: int, streams_per_writer: int) -> int:
+    """The fewest cells ``create`` takes: 4 S a stream."""
+    return 4 * obs_shape[2] * num_writers * streams_per_writer
 
   def writer(self, writer_id: int) -> "FrameStackWriter":
     """The writer of writer ``writer_id``'s streams, for one ``FrameStream``

@@ -80,3 +80,10 @@ def test_an_atari_run_resumes_with_its_replay(dqn_run):
   kept = extra["replay.agent_0.frame_version"] == old
   assert kept.any() and np.array_equal(extra["replay.agent_0.frame"][kept & (old > 0)],
                                        saved["replay.agent_0.frame"][kept & (old > 0)])
+
+
+def test_a_replay_too_small_for_the_frame_streams_is_one_line(tmp_path):
+  proc = train_cli(ATARI_DQN, f"run_dir={tmp_path / 'run'}", "replay.capacity=100", "replay.min_size=10",
+                   "actors.num=1", "learner.batch_size=8", timeout=120)
+  assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0
+  assert "replay.capacity must be >= 128" in proc.stderr and not (tmp_path / "run").exists()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxrl.config import RunConfig
+from jaxrl.config import ConfigError, RunConfig
 from jaxrl.envs import LearnerSpace, env_learner_spaces, make_env_set
 from jaxrl.frame_replay import FrameStackReplay
 from jaxrl.replay import SharedReplay
@@ -135,6 +135,19 @@ def _replay_layout(cfg: RunConfig, space: LearnerSpace) -> tuple[type, dict]:
   if space.frame_stacked:
     return FrameStackReplay, {"streams_per_writer": cfg.actors.envs_per_actor * len(space.agent_ids)}
   return SharedReplay, {}
+
+
+def check_replays(cfg: RunConfig, spaces: dict[str, LearnerSpace]) -> None:
+  """Raises ConfigError (one line) if a learner's replay cannot be made with
+  ``replay.capacity``: stacked frames need 4 stacks a stream at least."""
+  for space in spaces.values():
+    layout, options = _replay_layout(cfg, space)
+    if layout is FrameStackReplay:
+      least = FrameStackReplay.min_capacity(space.obs_shape, cfg.actors.num, **options)
+      if cfg.replay.capacity < least:
+        raise ConfigError(f"replay.capacity must be >= {least} for {space.obs_shape} frame stacks "
+                          f"(4 stacks for each of the {cfg.actors.num} x {options['streams_per_writer']} "
+                          f"env copies' streams), got {cfg.replay.capacity}")
 
 
 def replay_nbytes(cfg: RunConfig, spaces: dict[str, LearnerSpace]) -> int:

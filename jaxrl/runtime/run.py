@@ -26,7 +26,8 @@ from jaxrl.config import RunConfig
 from jaxrl.config_file import config_to_dict, save_config
 from jaxrl.envs import LearnerSpace
 from jaxrl.logger import MetricsLogger, ProgressDisplay, plot_learning_curve, write_summary
-from jaxrl.runtime.builders import configure_jax, learner_spaces, make_agents, make_env_set, seed, state_templates
+from jaxrl.runtime.builders import (check_replays, configure_jax, learner_spaces, make_agents, make_env_set, seed,
+                                    state_templates)
 from jaxrl.runtime.learning import CHECKPOINT_DIR, replay_contents
 from jaxrl.shm import remove_dead_segments, segment_pid
 
@@ -96,6 +97,7 @@ def preflight(cfg: RunConfig) -> dict[str, LearnerSpace]:
           f"(pids {', '.join(map(str, pids))})", file=sys.stderr)
   configure_jax("supervisor", cfg.runtime.compilation_cache)
   spaces = learner_spaces(cfg)
+  check_replays(cfg, spaces)
   _backend(cfg).preflight(cfg, spaces)
   return spaces
 
