@@ -93,6 +93,8 @@ class AgentConfig:
       ``next_obs``) padded by 4 pixels (edge replication) and cropped back
       at a random offset, independently per sample, inside ``train_step``
       (DrQ; Kostrikov et al. 2020).
+    dueling: the dueling head (Wang et al. 2016): Q = V + A - mean(A), for
+      DQN and IQN (per quantile) on every torso.
   """
 
   algo: str = "dqn"
@@ -115,6 +117,7 @@ class AgentConfig:
   quantile_embedding_dim: int = 64
   kappa: float = 1.0
   augment: str | None = None
+  dueling: bool = False
 
   def __post_init__(self):
     check(self.algo in ("dqn", "iqn"), "algo", 'one of "dqn", "iqn"', self.algo)
@@ -146,6 +149,7 @@ class AgentConfig:
     check_positive_int("quantile_embedding_dim", self.quantile_embedding_dim)
     check_positive("kappa", self.kappa, allow_zero=True)
     check(self.augment in AUGMENTS, "augment", 'null or "random_shift"', self.augment)
+    check(isinstance(self.dueling, bool), "dueling", "true or false", self.dueling)
 
 
 SHARES = ("none", "type", "all")
@@ -253,6 +257,14 @@ class ReplayConfig:
       size), taking turns fairly in rows; the learner waits when it is more
       than this many behind. Any value >= 0 is deadlock-free (see
       ``SharedReplay``).
+    prioritized: proportional prioritized replay (Schaul et al. 2016), with
+      each transition's first priority from the actor that made it (Ape-X);
+      false: uniform.
+    priority_exponent: alpha: sampling is proportional to priority**alpha.
+    importance_exponent: beta at the start of the run, annealed linearly to
+      1 by ``stop.env_steps``; each sample's weight is (N P(i))**-beta over
+      the batch's largest.
+    priority_epsilon: added to |td error| before the exponent.
   """
 
   capacity: int = 100_000
@@ -261,6 +273,10 @@ class ReplayConfig:
   gamma: float = 0.99
   samples_per_insert: float | None = 8.0
   rate_tolerance: int = 2_000
+  prioritized: bool = False
+  priority_exponent: float = 0.6
+  importance_exponent: float = 0.4
+  priority_epsilon: float = 1e-6
 
   def __post_init__(self):
     check_positive_int("capacity", self.capacity)
@@ -269,6 +285,10 @@ class ReplayConfig:
     check_unit_interval("gamma", self.gamma)
     check_optional("samples_per_insert", self.samples_per_insert, check_positive)
     check_positive_int("rate_tolerance", self.rate_tolerance, allow_zero=True)
+    check(isinstance(self.prioritized, bool), "prioritized", "true or false", self.prioritized)
+    check_positive("priority_exponent", self.priority_exponent, allow_zero=True)
+    check_unit_interval("importance_exponent", self.importance_exponent)
+    check_positive("priority_epsilon", self.priority_epsilon)
 
 
 @dataclasses.dataclass(frozen=True)
