@@ -26,12 +26,12 @@ _NOT_WAITING = np.iinfo(np.int64).max  # The tag of a writer waiting for nothing
 
 def _as_batch(rows: dict[str, np.ndarray], valid: np.ndarray) -> Transition:
   """Stored rows as the learner takes them: observations uint8 (images) as
-  stored, else float32; valid as float32."""
+  stored, else float32; valid as float32; weight float32 ones (uniform)."""
   def obs_batch(obs):
     return obs if obs.dtype == np.uint8 else obs.astype(np.float32, copy=False)
   return Transition(obs=obs_batch(rows["obs"]), action=rows["action"], reward=rows["reward"],
                     discount=rows["discount"], next_obs=obs_batch(rows["next_obs"]),
-                    valid=valid.astype(np.float32))
+                    valid=valid.astype(np.float32), weight=np.ones(len(valid), np.float32))
 
 
 @dataclasses.dataclass(frozen=True)

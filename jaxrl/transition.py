@@ -25,6 +25,10 @@ class Transition(NamedTuple):
       observation when the episode ended).
     valid: float32 [B], 1.0 for real samples, 0.0 for padding (and for
       rows ``SharedReplay.sample`` found torn).
+    weight: float32 [B], the importance weight of each sample in the loss
+      (prioritized replay's correction; ones where replay is uniform).
+      None, the default, means ones: a batch built without it trains as
+      with ones.
   """
 
   obs: Any
@@ -33,3 +37,4 @@ class Transition(NamedTuple):
   discount: Any
   next_obs: Any
   valid: Any
+  weight: Any = None

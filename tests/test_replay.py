@@ -98,7 +98,8 @@ def test_sample_dtypes(stored, served):
   with shared_replay(capacity=4, obs_dtype=stored) as replay:
     replay.writer(0).add(rows([1, 2]))
     batch, policy_step = replay.sample(5, np.random.default_rng(0))
-    assert [x.dtype for x in batch] == [served, np.int32, F32, F32, served, F32]
+    assert [x.dtype for x in batch] == [served, np.int32, F32, F32, served, F32, F32]
+    assert (batch.weight == 1).all() and batch.weight.shape == (5,)   # uniform replay: ones
     assert self_consistent(batch, policy_step).all()
     assert batch.obs.shape == batch.next_obs.shape == (5, 3) and policy_step.dtype == np.int64
 
