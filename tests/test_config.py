@@ -51,7 +51,7 @@ def test_every_shipped_config_loads(path):
   from jaxrl.envs import env_learner_spaces  # pylint: disable=import-outside-toplevel
   cfg = F.load_config(path)
   assert env_learner_spaces(cfg.env, cfg.agents)   # a gymnasium or PettingZoo env jaxrl serves
-  assert cfg.agent.algo in path.stem
+  assert cfg.agent.algo in path.stem.replace("drq", "dqn")   # DrQ is DQN with random shifts
   assert cfg.stop != C.StopConfig(), "a shipped config must stop by itself"
 
 
