@@ -18,6 +18,10 @@ else
   python scripts/train.py configs/atari100k_drq.yaml "env.id=ALE/${GAME}-v5" "seed=${SEED}" "run_dir=${RUN}" \
     runtime.progress=false
 fi
+if ! grep -q '"stopped_because": "env_steps"' "$RUN/summary.json"; then
+  echo "$RUN stopped before its 100k steps; run this again to resume it" >&2
+  exit 1
+fi
 EVAL=$(python scripts/evaluate.py "$RUN" --episodes 100 --epsilon 0.001)
 python - "$RUN" "$EVAL" "benchmarks/atari100k/${GAME}_s${SEED}.json" <<'PY'
 import json, sys
