@@ -19,7 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from jaxrl.config import check, check_positive_int
-from jaxrl.replay import ReplayWriter, SharedReplay, _NOT_WAITING, _as_batch
+from jaxrl.replay import (PRIORITY_FIELDS, ReplayWriter, SharedReplay, _NOT_WAITING, _as_batch, _priorities,
+                          _priority_specs, _ranges)
 from jaxrl.transition import Transition
 
 # A transition's fields stored in the cell of its obs's newest frame.
@@ -97,7 +98,7 @@ class FrameStackReplay(SharedReplay):
   (its actor's env copies), each a ring of cells written in order; a
   transition's stacks are the S cells ending at its cell and at its cell
   plus the offset. An episode of T steps takes T + S cells for T
-  transitions; a cell costs H * W + 36 bytes (7,092 B at 84x84).
+  transitions; a cell costs H * W + 60 bytes (7,116 B at 84x84).
 
   Torn-cell protection (seqlocks, as ``SharedReplay``): a cell's frame and
   its transition each carry a version, ``2p + 1`` while being written for
@@ -113,10 +114,18 @@ class FrameStackReplay(SharedReplay):
   transition (so the batch is uniform over stored transitions, as
   Dopamine's replay does). Rate limiting as ``SharedReplay``, in
   transitions.
+
+  Priorities as ``SharedReplay``'s, a row being a cell: a transition's
+  priority is stored in its cell, and each writer logs the cells of its
+  transitions in order (``written_cell``, a ring over its cells), so that
+  the rows written since a write count are known. A cell whose frame is
+  overwritten, and the S - 1 after it, lose their transition (their obs
+  stacks lose their oldest frame).
   """
 
   _saved = ("frame", *_TRANSITION_FIELDS, "next_offset", "frame_version", "transition_version",
-            "frame_count", "write_count", "samples")
+            "frame_count", "write_count", "samples", *PRIORITY_FIELDS)
+  _version = "transition_version"
 
   def __init__(self, block, handle):
     super().__init__(block, handle)
@@ -144,12 +153,14 @@ class FrameStackReplay(SharedReplay):
         "samples": ((1,), np.int64),
         "waiting": ((num_writers,), np.int64),
         "served": ((num_writers,), np.int64),
+        "written_cell": ((capacity,), np.int64),  # Writer w's k-th transition's cell at bounds[w] + k % size_w.
+        **_priority_specs(capacity),
     }
 
   @staticmethod
   def nbytes(obs_shape, obs_dtype, capacity, num_writers=1, streams_per_writer=1) -> int:
     """Bytes of shared memory ``create`` takes with these arguments (about
-    ``capacity * (H * W + 36)`` at uint8)."""
+    ``capacity * (H * W + 60)`` at uint8)."""
     from jaxrl.shm import SharedBlock  # pylint: disable=import-outside-toplevel
     return SharedBlock.nbytes(FrameStackReplay._specs(obs_shape, obs_dtype, capacity, num_writers,
                                                       streams_per_writer))
@@ -205,6 +216,33 @@ class FrameStackReplay(SharedReplay):
              & (arrays["frame_version"][cells] == 2 * positions + 2).all(axis=1))
     return found, cells[:, :stack], cells[:, stack:]
 
+  def _stacks(self, cells: np.ndarray, versions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``_found`` of the transitions of ``versions`` in ``cells`` [K] (not found for -1)."""
+    stream = np.searchsorted(self._stream_bounds, cells, side="right") - 1
+    found, obs_cells, next_cells = self._found(stream, versions // 2 - 1, self._arrays)
+    return found & (versions > 0) & (versions % 2 == 0), obs_cells, next_cells
+
+  def _servable(self, rows, versions):
+    return self._stacks(rows, versions)[0]
+
+  def marks(self) -> np.ndarray:
+    """Counters that ``changed_rows`` compares: the write counts [W], then
+    the frame counts [W * E] (read in that order), int64."""
+    written = self._arrays["write_count"].copy()
+    return np.concatenate([written, self._arrays["frame_count"]])
+
+  def changed_rows(self, before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cells changed between two ``marks``: (cells whose transition lost a
+    frame: those of the frames written and the S - 1 after each stream's
+    newest; cells of the transitions logged) int64."""
+    w = self.num_writers
+    frames_before, frames_after = before[w:], after[w:]
+    end = np.where(frames_after > frames_before, frames_after + self.stack - 1, frames_before)
+    position, stream = _ranges(np.maximum(frames_before, end - self._stream_sizes), end)
+    index, writer = _ranges(np.maximum(before[:w], after[:w] - self._sizes), after[:w])
+    logged = self._arrays["written_cell"][self._bounds[writer] + index % self._sizes[writer]]
+    return self._cells(stream, position), logged
+
   def padding_batch(self, batch_size: int) -> Transition:
     rows = {key: np.zeros(batch_size, self._arrays[key].dtype) for key in _TRANSITION_FIELDS}
     rows["obs"] = rows["next_obs"] = np.zeros((batch_size, *self.frame_shape, self.stack),
@@ -237,33 +275,40 @@ class FrameStackReplay(SharedReplay):
       p = count[s] - held[s] + u - (ends - held)[s]
       ok, _, _ = self._found(s, p, arrays)
       stream[todo], position[todo], found[todo] = s, p, ok
-    _, obs_cells, next_cells = self._found(stream, position, arrays)
-    cell = self._cells(stream, position)
-    rows = {key: arrays[key][cell] for key in _TRANSITION_FIELDS}
-    obs, next_obs = arrays["frame"][obs_cells], arrays["frame"][next_cells]  # [B, S, H, W]
-    valid = found & self._found(stream, position, arrays)[0]  # Unchanged after the copy.
-    arrays["samples"][0] += batch_size
-    rows["obs"] = np.ascontiguousarray(np.moveaxis(obs, 1, -1))
-    rows["next_obs"] = np.ascontiguousarray(np.moveaxis(next_obs, 1, -1))
+    batch, policy_step, _ = self.read(self._cells(stream, position), np.where(found, 2 * position + 2, -1))
+    return batch, policy_step
+
+  def read(self, rows, versions):
+    """``SharedReplay.read`` of cells: obs and next_obs [K, H, W, S] as stored."""
+    arrays = self._arrays
+    _, obs_cells, next_cells = self._stacks(rows, versions)
+    fields = {key: arrays[key][rows] for key in _TRANSITION_FIELDS}
+    obs, next_obs = arrays["frame"][obs_cells], arrays["frame"][next_cells]  # [K, S, H, W]
+    valid = self._servable(rows, versions)  # Unchanged after the copy.
+    arrays["samples"][0] += len(rows)
+    fields["obs"] = np.ascontiguousarray(np.moveaxis(obs, 1, -1))
+    fields["next_obs"] = np.ascontiguousarray(np.moveaxis(next_obs, 1, -1))
     if not valid.all():
-      for value in rows.values():
+      for value in fields.values():
         value[~valid] = 0
-    return _as_batch(rows, valid), rows["policy_step"]
+    return _as_batch(fields, valid), fields["policy_step"], valid
 
   def contents(self) -> dict[str, np.ndarray]:
     """A copy of every array, for a checkpoint, taken while writers may be
     writing: a cell's frame or transition being written during the copy is
     saved with version 0 (never written), so it serves nothing after
     ``restore`` until rewritten. Counters are copied last; a restored
-    writer resumes past every frame saved complete (see ``FrameStackWriter``)."""
+    writer resumes past every frame saved complete (see ``FrameStackWriter``).
+    The learner's priorities are saved as they are; the log of written
+    cells is not (a sampler made after ``restore`` reads every cell)."""
     arrays = self._arrays
     first = {key: arrays[key].copy() for key in ("frame_version", "transition_version")}
-    contents = {key: arrays[key].copy() for key in ("frame", *_TRANSITION_FIELDS, "next_offset")}
+    contents = {key: arrays[key].copy() for key in ("frame", *_TRANSITION_FIELDS, "next_offset", "priority")}
     second = {key: arrays[key].copy() for key in first}
     for key, version in second.items():
       version[(version != first[key]) | (first[key] % 2 == 1)] = 0
     contents.update(second)
-    for key in ("frame_count", "write_count", "samples"):
+    for key in ("frame_count", "write_count", "samples", *PRIORITY_FIELDS[1:]):
       contents[key] = arrays[key].copy()
     return contents
 
@@ -301,8 +346,9 @@ class FrameStackWriter(ReplayWriter):
   def add(self, transitions: dict[str, np.ndarray]) -> None:
     """Writes ``transitions``: ``frames`` [M, H, W], ``frame_slot`` [M],
     ``frame_position`` [M] (``FrameStream.take_frames``), and the N
-    transitions' action, reward, discount, policy_step [N] and stack
-    references ``obs``, ``next_obs`` int64 [N]."""
+    transitions' action, reward, discount, policy_step [N], stack
+    references ``obs``, ``next_obs`` int64 [N] and optionally ``priority``
+    float32 [N] (as ``ReplayWriter.add``)."""
     replay, arrays = self._replay, self._replay._arrays
     e = replay.streams_per_writer
     if len(transitions["frames"]):
@@ -326,6 +372,11 @@ class FrameStackWriter(ReplayWriter):
       for key in _TRANSITION_FIELDS:
         arrays[key][cell] = transitions[key]
       arrays["next_offset"][cell] = next_position - position
+      arrays["priority"][cell] = _priorities(transitions, count)
       arrays["transition_version"][cell] = 2 * position + 2
+      start, size = replay._bounds[self.writer_id], replay._sizes[self.writer_id]
+      kept = slice(max(count - size, 0), count)   # Of more than the log holds, the last.
+      index = arrays["write_count"][self.writer_id] + np.arange(count)[kept]
+      arrays["written_cell"][start + index % size] = cell[kept]
       arrays["write_count"][self.writer_id] += count
     self._served(count)

@@ -20,8 +20,31 @@ from jaxrl.transition import Transition
 # and consumed by ``ReplayWriter.add``.
 FIELDS = ("obs", "action", "reward", "discount", "next_obs", "policy_step")
 
+# Priorities (``jaxrl.priorities``): the writer's of each row (NaN: none given), the
+# learner's and the row version it is of, and the largest of either so far.
+PRIORITY_FIELDS = ("priority", "learned_priority", "learned_version", "max_priority")
+
 
 _NOT_WAITING = np.iinfo(np.int64).max  # The tag of a writer waiting for nothing.
+
+
+def _priority_specs(capacity: int) -> dict[str, tuple[tuple[int, ...], Any]]:
+  """The arrays of ``PRIORITY_FIELDS`` for ``capacity`` rows (16 bytes a row)."""
+  return {"priority": ((capacity,), np.float32), "learned_priority": ((capacity,), np.float32),
+          "learned_version": ((capacity,), np.int64), "max_priority": ((1,), np.float32)}
+
+
+def _ranges(starts: np.ndarray, stops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """The integers of ranges ``[starts[i], stops[i])`` end to end, and each one's i."""
+  lengths = stops - starts
+  group = np.repeat(np.arange(len(starts)), lengths)
+  return np.arange(lengths.sum()) + (starts - np.cumsum(lengths) + lengths)[group], group
+
+
+def _priorities(transitions: dict[str, np.ndarray], count: int) -> np.ndarray:
+  """The ``priority`` of ``transitions`` given to a writer, NaN [count] if none."""
+  priority = transitions.get("priority")
+  return np.full(count, np.nan, np.float32) if priority is None else priority
 
 
 def _as_batch(rows: dict[str, np.ndarray], valid: np.ndarray) -> Transition:
@@ -87,10 +110,18 @@ class SharedReplay:
   ``I >= min_size``) allows samples, for any T >= 0. Both are non-blocking
   reads of a few integers (and a write of the writer's tag); waiting is the
   caller's job.
+
+  Priorities: each slot holds its writer's priority for the transition
+  (NaN if none was given) and the learner's, with the version it is of. A
+  ``jaxrl.priorities.PrioritizedSampler`` in the sampling process keeps them
+  through ``marks``, ``changed_rows``, ``stored_priorities``,
+  ``learn_priorities`` and ``read`` (the same for every layout, rows being
+  a layout's own), and ``contents`` saves them.
   """
 
   # The arrays ``contents`` saves; the writers' places in line are not saved.
-  _saved = (*FIELDS, "version", "write_count", "samples")
+  _saved = (*FIELDS, "version", "write_count", "samples", *PRIORITY_FIELDS)
+  _version = "version"  # The array of each row's version.
 
   def __init__(self, block: SharedBlock, handle: ReplayHandle):
     self._block = block
@@ -118,12 +149,13 @@ class SharedReplay:
         "samples": ((1,), np.int64),
         "waiting": ((num_writers,), np.int64),  # Tag of the step a writer waits to add.
         "served": ((num_writers,), np.int64),  # Tag of the last step a writer added.
+        **_priority_specs(capacity),
     }
 
   @staticmethod
   def nbytes(obs_shape: tuple[int, ...], obs_dtype: Any, capacity: int, num_writers: int = 1) -> int:
     """Bytes of shared memory ``create`` takes with these arguments (about
-    ``2 * capacity * obs_bytes``, plus 28 bytes a transition and 24 a writer)."""
+    ``2 * capacity * obs_bytes``, plus 44 bytes a transition and 24 a writer)."""
     return SharedBlock.nbytes(SharedReplay._specs(obs_shape, obs_dtype, capacity, num_writers))
 
   @classmethod
@@ -166,6 +198,7 @@ class SharedReplay:
     check_positive("rate_tolerance", rate_tolerance, allow_zero=True)
     block = SharedBlock.create(specs)
     block.arrays["waiting"][:] = _NOT_WAITING
+    block.arrays["max_priority"][0] = 1.0
     handle = ReplayHandle(block.handle, num_writers, min_size, samples_per_insert,
                           float(rate_tolerance), cls, options)
     return cls(block, handle)
@@ -202,10 +235,12 @@ class SharedReplay:
     A counter may also count slots begun after the second read, saved with
     version 0; a partition has such slots only in its first lap, where the
     slots begun are the first ones, so its counter is cut to their number.
+    The learner's priorities are saved as they are (taken where the
+    learner samples).
     """
     arrays = self._arrays
     first = arrays["version"].copy()
-    contents = {key: arrays[key].copy() for key in FIELDS}
+    contents = {key: arrays[key].copy() for key in (*FIELDS, "priority")}
     version = arrays["version"].copy()
     torn = (version != first) | (first % 2 == 1)
     version[torn] = (version[torn] - 1) | 1  # Largest odd <= the second read: 2k + 2 -> 2k + 1.
@@ -214,11 +249,17 @@ class SharedReplay:
     begun = np.add.reduceat(version > 0, self._bounds[:-1])  # Slots begun, per partition.
     contents["write_count"] = np.where(begun < self._sizes, np.minimum(write_count, begun), write_count)
     contents["samples"] = arrays["samples"].copy()
+    contents.update({key: arrays[key].copy() for key in PRIORITY_FIELDS[1:]})
     return contents
 
   def restore(self, contents: dict[str, np.ndarray]) -> None:
     """Loads ``contents()`` of a replay of the same layout, before any writer
-    or sampler starts. Raises ValueError if the layout differs."""
+    or sampler starts; contents saved without priorities give every
+    transition the default (none given). Raises ValueError if the layout
+    differs."""
+    if "priority" not in contents:
+      contents = {**contents, "priority": np.full_like(self._arrays["priority"], np.nan),
+                  **{key: self._arrays[key].copy() for key in PRIORITY_FIELDS[1:]}}
     for key in self._saved:
       saved, array = contents.get(key), self._arrays[key]
       if saved is None or saved.shape != array.shape or saved.dtype != array.dtype:
@@ -270,11 +311,12 @@ class SharedReplay:
     Returns:
       ``(batch, policy_step)``: a Transition of numpy arrays, obs and
       next_obs [B, *obs_shape] (float32, or uint8 if stored as uint8),
-      action int32 [B], reward, discount and valid float32 [B]; and
-      policy_step int64 [B]. A row whose slot was being written during the
-      copy, or never written (a restored counter ahead of its slots), has
-      valid 0.0 and all its fields zeroed, policy_step 0 included: mask
-      statistics of policy_step (such as policy lag) with valid.
+      action int32 [B], reward, discount, valid and weight (ones) float32
+      [B]; and policy_step int64 [B]. A row whose slot was being written
+      during the copy, or never written (a restored counter ahead of its
+      slots), has valid 0.0 and all its fields zeroed, policy_step 0
+      included: mask statistics of policy_step (such as policy lag) with
+      valid.
     """
     arrays = self._arrays
     committed = np.minimum(arrays["write_count"], self._sizes)  # Read before the versions.
@@ -284,14 +326,63 @@ class SharedReplay:
     u = rng.integers(0, ends[-1], batch_size)
     part = np.searchsorted(ends, u, side="right")
     slots = self._bounds[part] + u - (ends - committed)[part]
-    version = arrays["version"][slots]
-    rows = {key: arrays[key][slots] for key in FIELDS}
-    valid = (version > 0) & (version % 2 == 0) & (arrays["version"][slots] == version)
-    arrays["samples"][0] += batch_size
+    batch, policy_step, _ = self.read(slots, arrays["version"][slots])
+    return batch, policy_step
+
+  def read(self, rows: np.ndarray, versions: np.ndarray) -> tuple[Transition, np.ndarray, np.ndarray]:
+    """Copies ``rows`` [K] (slots), counted as samples, as ``sample``
+    serves them; also returns ``valid`` bool [K]. ``versions`` [K] are the
+    rows' versions read before the copy (-1: none): a row is valid if it
+    held a complete transition of that version after it (versions never
+    decrease, so throughout)."""
+    arrays = self._arrays
+    fields = {key: arrays[key][rows] for key in FIELDS}
+    valid = self._servable(rows, versions)
+    arrays["samples"][0] += len(rows)
     if not valid.all():
-      for value in rows.values():
+      for value in fields.values():
         value[~valid] = 0
-    return _as_batch(rows, valid), rows["policy_step"]
+    return _as_batch(fields, valid), fields["policy_step"], valid
+
+  def _servable(self, rows: np.ndarray, versions: np.ndarray) -> np.ndarray:
+    """bool [K]: whether each row holds a complete transition of ``versions`` now."""
+    return (versions > 0) & (versions % 2 == 0) & (self._arrays["version"][rows] == versions)
+
+  def marks(self) -> np.ndarray:
+    """Counters that ``changed_rows`` compares: the write counts int64 [W]."""
+    return self._arrays["write_count"].copy()
+
+  def changed_rows(self, before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows changed between two ``marks``: (rows that lost their transition
+    otherwise than by a write, none here; rows written) int64. Of more than
+    a partition's worth of writes, the partition's slots, once."""
+    first = np.maximum(before, after - self._sizes)
+    index, part = _ranges(first, after)
+    return np.zeros(0, np.int64), self._bounds[part] + index % self._sizes[part]
+
+  def stored_priorities(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For ``rows`` [K]: (priority float32, version int64) of each one's
+    transition, the learner's if it has one for the version, else the
+    writer's (NaN if none given); (0, -1) where the row holds none."""
+    arrays = self._arrays
+    version = arrays[self._version][rows]
+    priority = np.where(arrays["learned_version"][rows] == version, arrays["learned_priority"][rows],
+                        arrays["priority"][rows])
+    held = self._servable(rows, version)
+    return np.where(held, priority, np.float32(0)), np.where(held, version, -1)
+
+  def learn_priorities(self, rows: np.ndarray, versions: np.ndarray, priorities: np.ndarray) -> np.ndarray:
+    """Keeps the learner's ``priorities`` float32 [K] of ``rows`` [K] for
+    their content of ``versions`` [K] (sampling process only); NaN stands
+    for the largest so far, these included. Returns the priorities kept."""
+    arrays = self._arrays
+    given = ~np.isnan(priorities)
+    if given.any():
+      arrays["max_priority"][0] = max(arrays["max_priority"][0], priorities[given].max())
+    priorities = np.where(given, priorities, arrays["max_priority"][0])
+    arrays["learned_priority"][rows] = priorities
+    arrays["learned_version"][rows] = versions
+    return priorities
 
 
 class ReplayWriter:
@@ -320,13 +411,16 @@ class ReplayWriter:
     arrays["waiting"][writer_id] = _NOT_WAITING  # A dead predecessor's place in line.
 
   def add(self, transitions: dict[str, np.ndarray]) -> None:
-    """Appends transitions (a dict with the keys of ``FIELDS``, each [N, ...]).
+    """Appends transitions (a dict with the keys of ``FIELDS``, each [N, ...],
+    and optionally ``priority`` float32 [N], their first priorities; without
+    it, the largest so far when the learner takes them in).
 
     Overwrites the partition's oldest transitions once it is full; of more
     than a partition's worth, only the last ones are kept.
     """
     arrays = self._replay._arrays
     count = len(transitions["action"])
+    priority = _priorities(transitions, count)
     end = int(arrays["write_count"][self.writer_id]) + count  # One past the last write index.
     index = end - min(count, self._size)  # Write index of the first row kept.
     while index < end:  # One run of adjacent slots, two where the ring wraps.
@@ -338,6 +432,7 @@ class ReplayWriter:
       arrays["version"][slots] = version
       for key in FIELDS:
         arrays[key][slots] = transitions[key][rows]
+      arrays["priority"][slots] = priority[rows]
       arrays["version"][slots] = version + 1
       index += run
     arrays["write_count"][self.writer_id] = end

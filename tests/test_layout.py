@@ -42,7 +42,7 @@ def test_the_core_imports_nothing_of_the_runtime(module):
 
 
 def test_replay_and_shared_memory_import_no_jax_and_no_runtime():
-  loaded = importing(["jaxrl.replay", "jaxrl.frame_replay", "jaxrl.nstep", "jaxrl.shm"])
+  loaded = importing(["jaxrl.replay", "jaxrl.frame_replay", "jaxrl.priorities", "jaxrl.nstep", "jaxrl.shm"])
   assert not {top(m) for m in loaded} & {"jax", "jaxlib", "flax", "optax"}
   assert not [m for m in loaded if m.startswith("jaxrl.runtime")]
 

@@ -110,9 +110,9 @@ def test_nbytes_is_the_segment_size(obs_shape, obs_dtype, capacity, num_writers)
   nbytes = SharedReplay.nbytes(obs_shape, obs_dtype, capacity, num_writers)
   with shared_replay(capacity, num_writers, obs_shape, obs_dtype) as replay:
     assert nbytes == os.path.getsize(f"/dev/shm/{replay.handle.block.name}")
-  per_transition = 2 * np.dtype(obs_dtype).itemsize * math.prod(obs_shape) + 28
-  unpadded = capacity * per_transition + 8 * (3 * num_writers + 1)  # 3 words a writer, 1 of samples.
-  assert 0 <= nbytes - unpadded < 11 * 64  # Eleven arrays, each padded to 64 bytes.
+  per_transition = 2 * np.dtype(obs_dtype).itemsize * math.prod(obs_shape) + 44
+  unpadded = capacity * per_transition + 8 * (3 * num_writers + 1) + 4  # 3 words a writer, 1 of samples; max_priority.
+  assert 0 <= nbytes - unpadded < 15 * 64  # Fifteen arrays, each padded to 64 bytes.
 
 
 def tear(replay, writer_id, count) -> list[int]:
