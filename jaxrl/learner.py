@@ -166,10 +166,17 @@ class Agent:
   # --- The learner step -----------------------------------------------------
 
   def _loss(self, params: Params, target_params: Params, batch: Transition, key: chex.PRNGKey):
-    """Masked mean per-sample loss, and the masked mean of Q(obs, action).
+    """The loss, and (the masked mean of Q(obs, action), td_error [B]).
 
-    Both are NaN, and so is the loss's gradient, if a valid row's action is
-    outside [0, num_actions); padding rows take action 0 in their place.
+    loss = sum(valid * weight * per_sample_loss) / max(sum(valid), 1)
+    (``batch.weight`` None: ones). td_error float32 [B] is each sample's
+    absolute TD error, under stop_gradient: DQN |td|; IQN the mean over its
+    N x N' quantile pairs of |u_ij|; 0 on padding rows (valid 0), whatever
+    they hold.
+
+    The loss, Q's mean and a valid row's td_error are NaN, and so is the
+    loss's gradient, if a valid row's action is outside [0, num_actions);
+    padding rows take action 0 in their place.
     """
     # rlax (with tensorflow-probability, ~0.35 s to import) loads on the first
     # trace: actors and the supervisor build agents but never compute a loss.
@@ -179,6 +186,7 @@ class Agent:
     reward = batch.reward.astype(jnp.float32)
     discount = batch.discount.astype(jnp.float32)
     valid = batch.valid.astype(jnp.float32)
+    weight = jnp.ones_like(valid) if batch.weight is None else batch.weight.astype(jnp.float32)
     in_range = (action >= 0) & (action < self.num_actions)
     poison = jnp.where(in_range | (valid <= 0), 1.0, jnp.nan)   # [B]; a factor, so NaN reaches the gradient.
     action = jnp.where(in_range, action, 0)
@@ -187,8 +195,9 @@ class Agent:
       q_tm1 = self.network.apply(params, batch.obs)
       q_t_value = self.network.apply(target_params, batch.next_obs)
       q_t_selector = self.network.apply(params, batch.next_obs) if cfg.double_q else q_t_value
-      per_sample = jax.vmap(losses.dqn_loss, in_axes=(0, 0, 0, 0, 0, 0, None))(
-          q_tm1, action, reward, discount, q_t_value, q_t_selector, cfg.huber_delta)
+      td = jax.vmap(losses.dqn_td)(q_tm1, action, reward, discount, q_t_value, q_t_selector)   # [B]
+      per_sample = losses.td_loss(td, cfg.huber_delta)
+      abs_td = jnp.abs(td)
       q_taken = jnp.take_along_axis(q_tm1, action[:, None], axis=1)[:, 0]
     else:
       tau_key, tau_prime_key, selector_key = jax.random.split(key, 3)
@@ -201,21 +210,31 @@ class Agent:
                                         self._taus(selector_key, size, cfg.num_quantile_samples))
       per_sample = jax.vmap(losses.iqn_loss, in_axes=(0, 0, 0, 0, 0, 0, 0, None))(
           z_tm1, tau_tm1, action, reward, discount, z_t_value, z_t_selector, cfg.kappa)
+      u = jax.vmap(losses.iqn_td)(z_tm1, action, reward, discount, z_t_value, z_t_selector)   # [B, N, N']
+      abs_td = jnp.mean(jnp.abs(u), axis=(1, 2))
       q_taken = jnp.take_along_axis(jnp.mean(z_tm1, axis=1), action[:, None], axis=1)[:, 0]
-    return losses.masked_mean(poison * per_sample, valid), losses.masked_mean(poison * q_taken, valid)
+    td_error = jnp.where(valid > 0, poison * jax.lax.stop_gradient(abs_td), 0.0)
+    loss = losses.masked_mean(poison * per_sample, valid, weight)
+    return loss, (losses.masked_mean(poison * q_taken, valid), td_error)
 
   def train_step(self, state: LearnerState, batch: Transition) -> tuple[LearnerState, dict[str, chex.Array]]:
     """One learner update; pure, so ``jax.jit(agent.train_step)`` works.
 
     Args:
       state: the LearnerState.
-      batch: a Transition batched on axis 0 (numpy or jax arrays).
+      batch: a Transition batched on axis 0 (numpy or jax arrays); its
+        ``weight`` (None: ones) scales each sample's loss:
+        ``loss = sum(valid * weight * per_sample_loss) / max(sum(valid), 1)``.
 
     Returns:
-      (new state, metrics): metrics are float32 scalars: ``loss`` (of the
+      (new state, metrics): metrics are float32 scalars, ``loss`` (of the
       params before the update), ``grad_norm`` (before clipping),
       ``q_mean`` (mean Q(obs, action) over valid samples), ``epsilon`` and
-      ``learning_rate`` (of the new state / this update).
+      ``learning_rate`` (of the new state / this update); and ``td_error``
+      float32 [B], each sample's absolute TD error on the params before the
+      update (DQN: |reward + discount * Q_target(next_obs, a*) - Q(obs,
+      action)|; IQN: the mean of |u_ij| over its N x N' quantile pairs),
+      0 on padding rows: prioritized replay's new priorities.
 
     With ``augment: "random_shift"``, ``obs`` and ``next_obs`` are shifted
     first (``augment.random_shift``, each with its own key, split after the
@@ -223,11 +242,11 @@ class Agent:
     Without augment, ``state.rng`` splits as it always did.
 
     A valid row (``valid > 0``) whose action is outside [0, num_actions)
-    makes ``loss``, ``grad_norm`` and ``q_mean`` NaN and, through the NaN
-    gradient, the new params and opt_state: such a batch never trains
-    silently, and the runtime stops on it. This check is inside the jitted
-    computation; nothing is raised. Padding rows (``valid == 0``) may hold
-    any action.
+    makes ``loss``, ``grad_norm``, ``q_mean`` and that row's ``td_error``
+    NaN and, through the NaN gradient, the new params and opt_state: such a
+    batch never trains silently, and the runtime stops on it. This check is
+    inside the jitted computation; nothing is raised. Padding rows (``valid
+    == 0``) may hold any action.
     """
     cfg = self.config
     batch = jax.tree.map(jnp.asarray, batch)
@@ -237,7 +256,7 @@ class Agent:
       obs_key, next_obs_key = jax.random.split(augment_key)
       batch = batch._replace(obs=augment.random_shift(obs_key, batch.obs),
                              next_obs=augment.random_shift(next_obs_key, batch.next_obs))
-    (loss, q_mean), grads = jax.value_and_grad(self._loss, has_aux=True)(
+    (loss, (q_mean, td_error)), grads = jax.value_and_grad(self._loss, has_aux=True)(
         state.params, state.target_params, batch, loss_key)
     learning_rate = self.learning_rate_schedule(state.step)
     opt_state = state.opt_state._replace(
@@ -257,6 +276,7 @@ class Agent:
         "q_mean": q_mean,
         "epsilon": epsilon,
         "learning_rate": learning_rate,
+        "td_error": td_error,
     }
     new_state = LearnerState(params=params, target_params=target_params, opt_state=opt_state,
                              epsilon=epsilon, step=step, rng=rng)

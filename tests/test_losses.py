@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl.testing import parameterized
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from jaxrl import losses
 
@@ -86,6 +86,7 @@ class IqnLossTest(chex.TestCase):
     np.testing.assert_allclose(loss, expected, rtol=1e-6)
 
 
+@settings(deadline=None)   # the first example traces and compiles: over 200 ms on a busy machine
 @given(st.lists(st.tuples(st.floats(-1e3, 1e3), st.booleans()), min_size=1, max_size=20))
 def test_masked_mean_is_mean_over_valid(rows):
   x = np.array([r[0] for r in rows], np.float32)
@@ -93,3 +94,52 @@ def test_masked_mean_is_mean_over_valid(rows):
   expected = x[valid > 0].mean() if valid.any() else 0.0
   np.testing.assert_allclose(losses.masked_mean(jnp.asarray(x), jnp.asarray(valid)), expected,
                              rtol=1e-4, atol=1e-3)
+
+
+class TdErrorTest(chex.TestCase):
+  """The signed TD errors behind the losses, on the fixtures above."""
+
+  @chex.all_variants(with_pmap=False)
+  @parameterized.named_parameters(
+      ("double", [5.0, 0.0], 1.5),    # a* = 0: 1 + 0.5 * 3 - 1
+      ("dqn", [3.0, 4.0], 2.0),       # a* = 1: 1 + 0.5 * 4 - 1
+  )
+  def test_dqn_td_fixture(self, selector, expected):
+    args = DqnLossTest()._args(selector)
+    np.testing.assert_allclose(self.variant(losses.dqn_td)(*args), expected, rtol=1e-6)
+    np.testing.assert_allclose(losses.dqn_loss(*args, 1.0), losses.td_loss(jnp.array(expected), 1.0), rtol=1e-6)
+
+  @chex.all_variants(with_pmap=False)
+  def test_iqn_td_fixture(self):
+    # As IqnLossTest.test_fixture_with_two_target_samples: targets [-1, 3],
+    # online quantiles [0, 1] of the action taken.
+    z_tm1 = jnp.array([[0.0, 9.0], [1.0, 9.0]])
+    z_t_value = jnp.array([[-4.0, 10.0], [4.0, 10.0]])
+    u = self.variant(losses.iqn_td)(z_tm1, jnp.array(0), jnp.array(1.0), jnp.array(0.5), z_t_value,
+                                    jnp.array([[1.0, 0.0]]))
+    np.testing.assert_allclose(u, [[-1.0, 3.0], [-2.0, 2.0]], rtol=1e-6)
+
+  def test_iqn_td_picks_the_action_of_the_selectors_mean(self):
+    z_tm1, _, a, r, _, _, _ = IqnLossTest()._args()
+    selector = jnp.array([[1.0, 3.0], [1.0, -2.0]])   # means [1, 0.5]: action 0
+    u = losses.iqn_td(z_tm1, a, r, jnp.array(1.0), jnp.array([[2.0, 100.0]]), selector)
+    np.testing.assert_allclose(u, [[3.0], [2.0]], rtol=1e-6)   # target 1 + 2 - [0, 1]
+
+  def test_targets_are_not_differentiated(self):
+    q_grads = jax.grad(losses.dqn_td, argnums=(0, 4, 5))(*DqnLossTest()._args([5.0, 0.0]))
+    np.testing.assert_allclose(q_grads[0], [-1.0, 0.0])
+    np.testing.assert_array_equal(q_grads[1], 0.0)
+    z_tm1, _, a, r, _, value, selector = IqnLossTest()._args()
+    z_grads = jax.grad(lambda *x: losses.iqn_td(*x).sum(), argnums=(0, 4, 5))(z_tm1, a, r, jnp.array(1.0), value,
+                                                                              selector)
+    np.testing.assert_allclose(z_grads[0], [[0.0, -1.0], [0.0, -1.0]])   # N' = 1 target per quantile
+    np.testing.assert_array_equal(z_grads[1], 0.0)
+
+
+@settings(deadline=None)
+@given(st.lists(st.tuples(st.floats(-1e3, 1e3), st.booleans(), st.floats(0.0, 4.0)), min_size=1, max_size=20))
+def test_weighted_masked_mean_weighs_terms_and_counts_valid_rows(rows):
+  x, valid, weight = (np.array(column, np.float32) for column in zip(*rows))
+  expected = np.sum((x * weight)[valid > 0]) / max(valid.sum(), 1.0)
+  np.testing.assert_allclose(losses.masked_mean(jnp.asarray(x), jnp.asarray(valid), jnp.asarray(weight)),
+                             expected, rtol=1e-4, atol=1e-3)
