@@ -80,8 +80,8 @@ class SumTree:
     for level in reversed(self._levels):
       children = level.reshape(-1, fanout)[node]   # [K, fanout]
       running = children.cumsum(1)
-      child = (running <= targets[:, None]).sum(1)
-      past = child == fanout
+      child = np.argmax(running > targets[:, None], axis=1)
+      past = running[:, -1] <= targets
       if past.any():
         child[past] = fanout - 1 - np.argmax(children[past, ::-1] > 0, axis=1)
       chosen = offset + child

@@ -12,10 +12,11 @@ import pytest
 
 import jaxrl
 from jaxrl import runtime
+from jaxrl.checkpoint import load_extra_arrays
 from jaxrl.config_file import load_config
 from jaxrl.replay import SharedReplay
 from jaxrl.runtime.learning import (CHECKPOINT_DIR, FINAL_CHECKPOINT_STARTED, FINAL_CHECKPOINT_WRITTEN,
-                                    Checkpointer, LearningLoop)
+                                    Checkpointer, LearningLoop, replay_contents)
 from runs import CARTPOLE
 
 _CALLS, _FUSED, _BATCH, _PUBLISH_INTERVAL = 8, 3, 4, 6
@@ -28,6 +29,11 @@ def _transition(reward: float) -> dict[str, np.ndarray]:
           "next_obs": np.full((1, 4), -0.5, np.float32)}
 
 
+def _config(*overrides: str):
+  return load_config(CARTPOLE, [f"learner.batch_size={_BATCH}", f"learner.updates_per_call={_FUSED}",
+                                f"learner.publish_interval={_PUBLISH_INTERVAL}", *overrides])
+
+
 @pytest.fixture
 def make_learner():
   """Learners over a replay whose 16 rows are one transition acted at policy
@@ -35,8 +41,7 @@ def make_learner():
   replays = []
 
   def make(reward: float, publish, *overrides: str):
-    cfg = load_config(CARTPOLE, [f"learner.batch_size={_BATCH}", f"learner.updates_per_call={_FUSED}",
-                                 f"learner.publish_interval={_PUBLISH_INTERVAL}", *overrides])
+    cfg = _config(*overrides)
     agent = jaxrl.make_agent(cfg.agent, (4,), 2)
     replay = SharedReplay.create((4,), np.float32, 16)
     replays.append(replay)
@@ -78,7 +83,7 @@ def test_report_means_every_fused_step_and_publishes_whole_states(make_learner):
   expected_state, metrics, params = _trace(agent, state, steps)
   chex.assert_trees_all_close(learner.state, expected_state, rtol=1e-5)
   assert learner.steps == steps == int(learner.state.step)
-  assert set(report) == {*metrics, "sample_age", "train_steps", "updates_per_s"}
+  assert set(report) == {*metrics, "sample_age", "train_steps", "updates_per_s"} - {"td_error"}   # priorities
   assert report["train_steps"] == steps and report["updates_per_s"] > 0
   for key in ("loss", "grad_norm", "q_mean"):   # means over the steps since the last report
     np.testing.assert_allclose(report[key], np.mean(metrics[key]), rtol=1e-5, err_msg=key)
@@ -133,6 +138,72 @@ def test_reports_are_due_every_log_interval_learner_steps(make_learner):
   assert learner.report_due()
   learner.report()
   assert not learner.report_due()
+
+
+def _recording(sampler, samples: list, updates: list) -> None:
+  """Records the PrioritizedSampler's samples (its beta and what it returned) and updates."""
+  sample, update = sampler.sample, sampler.update
+
+  def recorded_sample(*args):
+    out = sample(*args)
+    samples.append((args[2], *out))
+    return out
+
+  def recorded_update(*args):
+    updates.append(args)
+    update(*args)
+  sampler.sample, sampler.update = recorded_sample, recorded_update
+
+
+def test_prioritized_samples_take_the_td_errors_of_their_updates_as_priorities(make_learner):
+  """Each call's batches carry weights of beta annealed over stop.env_steps;
+  once the loop waits for a call, its samples' priorities are the |td_error|
+  of a plain lax.scan of train_step on its batches, flattened step-major."""
+  agent, _, learner = make_learner(1.0, lambda s: None, "replay.prioritized=true", "stop.env_steps=1000",
+                                   "replay.importance_exponent=0.4")
+  sampler = learner._sampler   # pylint: disable=protected-access
+  samples, updates, states = [], [], []
+  _recording(sampler, samples, updates)
+  for env_steps in (0, 500, 1000, 2000):
+    states.append(learner.state)
+    learner.update(env_steps)
+  assert [beta for beta, *_ in samples] == pytest.approx([0.4, 0.7, 1.0, 1.0])
+  assert len(updates) == 2   # calls 0 and 1: the loop waited for them
+  last = {}
+  for (_, batch, _, rows, versions), (rows_set, versions_set, td), state in zip(samples, updates, states):
+    fused = jax.tree.map(lambda x: x.reshape(_FUSED, _BATCH, *x.shape[1:]), batch)
+    _, metrics = jax.lax.scan(agent.train_step, state, fused)
+    np.testing.assert_allclose(td, np.asarray(metrics["td_error"]).reshape(-1), rtol=1e-5)
+    np.testing.assert_array_equal(rows_set, rows)
+    np.testing.assert_array_equal(versions_set, versions)
+    last.update(zip(rows.tolist(), np.abs(td).tolist()))
+  assert not (samples[3][1].weight == 1).all()   # call 3 samples after call 0 set priorities
+  rows = np.array(list(last))
+  np.testing.assert_allclose(sampler.tree.leaves[rows], (np.array(list(last.values())) + 1e-6) ** 0.6, rtol=1e-6)
+
+
+def test_a_checkpoint_of_a_prioritized_replay_restores_the_learners_tree(make_learner, tmp_path):
+  overrides = ("replay.prioritized=true", "checkpoint.replay=true", "stop.env_steps=1000")
+  agent, state, learner = make_learner(1.0, lambda s: None, *overrides)
+  samples = []
+  _recording(learner._sampler, samples, [])   # pylint: disable=protected-access
+  counters = {"env_steps": 250, "episodes": 0, "learner_steps": 0}
+  loop = LearningLoop({"agent_0": learner}, Checkpointer(_config(*overrides), tmp_path, {"agent_0": learner.replay}),
+                      lambda: counters, lambda *_: None, lambda _: None)
+  for _ in range(4):
+    loop.step()
+  assert samples[0][0] == pytest.approx(0.55)   # beta at the run's env steps
+  path = loop.checkpoint()
+  restored = SharedReplay.create((4,), np.float32, 16)
+  try:
+    restored.restore(replay_contents(load_extra_arrays(path))["agent_0"])
+    resumed = runtime.Learner(_config(*overrides), agent, restored, state, lambda s: None)
+    tree = resumed._sampler.tree   # pylint: disable=protected-access
+    np.testing.assert_array_equal(tree.leaves, learner._sampler.tree.leaves)   # pylint: disable=protected-access
+    assert len(set(tree.leaves.tolist())) > 1   # updated from TD errors, not the defaults
+  finally:
+    restored.close()
+    restored.unlink()
 
 
 def _no_space(*args, **kwargs):

@@ -11,6 +11,7 @@ progress travel is the backend's (callbacks).
 from __future__ import annotations
 
 import collections
+import functools
 import sys
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ import numpy as np
 
 from jaxrl.config import RunConfig
 from jaxrl.config_file import config_to_dict
+from jaxrl.priorities import PrioritizedSampler, importance_exponent
 from jaxrl.replay import SharedReplay
 from jaxrl.runtime.builders import seed
 
@@ -45,6 +47,12 @@ class Learner:
   dispatch adds each step's metrics to device-side totals, which ``report``
   reads once (and checks are finite): a read per update would cost the loop a
   tenth of its rate.
+
+  With ``replay.prioritized``, a ``PrioritizedSampler`` draws each of the
+  fused batches in proportion to priority**alpha, with importance weights of
+  beta annealed over ``stop.env_steps``; a call's TD errors [F, B] come back
+  with its state, and set the priorities of its samples when the loop
+  waits for that call (at most ``_MAX_IN_FLIGHT`` calls later).
   """
 
   _MAX_IN_FLIGHT = 2
@@ -61,19 +69,27 @@ class Learner:
     self._report_steps = cfg.runtime.log_interval_learner_steps
     self.steps = int(state.step)
     self._rng = np.random.default_rng(seed(cfg, 2, self.steps, *stream))   # stream: builders.learner_stream
+    priorities = cfg.replay
+    self._sampler = (PrioritizedSampler(replay, priorities.priority_exponent, priorities.priority_epsilon)
+                     if priorities.prioritized else None)
+    self._beta = functools.partial(importance_exponent, priorities.importance_exponent,
+                                   horizon=cfg.stop.env_steps)
 
     def fused_steps(state, batches, totals):
       state, metrics = jax.lax.scan(agent.train_step, state, batches)
-      return state, jax.tree.map(lambda total, m: total + m.sum(0), totals, metrics)
+      td_error = metrics.pop("td_error")   # [F, B]: priorities, not totalled
+      return state, jax.tree.map(lambda total, m: total + m.sum(0), totals, metrics), td_error
     self._update = jax.jit(fused_steps)
     padding = self._fused_batches(replay.padding_batch(self._batch * self._fused))
     _, metric_shapes = jax.eval_shape(agent.train_step, state, jax.tree.map(lambda x: x[0], padding))
+    metric_shapes.pop("td_error")
     self._zeros = jax.tree.map(lambda m: jax.numpy.zeros(m.shape, m.dtype), metric_shapes)
     # Metric sums since learner step `_reported_at` (reported at `_reported_time`),
     # and the learner steps between acting and sampling, summed over valid samples.
     self._totals, self._reported_at, self._reported_time = self._zeros, self.steps, time.monotonic()
     self._age_sum, self._age_count = 0.0, 0
-    self._in_flight: collections.deque = collections.deque()   # step outputs of dispatched calls
+    # Of each dispatched call: its step, TD errors and, when prioritized, the [rows, versions] sampled.
+    self._in_flight: collections.deque = collections.deque()
     self._publish(state)
     self._published_at = self.steps
     self._outgoing = None   # a state being copied to the host for its publish
@@ -84,13 +100,19 @@ class Learner:
   def can_update(self) -> bool:
     return self.replay.can_sample(self._batch * self._fused)
 
-  def update(self) -> None:
+  def update(self, env_steps: int = 0) -> None:
     """Samples and dispatches one fused update, and publishes without waiting
     for the device: once a publish is due, the state computed by then starts
     its copy to the host, and it is published at the first later call that
     finds the copy complete. The device never idles for a publish, at the cost
-    of at most ``_MAX_IN_FLIGHT`` calls of policy lag."""
-    batch, policy_step = self.replay.sample(self._batch * self._fused, self._rng)
+    of at most ``_MAX_IN_FLIGHT`` calls of policy lag. ``env_steps``, the
+    run's so far, anneals prioritized replay's beta."""
+    if self._sampler is None:
+      batch, policy_step = self.replay.sample(self._batch * self._fused, self._rng)
+      sampled = None
+    else:
+      batch, policy_step, *sampled = self._sampler.sample(self._batch, self._rng, self._beta(env_steps),
+                                                          self._fused)
     valid = batch.valid > 0   # an invalid row's policy_step is 0, not an age
     self._age_sum += float((self.steps - policy_step[valid]).sum())
     self._age_count += int(valid.sum())
@@ -98,11 +120,16 @@ class Learner:
       self._outgoing = self.state
       for leaf in self._jax.tree.leaves((self.state.params, self.state.epsilon, self.state.step)):
         leaf.copy_to_host_async()
-    self.state, self._totals = self._update(self.state, self._fused_batches(batch), self._totals)
+    self.state, self._totals, td_error = self._update(self.state, self._fused_batches(batch), self._totals)
     self.steps += self._fused
-    self._in_flight.append(self.state.step)
+    if sampled is not None:
+      td_error.copy_to_host_async()
+    self._in_flight.append((self.state.step, td_error, sampled))
     if len(self._in_flight) > self._MAX_IN_FLIGHT:
-      self._in_flight.popleft().block_until_ready()
+      step, td_error, sampled = self._in_flight.popleft()
+      step.block_until_ready()
+      if sampled is not None:
+        self._sampler.update(*sampled, np.asarray(td_error).reshape(-1))
     # One computation's outputs are ready together: its step stands for all.
     if self._outgoing is not None and self._outgoing.step.is_ready():
       self._publish(self._outgoing)
@@ -212,7 +239,7 @@ class LearningLoop:
     learners: learner id -> its Learner.
     checkpointer: writes the checkpoints of all of them.
     counters: () -> the run's counters (env_steps, episodes, learner_steps)
-      saved with a checkpoint.
+      saved with a checkpoint; env_steps is read at each step too.
     count: (learner_id, learner_steps) -> None, called after each update.
     emit: (record) -> None, takes each learner record.
     warn: (one line) -> None, takes each warning (default: on stderr).
@@ -233,12 +260,13 @@ class LearningLoop:
   def step(self) -> bool:
     """One fused update of every learner the rate limiter allows; whether
     there was any."""
+    env_steps = self._counters()["env_steps"]
     if self._start is None:
-      self._start = (time.monotonic(), self._counters()["env_steps"])
+      self._start = (time.monotonic(), env_steps)
     updated = False
     for lid, learner in self.learners.items():
       if learner.can_update():
-        learner.update()
+        learner.update(env_steps)
         self._count(lid, learner.steps)
         updated = True
     return updated
