@@ -15,6 +15,7 @@ from jaxrl import runtime
 from jaxrl.checkpoint import load_extra_arrays
 from jaxrl.config_file import load_config
 from jaxrl.replay import SharedReplay
+from jaxrl.runtime.builders import make_replays
 from jaxrl.runtime.learning import (CHECKPOINT_DIR, FINAL_CHECKPOINT_STARTED, FINAL_CHECKPOINT_WRITTEN,
                                     Checkpointer, LearningLoop, replay_contents)
 from runs import CARTPOLE
@@ -183,7 +184,9 @@ def test_prioritized_samples_take_the_td_errors_of_their_updates_as_priorities(m
 
 
 def test_a_checkpoint_of_a_prioritized_replay_restores_the_learners_tree(make_learner, tmp_path):
-  overrides = ("replay.prioritized=true", "checkpoint.replay=true", "stop.env_steps=1000")
+  """Restored as --resume restores it (``make_replays`` of the checkpoint's replay)."""
+  overrides = ("replay.prioritized=true", "checkpoint.replay=true", "stop.env_steps=1000", "replay.capacity=16",
+               "replay.min_size=4", "actors.num=1")
   agent, state, learner = make_learner(1.0, lambda s: None, *overrides)
   samples = []
   _recording(learner._sampler, samples, [])   # pylint: disable=protected-access
@@ -194,10 +197,11 @@ def test_a_checkpoint_of_a_prioritized_replay_restores_the_learners_tree(make_le
     loop.step()
   assert samples[0][0] == pytest.approx(0.55)   # beta at the run's env steps
   path = loop.checkpoint()
-  restored = SharedReplay.create((4,), np.float32, 16)
+  cfg = _config(*overrides)
+  restored = make_replays(cfg, runtime.learner_spaces(cfg), replay_contents(load_extra_arrays(path)))["agent_0"]
   try:
-    restored.restore(replay_contents(load_extra_arrays(path))["agent_0"])
-    resumed = runtime.Learner(_config(*overrides), agent, restored, state, lambda s: None)
+    assert restored.inserts() == 16
+    resumed = runtime.Learner(cfg, agent, restored, state, lambda s: None)
     tree = resumed._sampler.tree   # pylint: disable=protected-access
     np.testing.assert_array_equal(tree.leaves, learner._sampler.tree.leaves)   # pylint: disable=protected-access
     assert len(set(tree.leaves.tolist())) > 1   # updated from TD errors, not the defaults
