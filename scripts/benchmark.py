@@ -21,6 +21,15 @@ actor, replay, agent and learner settings:
                over a full ``SharedReplay``, publishing nothing or to a ParamStore.
                The three are timed in turn within each repeat; their ratio is
                the median of the per-repeat ratios.
+  per          (not run by default) prioritized replay's cost to the learner at a MinAtar
+               config's settings (``--config`` if it is one, else configs/minatar_dqn.yaml),
+               1M rows of replay: ``Learner.update`` with uniform sampling and with
+               ``replay.prioritized`` (stratified sampling, taking in the rows written since,
+               priority updates from the TD errors), each call after a writer's add of the
+               rows actors insert per call at ``replay.samples_per_insert``; timed in turn,
+               no publish; their ratio is the median of the per-repeat ratios. Then the
+               ``PrioritizedSampler``'s own work per call, and a ``SumTree``'s update of 32
+               rows and sample of 32 at 1M rows, by fanout (2: a binary tree).
   publish      ParamStore publish-to-visible latency for 1M params
                (``scripts/bench_shm.py``; each repeat is the median of 50 publishes).
   time_to_475  ``scripts/train.py`` runs, sync and async, one per seed: wall
@@ -99,6 +108,7 @@ from jaxrl.config import RunConfig
 from jaxrl.config_file import load_config
 from jaxrl.envs import minatar_game
 from jaxrl.logger import RETURN_WINDOW, read_metrics, trailing_mean
+from jaxrl.priorities import SumTree
 from jaxrl.replay import SharedReplay
 from jaxrl.shm import ParamStore
 
@@ -409,6 +419,83 @@ def bench_learner(cfg: RunConfig, args) -> dict:
   return {"figures": [*(_figure(key, names[key], "updates/s", rates[key]) for key in names),
                       _figure("learner_loop_over_train_step", "Learner loop / fused train_step, per repeat",
                               "ratio", paired, ">= 0.9")]}
+
+
+PER_ROWS = 1_000_000   # the per section's replay
+
+
+def _per_rows(agent, obs_dtype, size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+  """``size`` random transitions for ``ReplayWriter.add``: binary frames, exponential priorities."""
+  rows = _batch(size, agent.obs_shape, agent.num_actions)._asdict()
+  return {"obs": (rows["obs"] > 0).astype(obs_dtype), "action": rows["action"], "reward": rows["reward"],
+          "discount": rows["discount"], "next_obs": (rows["next_obs"] > 0).astype(obs_dtype),
+          "policy_step": np.zeros(size, np.int64), "priority": rng.exponential(size=size).astype(np.float32)}
+
+
+def _per_replay(agent, obs_dtype, num_writers: int, min_size: int) -> SharedReplay:
+  """A full replay of PER_ROWS rows of ``_per_rows``."""
+  replay = SharedReplay.create(agent.obs_shape, obs_dtype, PER_ROWS, num_writers, min_size=min_size)
+  rng, chunk = np.random.default_rng(0), 50_000
+  for w in range(num_writers):
+    writer = replay.writer(w)
+    for _ in range(-(-PER_ROWS // num_writers // chunk)):
+      writer.add(_per_rows(agent, obs_dtype, chunk, rng))
+  return replay
+
+
+def bench_per(cfg: RunConfig, args) -> dict:
+  """Uniform against prioritized Learner.update at a MinAtar config's settings, 1M rows."""
+  runtime.configure_jax("learner")
+  config = args.config if cfg.env.id.startswith("MinAtar/") else "configs/minatar_dqn.yaml"
+  uniform_cfg = load_config(config, [f"replay.capacity={PER_ROWS}"])
+  prioritized_cfg = load_config(config, [f"replay.capacity={PER_ROWS}", "replay.prioritized=true"])
+  agent, obs_dtype = next(iter(_agents(uniform_cfg).values()))
+  fused, size = uniform_cfg.learner.updates_per_call, uniform_cfg.learner.batch_size
+  inserts = max(1, round(fused * size / (uniform_cfg.replay.samples_per_insert or fused * size)))
+  replay = _per_replay(agent, obs_dtype, uniform_cfg.actors.num, uniform_cfg.replay.min_size)
+  try:
+    writer, rng = replay.writer(0), np.random.default_rng(1)
+    fresh = [_per_rows(agent, obs_dtype, inserts, rng) for _ in range(64)]   # the actors' adds, in turn
+    adds = itertools.cycle(fresh)
+    learners = {name: runtime.Learner(c, agent, replay, agent.init(jax.random.PRNGKey(0)), publish=lambda _: None)
+                for name, c in (("uniform", uniform_cfg), ("prioritized", prioritized_cfg))}
+
+    def step(learner):
+      def call():
+        writer.add(next(adds))
+        learner.update()
+      return call
+    rates = _interleaved_rates({name: (step(learner), learner.report) for name, learner in learners.items()},
+                               fused, args)
+    sampler = learners["prioritized"]._sampler   # pylint: disable=protected-access
+
+    def sampler_call():
+      writer.add(next(adds))
+      _, _, rows, versions = sampler.sample(size, rng, 0.4, fused)
+      sampler.update(rows, versions, rng.normal(size=len(rows)).astype(np.float32))
+    sampler_us = [1e6 / r for r in _rates(sampler_call, 1, args)]
+    trees = {}
+    for fanout in (2, 8, 32, 128):
+      tree = SumTree(PER_ROWS, fanout)
+      tree.update(np.arange(PER_ROWS), rng.exponential(size=PER_ROWS))
+
+      def tree_call(tree=tree):
+        tree.update(rng.integers(0, PER_ROWS, 32), rng.exponential(size=32))
+        tree.sample(32, rng)
+      trees[fanout] = [1e6 / r for r in _rates(tree_call, 1, args)]
+  finally:
+    replay.close()
+    replay.unlink()
+  shape = f"{Path(config).stem} batch {size} x{fused}, {PER_ROWS:,} rows, +{inserts} inserts"
+  paired = [p / u for p, u in zip(rates["prioritized"], rates["uniform"])]
+  return {"figures": [
+      _figure("per_uniform", f"Learner.update {shape}, uniform", "updates/s", rates["uniform"]),
+      _figure("per_prioritized", f"Learner.update {shape}, prioritized", "updates/s", rates["prioritized"]),
+      _figure("per_over_uniform", "  prioritized / uniform, per repeat", "ratio", paired, ">= 0.9"),
+      _figure("per_sampler", f"a writer's add of {inserts}, then PrioritizedSampler: take them in, sample "
+              f"{fused} x {size}, update {fused * size}", "us", sampler_us),
+      *(_figure(f"per_tree_{fanout}", f"SumTree fanout {fanout}: update 32 + sample 32, {PER_ROWS:,} rows", "us",
+                us) for fanout, us in trees.items())]}
 
 
 def bench_publish(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-argument
@@ -825,7 +912,7 @@ def bench_minatar(cfg: RunConfig, args) -> dict:
 
 
 SECTIONS = {"env": bench_env, "actor": bench_actor, "train_step": bench_train_step, "learner": bench_learner,
-            "publish": bench_publish, "time_to_475": bench_time_to_475, "conv": bench_conv, "nature": bench_nature, "minatar": bench_minatar,
+            "per": bench_per, "publish": bench_publish, "time_to_475": bench_time_to_475, "conv": bench_conv, "nature": bench_nature, "minatar": bench_minatar,
             "learning": bench_learning, "ray": bench_ray, "supervisor": bench_supervisor}
 DEFAULT_SECTIONS = ["env", "actor", "train_step", "learner", "publish", "time_to_475", "supervisor"]   # "minatar", "learning": long
 RATIOS = (  # (key, name, numerator key, denominator key, target)
