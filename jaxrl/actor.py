@@ -42,18 +42,31 @@ def mlp_params(params: Any) -> tuple[Dense, ...]:
   """A numpy copy of the params (numpy or jax tree) of a ``networks.QNetwork``
   with an ``MLPTorso``: its Dense layers in call order, the torso's
   (``params["params"]["torso"]["Dense_<i>"]``) then the output layer
-  (``params["params"]["Dense_0"]``), shapes [D, H1], [H1, H2], ..., [H, A]."""
+  (``params["params"]["Dense_0"]``), shapes [D, H1], [H1, H2], ..., [H, A].
+
+  A dueling network's head (``params["params"]["head"]``: ``value`` [H, 1],
+  ``advantage`` [H, A]) is linear in its input, and becomes the one output
+  layer it equals: Q = x @ (w_v + W_a - mean_a W_a) + (b_v + b_a - mean_a
+  b_a), folded in float64."""
   def dense_layers(tree) -> tuple[Dense, ...]:
     names = sorted((name for name in tree if name.startswith("Dense_")), key=lambda s: int(s[6:]))
     return tuple((np.array(tree[name]["kernel"], np.float32), np.array(tree[name]["bias"], np.float32))
                  for name in names)
   tree = params["params"]
-  return dense_layers(tree["torso"]) + dense_layers(tree)
+  if "head" not in tree:
+    return dense_layers(tree["torso"]) + dense_layers(tree)
+  value, advantage = tree["head"]["value"], tree["head"]["advantage"]
+  w_v, b_v, w_a, b_a = (np.asarray(x, np.float64) for x in (value["kernel"], value["bias"], advantage["kernel"],
+                                                             advantage["bias"]))
+  kernel = w_v + w_a - w_a.mean(axis=1, keepdims=True)  # [H, 1] + [H, A] - [H, 1]
+  bias = b_v + b_a - b_a.mean()                         # [1] + [A] - []
+  return dense_layers(tree["torso"]) + ((kernel.astype(np.float32), bias.astype(np.float32)),)
 
 
 def numpy_q_values(layers: tuple[Dense, ...], obs: np.ndarray) -> np.ndarray:
-  """Q(obs) float32 [B, A] of a ``networks.QNetwork`` with an ``MLPTorso``,
-  in numpy: ReLU dense layers, then the linear output layer.
+  """Q(obs) float32 [B, A] of a ``networks.QNetwork`` with an ``MLPTorso``
+  (dueling or not), in numpy: ReLU dense layers, then the linear output
+  layer (a dueling head folded into one by ``mlp_params``).
 
   Args:
     layers: ``mlp_params`` of the network's params.

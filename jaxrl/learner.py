@@ -90,7 +90,7 @@ class Agent:
     self.builtin_network = network is None
     if network is None:
       network = networks.make_network(config.algo, self.obs_shape, self.num_actions, config.hidden_sizes,
-                                      self.obs_range, config.quantile_embedding_dim)
+                                      self.obs_range, config.quantile_embedding_dim, config.dueling)
     self.network = network
     self.epsilon_schedule = _linear(config.epsilon_start, config.epsilon_end, config.epsilon_decay_steps)
     self.learning_rate_schedule = _linear(config.learning_rate, config.lr_end, config.lr_decay_steps)
@@ -293,8 +293,8 @@ def make_agent(config: AgentConfig, obs_shape: Sequence[int], num_actions: int,
     num_actions: number of discrete actions.
     network: a flax module replacing the built-in network: for DQN
       ``obs [B, *obs_shape] -> Q [B, A]``, for IQN ``(obs, taus [B, N]) ->
-      Z [B, N, A]``. ``hidden_sizes`` and ``quantile_embedding_dim`` are then
-      unused; ``agent.init`` checks the output shape.
+      Z [B, N, A]``. ``hidden_sizes``, ``quantile_embedding_dim`` and
+      ``dueling`` are then unused; ``agent.init`` checks the output shape.
     obs_range: (low, high), the bounds of image observations: the built-in
       conv torso scales frames to [0, 1] by them (MinAtar's bool frames
       (0, 1), an Atari frame's uint8 (0, 255)). None: frames unscaled.

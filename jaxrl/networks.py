@@ -193,15 +193,48 @@ def make_torso(obs_shape: Sequence[int], hidden_sizes: Sequence[int],
   raise ValueError(f"obs_shape must be (D,) or (H, W, C), got {tuple(obs_shape)}")
 
 
-class QNetwork(nn.Module):
-  """Q(obs): [B, *obs_shape] -> float32 [B, num_actions]."""
-  torso: nn.Module
+class DuelingHead(nn.Module):
+  """The dueling head (Wang et al. 2016, eq. 9): features [..., D] ->
+  Q [..., num_actions] = V + A - mean_a A, with V [..., 1] and A [..., num_actions]
+  linear streams on the shared features (params ``value`` and ``advantage``).
+
+  Subtracting A's mean over actions makes V and A identifiable: Q - mean_a Q
+  is A - mean_a A, and V moves every action's Q alike.
+  """
   num_actions: int
   kernel_init: Initializer = DEFAULT_INIT
 
   @nn.compact
+  def __call__(self, x):
+    value = nn.Dense(1, kernel_init=self.kernel_init, name="value")(x)                        # [..., 1]
+    advantage = nn.Dense(self.num_actions, kernel_init=self.kernel_init, name="advantage")(x)  # [..., A]
+    return value + advantage - jnp.mean(advantage, axis=-1, keepdims=True)
+
+
+def _output_layer(num_actions: int, dueling: bool, kernel_init: Initializer) -> nn.Module:
+  """The last layer of a Q or IQN network: linear, or ``DuelingHead``.
+
+  Called inside a compact ``__call__``: the linear one is that module's next
+  ``Dense_<i>``, so networks without dueling keep the params layout they
+  always had; the dueling one is ``head`` (``head/value``, ``head/advantage``).
+  """
+  if dueling:
+    return DuelingHead(num_actions, kernel_init, name="head")
+  return nn.Dense(num_actions, kernel_init=kernel_init)
+
+
+class QNetwork(nn.Module):
+  """Q(obs): [B, *obs_shape] -> float32 [B, num_actions]: the torso, then a
+  linear layer, or with ``dueling`` the ``DuelingHead`` on the torso's
+  features."""
+  torso: nn.Module
+  num_actions: int
+  kernel_init: Initializer = DEFAULT_INIT
+  dueling: bool = False
+
+  @nn.compact
   def __call__(self, obs):
-    return nn.Dense(self.num_actions, kernel_init=self.kernel_init)(self.torso(obs))
+    return _output_layer(self.num_actions, self.dueling, self.kernel_init)(self.torso(obs))
 
 
 class IQNNetwork(nn.Module):
@@ -214,7 +247,9 @@ class IQNNetwork(nn.Module):
   f = first_frequency (0 as in the paper, 1 as in Dopamine) and E =
   embedding_dim; the torso output psi(obs) [B, D] is multiplied elementwise
   with phi [B, N, D], then ReLU dense layers of ``hidden_sizes`` (None: one
-  of width D) and the linear output layer follow.
+  of width D) and the linear output layer follow; with ``dueling`` the
+  ``DuelingHead`` in its place, per quantile: Z(obs, tau)_a = V(obs, tau) +
+  A(obs, tau)_a - mean_a' A(obs, tau)_a'.
 
   The MLP and MinAtar torsos end in their dense layers and take the default
   (None); for Atari the torso is the Nature convs alone (D = 3136) and
@@ -226,6 +261,7 @@ class IQNNetwork(nn.Module):
   hidden_sizes: Sequence[int] | None = None
   first_frequency: int = 0
   kernel_init: Initializer = DEFAULT_INIT
+  dueling: bool = False
 
   @nn.compact
   def __call__(self, obs, taus):
@@ -238,11 +274,12 @@ class IQNNetwork(nn.Module):
     x = psi[:, None, :] * phi                                                # [B, N, D]
     for hidden in (width,) if self.hidden_sizes is None else self.hidden_sizes:
       x = nn.relu(dense(hidden)(x))
-    return dense(self.num_actions)(x)                                        # [B, N, A]
+    return _output_layer(self.num_actions, self.dueling, self.kernel_init)(x)  # [B, N, A]
 
 
 def make_network(algo: str, obs_shape: Sequence[int], num_actions: int, hidden_sizes: Sequence[int],
-                 obs_range: tuple[float, float] | None = None, embedding_dim: int = 64) -> nn.Module:
+                 obs_range: tuple[float, float] | None = None, embedding_dim: int = 64,
+                 dueling: bool = False) -> nn.Module:
   """jaxrl's network for ``algo`` ("dqn": ``QNetwork``, obs -> [B, A];
   "iqn": ``IQNNetwork``, (obs, taus) -> [B, N, A]) on ``make_torso``'s torso.
 
@@ -251,15 +288,21 @@ def make_network(algo: str, obs_shape: Sequence[int], num_actions: int, hidden_s
   the Nature convs as the state, the tau embedding of its width (cosines
   i = 1..E) multiplied into it, then ``hidden_sizes`` and the output, every
   kernel from ``IQN_ATARI_INIT``.
+
+  ``dueling``: the output layer is the ``DuelingHead`` (its value and
+  advantage streams linear on the last hidden layer; per quantile for
+  IQN), on every torso; without it the params are laid out as they always
+  were.
   """
   hidden_sizes = tuple(hidden_sizes)
   if is_nature_shape(obs_shape):
     obs_range = None if obs_range is None else tuple(map(float, obs_range))
     if algo == "dqn":
-      return QNetwork(NatureConvTorso(hidden_sizes, obs_range, DQN_ATARI_INIT), num_actions, DQN_ATARI_INIT)
+      return QNetwork(NatureConvTorso(hidden_sizes, obs_range, DQN_ATARI_INIT), num_actions, DQN_ATARI_INIT,
+                      dueling=dueling)
     return IQNNetwork(NatureConvTorso((), obs_range, IQN_ATARI_INIT), num_actions, embedding_dim,
-                      hidden_sizes=hidden_sizes, first_frequency=1, kernel_init=IQN_ATARI_INIT)
+                      hidden_sizes=hidden_sizes, first_frequency=1, kernel_init=IQN_ATARI_INIT, dueling=dueling)
   torso = make_torso(obs_shape, hidden_sizes, obs_range)
   if algo == "dqn":
-    return QNetwork(torso, num_actions)
-  return IQNNetwork(torso, num_actions, embedding_dim)
+    return QNetwork(torso, num_actions, dueling=dueling)
+  return IQNNetwork(torso, num_actions, embedding_dim, dueling=dueling)
