@@ -22,26 +22,25 @@ from jaxrl.transition import Transition
 # binary tree (20 levels of numpy calls on 32 items), 19 + 55 at 16 children,
 # 13 + 67 at 128, and 3.7 ms for np.cumsum and np.searchsorted over all rows.
 FANOUT = 32
+TOP = 1024
 
 
 class SumTree:
   """Non-negative values over ``size`` leaves and their sums, in a tree of
   ``fanout`` children per node: level 0 holds the leaves, each level above
-  the sums of the one below, padded with zeros to whole nodes; the top
-  level is one node. Every sum is recomputed from its children (float64),
-  never adjusted by differences, so it carries no drift.
+  the sums of the one below, padded with zeros to whole nodes, up to the
+  first of at most ``top`` sums, which ``find`` searches by its running sum
+  (one ``np.cumsum`` and ``np.searchsorted`` in place of the levels above).
+  Every sum is recomputed from its children (float64), never adjusted by
+  differences, so it carries no drift.
   """
 
-  def __init__(self, size: int, fanout: int = FANOUT):
+  def __init__(self, size: int, fanout: int = FANOUT, top: int = TOP):
     self.size, self._fanout = size, fanout
-    self._levels: list[np.ndarray] = []
-    count = size
-    while True:
-      nodes = -(-count // fanout)
-      self._levels.append(np.zeros(nodes * fanout))
-      if nodes == 1:
-        break
-      count = nodes
+    self._levels = [np.zeros(-(-size // fanout) * fanout)]
+    while len(self._levels[-1]) > top:
+      nodes = len(self._levels[-1]) // fanout
+      self._levels.append(np.zeros(nodes if nodes <= top else -(-nodes // fanout) * fanout))
 
   @property
   def leaves(self) -> np.ndarray:
@@ -73,11 +72,16 @@ class SumTree:
     of ``targets`` [K] (in [0, total)): the first row whose inclusive prefix
     sum exceeds the target. A row of value 0 is never found; a target at or
     past the total (by rounding) finds the last row of positive value."""
-    fanout = self._fanout
-    node = np.zeros(len(targets), np.int64)
-    offset = np.arange(len(targets)) * fanout
+    fanout, top = self._fanout, self._levels[-1]
     targets = np.asarray(targets, np.float64)
-    for level in reversed(self._levels):
+    running = top.cumsum()
+    node = np.searchsorted(running, targets, side="right")
+    past = node == len(top)
+    if past.any():
+      node[past] = np.flatnonzero(top)[-1]
+    targets = targets - np.where(node > 0, running[node - 1], 0.0)
+    offset = np.arange(len(targets)) * fanout
+    for level in reversed(self._levels[:-1]):
       children = level.reshape(-1, fanout)[node]   # [K, fanout]
       running = children.cumsum(1)
       child = np.argmax(running > targets[:, None], axis=1)
@@ -163,6 +167,8 @@ class PrioritizedSampler:
       ``weight`` float32 [batches * batch_size] the importance weights
       (``importance_weights`` within each batch); and the rows' identities
       for ``update``: row int64 and version int64 (-1 for an invalid row).
+      While no row holds a transition the replay serves (a writer lapping
+      all it had taken in), all rows are padding, of weight 1.
     """
     marks = self.replay.marks()
     cleared, written = self.replay.changed_rows(self._marks, marks)
@@ -172,9 +178,13 @@ class PrioritizedSampler:
       self._version[cleared] = -1
     if len(written):
       self._take(written)
-    rows = self.tree.sample(batch_size, rng, batches)
-    versions = self._version[rows]
-    weight = importance_weights(self.tree.leaves[rows].reshape(batches, batch_size), beta)
+    if self.tree.total > 0:
+      rows = self.tree.sample(batch_size, rng, batches)
+      versions = self._version[rows]
+      weight = importance_weights(self.tree.leaves[rows].reshape(batches, batch_size), beta)
+    else:
+      rows, versions = np.zeros(batches * batch_size, np.int64), np.full(batches * batch_size, -1)
+      weight = np.ones(batches * batch_size)
     batch, policy_step, valid = self.replay.read(rows, versions)
     if not valid.all():   # changed since taken in, or never complete: out of the tree until rewritten
       self.tree.update(rows[~valid], 0.0)

@@ -56,14 +56,14 @@ def leaf(priority) -> np.ndarray:
 
 # ---------------------------------------------------------------- the tree
 
-@settings(max_examples=60, deadline=None)
-@given(size=st.integers(1, 300), fanout=st.sampled_from([2, 3, 4, 32]),
+@settings(max_examples=80, deadline=None)
+@given(size=st.integers(1, 300), fanout=st.sampled_from([2, 3, 4, 32]), top=st.sampled_from([1, 2, 7, 1024]),
        updates=st.lists(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 5)), min_size=1, max_size=40),
                         min_size=1, max_size=6))
-def test_the_tree_finds_what_a_cumsum_sampler_finds(size, fanout, updates):
+def test_the_tree_finds_what_a_cumsum_sampler_finds(size, fanout, top, updates):
   """Integer leaves, so that sums are exact: every target k + 0.5 finds the
   row np.searchsorted finds on the running sum, never a row of 0."""
-  tree, naive = SumTree(size, fanout), np.zeros(size)
+  tree, naive = SumTree(size, fanout, top), np.zeros(size)
   for update in updates:
     index = np.array([i % size for i, _ in update])
     values = np.array([v for _, v in update], np.float64)
@@ -77,8 +77,9 @@ def test_the_tree_finds_what_a_cumsum_sampler_finds(size, fanout, updates):
     assert (naive[found] > 0).all()
 
 
-def test_a_target_past_the_total_by_rounding_finds_the_last_positive_row():
-  tree = SumTree(100, fanout=4)
+@pytest.mark.parametrize("top", [1, 1024])   # Levels above the leaves, or none.
+def test_a_target_past_the_total_by_rounding_finds_the_last_positive_row(top):
+  tree = SumTree(100, 4, top)
   tree.update(np.array([3, 50, 61]), np.array([0.1, 0.2, 0.3]))
   assert tree.find(np.array([tree.total, np.nextafter(tree.total, 1.0)])).tolist() == [61, 61]
 
@@ -200,6 +201,11 @@ def test_a_row_torn_or_never_completed_is_invalid_and_leaves_the_tree():
     assert sampler.tree.leaves[2] == 0
     sampler.update(drawn, versions, np.full(4, 5.0, F32))
     assert sampler.tree.leaves[2] == 0 and (sampler.tree.leaves[[0, 1, 3]] == leaf(5.0)).all()
+    replay._arrays["version"][:] += 1   # Every row torn: drawn invalid, then nothing to draw.
+    for _ in range(2):
+      batch, _, _, versions = sampler.sample(4, rng, 0.4)
+      assert not batch.valid.any() and (versions == -1).all() and np.isfinite(batch.weight).all()
+    assert sampler.tree.total == 0 and (batch.weight == 1).all()
 
 
 def test_contents_and_restore_rebuild_the_saved_tree():
