@@ -27,7 +27,8 @@ actor, replay, agent and learner settings:
                ``replay.prioritized`` (stratified sampling, taking in the rows written since,
                priority updates from the TD errors), each call after a writer's add of the
                rows actors insert per call at ``replay.samples_per_insert``; timed in turn,
-               no publish; their ratio is the median of the per-repeat ratios. Then the
+               no publish, in short turns; their ratios (of updates/s, and of the process's
+               CPU time an update) are medians of the per-turn ratios. Then the
                ``PrioritizedSampler``'s own work per call, and a ``SumTree``'s update of 32
                rows and sample of 32 at 1M rows, by fanout (2: a binary tree).
   publish      ParamStore publish-to-visible latency for 1M params
@@ -443,6 +444,32 @@ def _per_replay(agent, obs_dtype, num_writers: int, min_size: int) -> SharedRepl
   return replay
 
 
+def _per_rates(learners: dict, insert: Callable[[], Any], fused: int,
+               args) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+  """Updates/s and the process's CPU ms an update of each learner's
+  ``insert(); update()`` calls, in turn (which one first alternates) over
+  4 x ``args.repeats`` slices of a quarter of ``args.seconds``: short
+  slices, so that the load of a shared machine falls on both alike."""
+  rates = {name: [] for name in learners}
+  cpu = {name: [] for name in learners}
+  for name, learner in learners.items():   # warm-up
+    insert()
+    learner.update()
+    learner.report()
+  for repeat in range(4 * args.repeats):
+    for name in sorted(learners, reverse=repeat % 2 == 1):
+      learner, calls = learners[name], 0
+      wall, start = time.perf_counter(), time.process_time()
+      while time.perf_counter() - wall < args.seconds / 4:
+        insert()
+        learner.update()
+        calls += 1
+      learner.report()
+      rates[name].append(calls * fused / (time.perf_counter() - wall))
+      cpu[name].append(1e3 * (time.process_time() - start) / (calls * fused))
+  return rates, cpu
+
+
 def bench_per(cfg: RunConfig, args) -> dict:
   """Uniform against prioritized Learner.update at a MinAtar config's settings, 1M rows."""
   runtime.configure_jax("learner")
@@ -460,13 +487,7 @@ def bench_per(cfg: RunConfig, args) -> dict:
     learners = {name: runtime.Learner(c, agent, replay, agent.init(jax.random.PRNGKey(0)), publish=lambda _: None)
                 for name, c in (("uniform", uniform_cfg), ("prioritized", prioritized_cfg))}
 
-    def step(learner):
-      def call():
-        writer.add(next(adds))
-        learner.update()
-      return call
-    rates = _interleaved_rates({name: (step(learner), learner.report) for name, learner in learners.items()},
-                               fused, args)
+    rates, cpu = _per_rates(learners, lambda: writer.add(next(adds)), fused, args)
     sampler = learners["prioritized"]._sampler   # pylint: disable=protected-access
 
     def sampler_call():
@@ -488,10 +509,15 @@ def bench_per(cfg: RunConfig, args) -> dict:
     replay.unlink()
   shape = f"{Path(config).stem} batch {size} x{fused}, {PER_ROWS:,} rows, +{inserts} inserts"
   paired = [p / u for p, u in zip(rates["prioritized"], rates["uniform"])]
+  cpu_paired = [u / p for p, u in zip(cpu["prioritized"], cpu["uniform"])]
   return {"figures": [
       _figure("per_uniform", f"Learner.update {shape}, uniform", "updates/s", rates["uniform"]),
       _figure("per_prioritized", f"Learner.update {shape}, prioritized", "updates/s", rates["prioritized"]),
       _figure("per_over_uniform", "  prioritized / uniform, per repeat", "ratio", paired, ">= 0.9"),
+      _figure("per_cpu_uniform", "  uniform: the process's CPU time an update", "ms", cpu["uniform"]),
+      _figure("per_cpu_prioritized", "  prioritized: the process's CPU time an update", "ms", cpu["prioritized"]),
+      _figure("per_cpu_over_uniform", "  uniform / prioritized CPU time an update, per repeat", "ratio", cpu_paired,
+              ">= 0.9"),
       _figure("per_sampler", f"a writer's add of {inserts}, then PrioritizedSampler: take them in, sample "
               f"{fused} x {size}, update {fused * size}", "us", sampler_us),
       *(_figure(f"per_tree_{fanout}", f"SumTree fanout {fanout}: update 32 + sample 32, {PER_ROWS:,} rows", "us",
