@@ -52,14 +52,8 @@ def dqn_loss(q_tm1: chex.Array, a_tm1: chex.Numeric, r_t: chex.Numeric,
   with the target under stop_gradient. Pass ``q_t_selector = q_t_value``
   (the target net) for DQN and the online net's values for Double DQN.
 
-  Args:
-    q_tm1: float [A] online Q at the observation.
-    a_tm1: int [] action taken.
-    r_t: float [] reward (n-step discounted sum).
-    discount_t: float [] bootstrap factor (gamma**k, 0 at termination).
-    q_t_value: float [A] target-net Q at the next observation.
-    q_t_selector: float [A] Q that picks the bootstrap action.
-    huber_delta: Huber threshold; None gives 0.5 * td**2.
+  Args: those of ``dqn_td``, and huber_delta: the Huber threshold; None
+  gives 0.5 * td**2.
 
   Returns:
     float [] loss.
