@@ -116,10 +116,17 @@ class _LearnerSlots:
   ``FrameStream``: the accumulator then carries references to stacks, and
   each step's transitions carry the new frames. ``clip_rewards`` and
   ``terminal_on_life_loss`` change the transitions only, never the episodes.
+
+  With ``priorities``, the transitions carry their n-step TD errors under
+  the acting values (``NStepAccumulator.step``'s ``priority``): Q(obs) of
+  each step is taken once, after the env step that gives obs, where it
+  serves both the finished transitions' bootstrap and the next actions; only
+  a new policy in between makes a second pass.
   """
 
   def __init__(self, agent, space: LearnerSpace, obs: np.ndarray, rng: np.random.Generator, n_step: int,
-               gamma: float, collect: bool, clip_rewards: bool = False, terminal_on_life_loss: bool = False):
+               gamma: float, collect: bool, clip_rewards: bool = False, terminal_on_life_loss: bool = False,
+               priorities: bool = False):
     self.agent_ids = space.agent_ids
     self.obs = obs
     self.num_slots = num_slots = len(obs)
@@ -134,6 +141,10 @@ class _LearnerSlots:
       stored_shape, stored_dtype = ((), np.int64) if self._frames else (space.obs_shape, space.obs_dtype)
       self._accumulator = NStepAccumulator(num_slots, n_step, gamma, stored_shape, stored_dtype)
     self._clip_rewards, self._terminal_on_life_loss = clip_rewards, terminal_on_life_loss
+    self._priorities = collect and priorities
+    self._q = None      # float [S, A]: Q(obs) under the current policy, if taken already
+    self._value = None  # float [S]: Q(obs, action) of this step's actions (with priorities)
+    self._slots = np.arange(num_slots)
     self._rng = rng
     # Exploration draws, float [D, S] uniforms and int [D, S] random actions,
     # taken _DRAW_STEPS steps at a time; row self._draw is this step's. From
@@ -162,6 +173,7 @@ class _LearnerSlots:
       self.params = jax.device_put(jax.tree.map(np.array, params))
     self.epsilon = float(epsilon)
     self.policy_step = int(step)
+    self._q = None
     self._set_explore()
 
   def _set_explore(self) -> None:
@@ -179,15 +191,20 @@ class _LearnerSlots:
       self._draw = 0
     draw = self._draw
     self._draw += 1
-    if self._jax_q_values is None:
-      q = numpy_q_values(self.params, self.obs)
-    else:
-      key = self._rng.integers(0, 2**32, 2, np.uint32)  # A raw jax.random key.
-      q = np.asarray(self._jax_q_values(self.params, self.obs, key))
+    q = self._q_values(self.obs) if self._q is None else self._q
     self._action = q.argmax(axis=1)
     if self._explores[draw]:
       self._action = np.where(self._explore[draw], self._random_actions[draw], self._action)
+    if self._priorities:
+      self._value = q[self._slots, self._action]
     return self._action
+
+  def _q_values(self, obs: np.ndarray) -> np.ndarray:
+    """Q(obs) float32 [S, A] under the current policy."""
+    if self._jax_q_values is None:
+      return numpy_q_values(self.params, obs)
+    key = self._rng.integers(0, 2**32, 2, np.uint32)  # A raw jax.random key.
+    return np.asarray(self._jax_q_values(self.params, obs, key))
 
   def record(self, step: SlotStep, learner_step: int, steps: int,
              episodes: list[Episode]) -> dict[str, np.ndarray] | None:
@@ -222,12 +239,16 @@ class _LearnerSlots:
     """The n-step transitions this step completes, as the learner sees them."""
     reward = np.clip(step.reward, -1.0, 1.0) if self._clip_rewards else step.reward
     cut = step.life_lost if self._terminal_on_life_loss else None
+    next_value = None
+    if self._priorities:  # The next actions' Q, and the bootstrap of what ends here.
+      self._q = self._q_values(step.obs)
+      next_value = self._q.max(axis=1)
     if self._frames is None:
       return self._accumulator.step(self.obs, self._action, reward, step.terminated, step.truncated, step.obs,
-                                    self.policy_step, active, cut)
+                                    self.policy_step, active, cut, self._value, next_value)
     next_ref = self._frames.push(step.obs)
     transitions = self._accumulator.step(self._obs_ref, self._action, reward, step.terminated, step.truncated,
-                                         next_ref, self.policy_step, active, cut)
+                                         next_ref, self.policy_step, active, cut, self._value, next_value)
     self._obs_ref = next_ref
     transitions.update(self._frames.take_frames())
     return transitions
@@ -246,12 +267,14 @@ class Actor:
   episode; a slot's next active step starts its next episode.
   ``clip_rewards`` and ``terminal_on_life_loss`` (the ``env`` keys) change
   the transitions only: episodes report the game's score over whole games.
+  ``priorities`` (``replay.prioritized``) gives each transition its first
+  priority, its n-step TD error under the acting params (Ape-X).
   Deterministic for a given ``seed``, params and sequence of calls.
   """
 
   def __init__(self, agents: Mapping[str, Any], env_set: EnvSet, seed: int, n_step: int = 1,
                gamma: float = 0.99, collect: bool = True, clip_rewards: bool = False,
-               terminal_on_life_loss: bool = False):
+               terminal_on_life_loss: bool = False, priorities: bool = False):
     if set(agents) != set(env_set.learners):
       raise ValueError(f"agents are for learners {sorted(agents)}, the env set has {list(env_set.learners)}")
     for learner, space in env_set.learners.items():
@@ -265,7 +288,7 @@ class Actor:
     obs = env_set.reset(seed)
     self._learners = {
         learner: _LearnerSlots(agents[learner], space, obs[learner], rng, n_step, gamma, collect, clip_rewards,
-                               terminal_on_life_loss)
+                               terminal_on_life_loss, priorities)
         for (learner, space), rng in zip(env_set.learners.items(), rngs)}
     self._steps = 0
     self._collect = collect

@@ -53,6 +53,7 @@ class NStepAccumulator:
     self._obs = np.zeros((n * e, *obs_shape), self.obs_dtype)
     self._action = np.zeros(n * e, np.int32)
     self._policy_step = np.zeros(n * e, np.int64)
+    self._value = np.full(n * e, np.nan, np.float32)
     self._reward = np.zeros((n, e), np.float64)  # [t % n, i]
     self._row = 0  # Step count mod n.
     # Env i's state s: 0 <= s < n windows open, or s = n when this step is
@@ -83,7 +84,7 @@ class NStepAccumulator:
     self._oldest_start = self._start[:, :1] + np.arange(e)
 
   def step(self, obs, action, reward, terminated, truncated, next_obs,
-           policy_step, active=None, cut=None) -> dict[str, np.ndarray]:
+           policy_step, active=None, cut=None, value=None, next_value=None) -> dict[str, np.ndarray]:
     """Adds one vector-env step; returns the transitions it completed.
 
     Args:
@@ -101,19 +102,27 @@ class NStepAccumulator:
         no transition spans it: its windows are emitted as if it terminated
         (discount 0), and the next step opens a new one (a lost life with
         ``env.terminal_on_life_loss``). Ignored where the episode ended.
+      value, next_value: float [E] or None, given at every step or at none:
+        the actor's Q(obs, action) and max_a Q(next_obs, a). With them each
+        transition gets ``priority``, its n-step TD error under the actor's
+        values (Ape-X): ``|reward + discount * max_a Q(next_obs, a) -
+        Q(obs, action)|``, float32 [N] (a terminal's ``discount`` is 0: no
+        bootstrap; a truncation's is not).
 
     Returns:
       A dict with the keys of ``jaxrl.replay.FIELDS``: obs and next_obs
       [N, *obs_shape] (obs_dtype), action int32 [N], reward and discount
       float32 [N], policy_step int64 [N] (that of the transition's first
-      action), for the N >= 0 transitions completed, ordered by env, then by
-      start step.
+      action), and with ``next_value`` ``priority`` float32 [N], for the
+      N >= 0 transitions completed, ordered by env, then by start step.
     """
     row, num_envs = self._row, len(self._code)
     ring = slice(row * num_envs, (row + 1) * num_envs)
     self._obs[ring] = obs
     self._action[ring] = action
     self._policy_step[ring] = policy_step
+    if value is not None:
+      self._value[ring] = value
     self._reward[row] = reward
     terminated = np.asarray(terminated, bool)
     done = terminated | np.asarray(truncated, bool)
@@ -142,13 +151,20 @@ class NStepAccumulator:
     discount = self._discount.take(position)
     if any_done:
       discount[terminated.take(env)] = 0.0
+    reward = returns.take(flat).astype(np.float32)
     out = {
         "obs": self._obs.take(flat, axis=0),
         "action": self._action.take(flat),
-        "reward": returns.take(flat).astype(np.float32),
+        "reward": reward,
         "discount": discount,
         "next_obs": np.asarray(next_obs, self.obs_dtype).take(env, axis=0),
         "policy_step": self._policy_step.take(flat),
     }
+    if next_value is not None:  # In place: float32 [N], one new array.
+      td = np.asarray(next_value, np.float32).take(env)
+      td *= discount
+      td += reward
+      td -= self._value.take(flat)
+      out["priority"] = np.abs(td, out=td)
     self._row = (row + 1) % self.n_step
     return out

@@ -14,7 +14,9 @@ actor, replay, agent and learner settings:
                with a fixed snapshot per learner (``set_policy`` once), each
                learner's transitions written to a ``SharedReplay`` of its own
                without rate limiting (the actor process's per-step version
-               reads and episode messages are left out).
+               reads and episode messages are left out); beside it, in turn within
+               each repeat, the same actor giving its transitions' priorities
+               (``replay.prioritized``: n-step TD errors of its acting values).
   train_step   unfused jitted ``train_step``: DQN and IQN, hidden (120, 84), batch 128.
   learner      the runtime's fused ``lax.scan`` of ``learner.updates_per_call``
                train_steps on one device-resident batch, and ``Learner.update``
@@ -211,30 +213,46 @@ def bench_actor(cfg: RunConfig, args) -> dict:
   runtime.configure_jax("actor")
   from jaxrl.actor import Actor  # pylint: disable=import-outside-toplevel
   from jaxrl.envs import make_env_set  # pylint: disable=import-outside-toplevel
-  env_set = make_env_set(cfg.env, cfg.agents, cfg.actors.envs_per_actor)
   agents = runtime.make_agents(cfg)
-  actor = Actor(agents, env_set, seed=0, n_step=cfg.replay.n_step, gamma=cfg.replay.gamma)
-  for learner, agent in agents.items():
-    actor.set_policy(learner, jax.device_get(agent.init(jax.random.PRNGKey(0)).params),
-                     agent.config.epsilon_end, 0)
-  replays = {learner: SharedReplay.create(space.obs_shape, space.obs_dtype, cfg.replay.capacity)
-             for learner, space in env_set.learners.items()}  # no rate limiting
-  writers = {learner: replay.writer(0) for learner, replay in replays.items()}
-  learner_steps = dict.fromkeys(agents, 0)
+  params = {learner: jax.device_get(agent.init(jax.random.PRNGKey(0)).params) for learner, agent in agents.items()}
+  closing = []
 
-  def step():
-    transitions = actor.step(learner_steps).transitions
-    for learner, writer in writers.items():
-      writer.add(transitions[learner])
+  def variant(priorities: bool):
+    """(step, finish) of an actor of its own, with or without priorities."""
+    env_set = make_env_set(cfg.env, cfg.agents, cfg.actors.envs_per_actor)
+    actor = Actor(agents, env_set, seed=0, n_step=cfg.replay.n_step, gamma=cfg.replay.gamma,
+                  priorities=priorities)
+    for learner, agent in agents.items():
+      actor.set_policy(learner, params[learner], agent.config.epsilon_end, 0)
+    replays = {learner: SharedReplay.create(space.obs_shape, space.obs_dtype, cfg.replay.capacity)
+               for learner, space in env_set.learners.items()}  # no rate limiting
+    writers = {learner: replay.writer(0) for learner, replay in replays.items()}
+    closing.append((env_set, replays))
+    learner_steps = dict.fromkeys(agents, 0)
+
+    def step():
+      transitions = actor.step(learner_steps).transitions
+      for learner, writer in writers.items():
+        writer.add(transitions[learner])
+    return step, lambda: None
+
   try:
-    rates = _rates(step, actor.num_envs, args)
+    rates = _interleaved_rates({"uniform": variant(False), "prioritized": variant(True)},
+                               cfg.actors.envs_per_actor, args)
   finally:
-    env_set.close()
-    for replay in replays.values():
-      replay.close()
-      replay.unlink()
-  return {"figures": [_figure("actor", f"actor x{actor.num_envs} ({', '.join(agents)}), fixed snapshot, "
-                              "into replay", "env steps/s", rates)]}
+    for env_set, replays in closing:
+      env_set.close()
+      for replay in replays.values():
+        replay.close()
+        replay.unlink()
+  paired = [p / u for p, u in zip(rates["prioritized"], rates["uniform"])]
+  name = f"actor x{cfg.actors.envs_per_actor} ({', '.join(agents)}), fixed snapshot, into replay"
+  return {"figures": [
+      _figure("actor", name, "env steps/s", rates["uniform"]),
+      _figure("actor_prioritized", "  the same, with priorities (replay.prioritized)", "env steps/s",
+              rates["prioritized"]),
+      _figure("actor_priorities_over_uniform", "  with priorities / without, per repeat", "ratio", paired,
+              ">= 0.95")]}
 
 
 def bench_train_step(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-argument

@@ -137,6 +137,48 @@ def test_set_policy_keeps_its_own_copy_of_the_params(algo):
   np.testing.assert_array_equal(run(mutated, 40)[0][AGENT_ID]["action"], run(reference, 40)[0][AGENT_ID]["action"])
 
 
+@pytest.mark.parametrize("n_step", [1, 3])
+def test_priorities_are_the_n_step_td_errors_under_the_acting_values(n_step):
+  """With ``priorities``, each transition carries |R + discount * max_a Q(next_obs, a) - Q(obs, action)|
+  (Ape-X), Q being the acting params'; truncations (CartPole's 20-step limit) bootstrap, terminations not."""
+  agent, params = make("dqn")
+  actor = Actor({AGENT_ID: agent}, cartpole_envs(8, max_episode_steps=20), seed=0, n_step=n_step, gamma=0.9,
+                priorities=True)
+  actor.set_policy(AGENT_ID, params, 0.3, step=0)
+  t = run(actor, 60)[0][AGENT_ID]
+  q, next_q = (np.asarray(agent.q_values(params, t[key])) for key in ("obs", "next_obs"))
+  want = np.abs(t["reward"] + t["discount"] * next_q.max(1) - q[np.arange(len(q)), t["action"]])
+  assert (t["discount"] == 0).any()   # terminated
+  assert (t["discount"] > 0.9 ** n_step + 1e-6).any() or n_step == 1   # truncated, its windows cut short
+  np.testing.assert_allclose(t["priority"], want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("algo", ["dqn", "iqn"])
+def test_priorities_change_no_action_and_a_new_policy_acts_at_once(algo):
+  """The Q an actor takes for the priorities serves the next actions, except
+  after a new policy: those act on the new params' Q. DQN's transitions are
+  the same with priorities as without (IQN draws a key more for each Q)."""
+  agent, params = make(algo)
+  other = jax.tree.map(lambda x: -x, params)
+  runs = []
+  for priorities in (False, True):
+    actor = Actor({AGENT_ID: agent}, cartpole_envs(8), seed=1, priorities=priorities)
+    actor.set_policy(AGENT_ID, params, 0.0, step=0)
+    first = run(actor, 20)[0][AGENT_ID]
+    actor.set_policy(AGENT_ID, other, 0.0, step=1)
+    after = actor.step({AGENT_ID: 1}).transitions[AGENT_ID]   # n = 1: a transition per active env
+    obs, action = after["obs"], after["action"]
+    if algo == "dqn":
+      np.testing.assert_array_equal(action, np.asarray(agent.q_values(other, obs)).argmax(1))
+    runs.append((first, action))
+    assert ("priority" in first) == priorities
+  if algo == "dqn":
+    for key in runs[0][0]:
+      np.testing.assert_array_equal(runs[0][0][key], runs[1][0][key])
+  else:   # IQN: its greedy actions under the negated params differ from the old ones'
+    assert not np.array_equal(runs[1][1], np.asarray(agent.q_values(params, obs, jax.random.PRNGKey(0))).argmax(1))
+
+
 def test_episodes_exclude_the_autoreset_step_and_average_the_policy_lag():
   """CartPole pays 1 per step, so return == length; env i's episodes are back
   to back with one autoreset step between them; learner_step = t + 100 and

@@ -58,11 +58,16 @@ def test_pong_dqn_trains_through_the_cli_on_stacked_frames(dqn_run):
   assert not segments_of(proc.pid)
 
 
-def test_pong_iqn_trains_through_the_cli_in_sync_mode(tmp_path):
+def test_pong_iqn_trains_through_the_cli_in_sync_mode_with_the_actors_priorities(tmp_path):
+  """Prioritized replay and a dueling head on stacked frames: the cells hold
+  the actors' priorities (finite, not the NaN of "none given")."""
   run_dir = tmp_path / "pong_iqn"
   proc = train_cli(ATARI_IQN, f"run_dir={run_dir}", "stop.env_steps=1200", "runtime.mode=sync", *TINY,
-                   "agent.num_tau_samples=8", "agent.num_tau_prime_samples=8", timeout=400)
-  assert_trained(proc, run_dir, 1200)
+                   "agent.num_tau_samples=8", "agent.num_tau_prime_samples=8", "replay.prioritized=true",
+                   "agent.dueling=true", timeout=400)
+  _, extra = assert_trained(proc, run_dir, 1200)
+  priority = extra["replay.agent_0.priority"]
+  assert np.isfinite(priority).mean() > 0.9 and (priority[np.isfinite(priority)] >= 0).all()
 
 
 def test_an_atari_run_resumes_with_its_replay(dqn_run):

@@ -216,6 +216,39 @@ def test_n_step_with_inactive_steps_matches_a_per_env_reference(data, num_envs, 
                                np.reshape([e[2:4] for e in expected[t]], (-1, 2)), rtol=1e-6, atol=1e-6)
 
 
+@settings(max_examples=80, deadline=None)
+@given(data=st.data(), num_envs=st.integers(1, 4), n=st.integers(1, 4), gamma=st.floats(0.0, 1.0),
+       steps=st.integers(1, 25))
+def test_priority_is_the_n_step_td_error_of_the_values_given(data, num_envs, n, gamma, steps):
+  """With value Q(s_t, a_t) = t + 0.5 i and next_value max Q(s_{t+1}) = -3 t - i
+  given at step t, a window from step s to step t gets |R + discount * next_value(t)
+  - value(s)|: no bootstrap past a termination, one past a truncation."""
+  ends = data.draw(st.lists(st.lists(st.sampled_from([0, 0, 0, 1, 2, 3]), min_size=num_envs,
+                                     max_size=num_envs), min_size=steps, max_size=steps))
+  rewards = data.draw(st.lists(st.lists(st.integers(-3, 3), min_size=num_envs, max_size=num_envs),
+                               min_size=steps, max_size=steps))
+  active = data.draw(st.lists(st.lists(st.sampled_from([True, True, True, False]), min_size=num_envs,
+                                       max_size=num_envs), min_size=steps, max_size=steps))
+  acc = NStepAccumulator(num_envs, n, gamma, (1,), F32)
+  expected = reference_n_step(ends, rewards, n, gamma, active)
+  envs = np.arange(num_envs)
+  for t, (end, reward, on) in enumerate(zip(np.array(ends), np.array(rewards, float), np.array(active))):
+    obs = (t * 100 + envs)[:, None]
+    got = acc.step(obs, envs, reward, end >= 2, end % 2 == 1, -obs - 1, t, active=on,
+                   value=t + 0.5 * envs, next_value=-3.0 * t - envs)
+    want = [abs(ret + discount * (-3.0 * t - i) - (start + 0.5 * i))
+            for _, i, ret, discount, _, start in expected[t]]
+    assert got["priority"].dtype == F32
+    np.testing.assert_allclose(got["priority"], np.reshape(want, -1), rtol=1e-5, atol=1e-4)
+
+
+def test_without_values_there_is_no_priority():
+  acc = NStepAccumulator(2, 1, 0.9, (1,), F32)
+  got = acc.step(np.zeros((2, 1)), np.zeros(2, int), np.ones(2), np.zeros(2, bool), np.zeros(2, bool),
+                 np.ones((2, 1)), 0)
+  assert "priority" not in got and len(got["action"]) == 2
+
+
 def test_all_active_is_the_same_as_no_active_mask():
   """Passing active all True changes nothing (the CartPole-like steady path included)."""
   rng = np.random.default_rng(0)

@@ -7,6 +7,8 @@ import platform
 import threading
 import time
 
+import jax
+import numpy as np
 import psutil
 import pytest
 from hypothesis import given
@@ -162,19 +164,39 @@ def test_bad_input_is_a_one_line_error(tmp_path, args, message):
   assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("config,target,env_steps", [
-    ("cartpole_dqn", 475, 100_000), ("cartpole_iqn", 475, 100_000),
-    ("acrobot_dqn", -100, 150_000),
-    pytest.param("acrobot_iqn", -100, 150_000, marks=pytest.mark.slow)])   # IQN and Acrobot: covered above
-def test_config_reaches_its_target(tmp_path, config, target, env_steps):
-  """End-to-end learning with each shipped config: sync mode (deterministic),
-  the issue's env-step budgets, stopping on the greedy evaluation."""
+@pytest.mark.parametrize("config,target,env_steps,overrides", [
+    ("cartpole_dqn", 475, 100_000, ()), ("cartpole_iqn", 475, 100_000, ()),
+    ("cartpole_dqn", 475, 100_000, ("replay.prioritized=true", "agent.dueling=true")),
+    ("acrobot_dqn", -100, 150_000, ()),
+    pytest.param("acrobot_iqn", -100, 150_000, (), marks=pytest.mark.slow)])   # IQN and Acrobot: covered above
+def test_config_reaches_its_target(tmp_path, config, target, env_steps, overrides):
+  """End-to-end learning with each shipped config (and prioritized replay with
+  the actors' priorities and a dueling head): sync mode (deterministic), the
+  issue's env-step budgets, stopping on the greedy evaluation."""
   cfg = load_config(ROOT / "configs" / f"{config}.yaml",
                     ["runtime.mode=sync", f"stop.env_steps={env_steps}", f"stop.eval_return={target}",
-                     "runtime.progress=false"])
+                     "runtime.progress=false", *overrides])
   summary = runtime.train(cfg, tmp_path / "run")
   assert summary["stopped_because"] == "eval_return", summary
   assert summary["eval_return"] >= target
+
+
+@pytest.mark.parametrize("prioritized", [False, True])
+def test_actors_give_priorities_to_a_prioritized_replay(prioritized):
+  """``replay.prioritized`` makes every backend's actors (``make_actor``) give
+  each transition its first priority, finite and non-negative."""
+  from jaxrl.runtime.builders import make_actor  # pylint: disable=import-outside-toplevel
+  cfg = load_config(ROOT / "configs" / "cartpole_dqn.yaml", [f"replay.prioritized={str(prioritized).lower()}",
+                                                             "replay.n_step=3"])
+  agents = runtime.make_agents(cfg)
+  actor = make_actor(cfg, agents, 0, 0)
+  actor.set_policy("agent_0", agents["agent_0"].init(jax.random.PRNGKey(0)).params, 0.5, 0)
+  transitions = [actor.step({"agent_0": 0}).transitions["agent_0"] for _ in range(10)]
+  assert all(("priority" in t) == prioritized for t in transitions)
+  if prioritized:
+    priority = np.concatenate([t["priority"] for t in transitions])
+    assert len(priority) > 0 and np.isfinite(priority).all() and (priority >= 0).all()
+  actor.env_set.close()
 
 
 def test_without_a_rate_limit_sync_mode_updates_once_per_actor_step(tmp_path):

@@ -126,7 +126,8 @@ def make_actor(cfg: RunConfig, agents: dict, actor_id: int, env_steps: int):
   from jaxrl.actor import Actor  # pylint: disable=import-outside-toplevel
   return Actor(agents, make_env_set(cfg.env, cfg.agents, cfg.actors.envs_per_actor),
                seed=actor_seed(cfg, actor_id, env_steps), n_step=cfg.replay.n_step, gamma=cfg.replay.gamma,
-               clip_rewards=cfg.env.clip_rewards, terminal_on_life_loss=cfg.env.terminal_on_life_loss)
+               clip_rewards=cfg.env.clip_rewards, terminal_on_life_loss=cfg.env.terminal_on_life_loss,
+               priorities=cfg.replay.prioritized)
 
 
 def _replay_layout(cfg: RunConfig, space: LearnerSpace) -> tuple[type, dict]:
