@@ -348,18 +348,22 @@ class EvalConfig:
       without a time limit of its own is cut (it counts with its return so
       far, and the record's ``eval_capped`` says how many were cut), so that
       a policy that never ends its episode cannot hang the run.
+    at_end: evaluate once more when the run stops (whatever ``interval``),
+      so that ``summary.json`` always has ``eval_return``.
   """
 
   interval: int = 2_000
   episodes: int = 10
   epsilon: float = 0.0
   max_episode_steps: int = 10_000
+  at_end: bool = True
 
   def __post_init__(self):
     check_positive_int("interval", self.interval, allow_zero=True)
     check_positive_int("episodes", self.episodes)
     check_unit_interval("epsilon", self.epsilon)
     check_positive_int("max_episode_steps", self.max_episode_steps)
+    check(isinstance(self.at_end, bool), "at_end", "true or false", self.at_end)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -495,6 +499,35 @@ class CheckpointConfig:
     check(isinstance(self.replay, bool), "replay", "true or false", self.replay)
 
 
+@dataclasses.dataclass(frozen=True)
+class WandbConfig:
+  """Weights & Biases tracking of a run, beside TensorBoard (the ``wandb`` extra).
+
+  Attributes:
+    project: the W&B project; None = no tracking.
+    entity: the W&B user or team; None = the default of the login.
+    group: the W&B group of the run (e.g. a sweep's name); None = none.
+    tags: tags of the run.
+    mode: "online" (sync as it runs) or "offline" (write under
+      ``<run_dir>/wandb`` only; ``wandb sync`` uploads it later).
+  """
+
+  project: str | None = None
+  entity: str | None = None
+  group: str | None = None
+  tags: tuple[str, ...] = ()
+  mode: str = "online"
+
+  def __post_init__(self):
+    for name in ("project", "entity", "group"):
+      value = getattr(self, name)
+      check(value is None or isinstance(value, str) and bool(value), name, "a non-empty string or null", value)
+    check(isinstance(self.tags, (list, tuple)) and all(isinstance(t, str) and t for t in self.tags), "tags",
+          "a list of non-empty strings", self.tags)
+    object.__setattr__(self, "tags", tuple(self.tags))
+    check(self.mode in ("online", "offline"), "mode", 'one of "online", "offline"', self.mode)
+
+
 MAX_SEED = 2**32 - 1   # jax.random.PRNGKey(seed) keeps only the low 32 bits of a seed
 
 
@@ -514,6 +547,7 @@ class RunConfig:
     stop: stop conditions.
     runtime: processes and reporting.
     checkpoint: checkpointing.
+    wandb: Weights & Biases tracking (off unless ``wandb.project`` is set).
     seed: seed of every random stream of the run (params, actors, envs), in
       [0, 2**32 - 1] (``jax.random.PRNGKey`` keeps only the low 32 bits).
     run_dir: directory of the run's outputs; None = ``runs/<config>-<time>``.
@@ -529,6 +563,7 @@ class RunConfig:
   stop: StopConfig = dataclasses.field(default_factory=StopConfig)
   runtime: RuntimeConfig = dataclasses.field(default_factory=RuntimeConfig)
   checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
+  wandb: WandbConfig = dataclasses.field(default_factory=WandbConfig)
   seed: int = 0
   run_dir: str | None = None
 

@@ -72,6 +72,8 @@ actor, replay, agent and learner settings:
                ``eval_return >= --target``, best and last
                eval_return, the last 100 training episodes' mean return, wall
                time, and each run's curves (the long MPE and MinAtar benchmarks).
+               With ``--run-dir DIR`` each run trains into DIR/seed<SEED> with its replay
+               in its checkpoints, and the same command after a SIGINT resumes it.
 
 Each figure is the median of its repeats (listed); a ratio is of two medians
 measured in the same run, printed when both sections ran, or the median of
@@ -82,6 +84,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -851,9 +854,10 @@ def bench_learning(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-argu
   curve under "runs"."""
   runs = []
   for seed in range(args.first_seed, args.first_seed + args.seeds):
-    with tempfile.TemporaryDirectory(prefix="jaxrl_bench_") as run_dir:
-      cmd = _train_cmd(args.config, run_dir, f"seed={seed}", f"runtime.mode={args.mode}")
-      subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
+    with contextlib.ExitStack() as stack:
+      run_dir = _learning_run_dir(args, seed) or stack.enter_context(
+          tempfile.TemporaryDirectory(prefix="jaxrl_bench_"))
+      _train_to_the_end(args, run_dir, seed)
       records = read_metrics(run_dir)
       summary = json.loads(Path(run_dir, "summary.json").read_text())
     evals = [r for r in records if "eval_return" in r]
@@ -882,6 +886,29 @@ def bench_learning(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-argu
               [r["last100_train_return"] for r in runs]),
       _figure("wall_seconds", "wall time of a run", "s", [r["wall_seconds"] for r in runs])],
           "runs": runs}
+
+
+def _learning_run_dir(args, seed: int) -> str | None:
+  """``--run-dir``'s directory of a learning run's seed, None without it."""
+  return args.run_dir and str(Path(args.run_dir) / f"seed{seed}")
+
+
+def _train_to_the_end(args, run_dir: str, seed: int) -> None:
+  """Trains a learning run to its ``stop.env_steps``: from the start, or in a
+  ``--run-dir`` that holds a run cut short, from its latest checkpoint (its
+  replay saved with it: ``checkpoint.replay=true``); nothing if it finished.
+  Raises CalledProcessError if the run did not reach its end (a SIGINT)."""
+  summary_path = Path(run_dir, "summary.json")
+  done = lambda: summary_path.exists() and json.loads(summary_path.read_text())["stopped_because"] == "env_steps"
+  if done():
+    return
+  if Path(run_dir, "checkpoints").is_dir():
+    cmd = [sys.executable, str(Path(__file__).with_name("train.py")), "--resume", run_dir, "runtime.progress=false"]
+  else:
+    cmd = _train_cmd(args.config, run_dir, f"seed={seed}", f"runtime.mode={args.mode}", "checkpoint.replay=true")
+  subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
+  if not done():
+    raise subprocess.CalledProcessError(1, cmd, "stopped before its stop.env_steps; run it again to resume")
 
 
 MINATAR_REFERENCE_SETTINGS = ("agent.double_q=false", "replay.n_step=1", "replay.samples_per_insert=32",
@@ -994,6 +1021,8 @@ def main():
   parser.add_argument("--first-seed", type=int, default=0, help="learning: the seed of its first run")
   parser.add_argument("--target", type=float, default=0.0, help="learning: the eval_return to reach")
   parser.add_argument("--mode", choices=("sync", "async"), default="sync", help="learning: runtime.mode of its runs")
+  parser.add_argument("--run-dir", metavar="DIR",
+                      help="learning: train into DIR/seed<SEED> (kept), resuming a run cut short there")
   parser.add_argument("--stop-env-steps", type=int, default=100_000, help="time_to_475 runs' stop.env_steps")
   parser.add_argument("--stop-seconds", type=float, default=60.0, help="time_to_475 runs' stop.seconds")
   parser.add_argument("--minatar-reference", metavar="PATH",
