@@ -14,6 +14,7 @@ import functools
 import inspect
 import json
 import os
+from pathlib import Path
 import re
 import textwrap
 import types
@@ -122,6 +123,31 @@ def _override(tree: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
         raise _mismatch(".".join(path[:depth + 1]), "a mapping", node, nullable=False)
     node[path[-1]] = value
   return tree
+
+
+SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"   # the configs that travel with the package
+
+
+def shipped_configs() -> list[str]:
+  """The names of the shipped configs (``cartpole_dqn``, ...), sorted."""
+  return sorted(path.stem for path in SHIPPED_CONFIGS.glob("*.yaml"))
+
+
+def find_config(name_or_path: str | os.PathLike) -> Path:
+  """The config file ``name_or_path`` names: a file that exists, else the
+  shipped config of that name (``cartpole_dqn`` or ``cartpole_dqn.yaml``).
+
+  Raises:
+    ConfigError: neither (one line, listing the shipped names).
+  """
+  path = Path(name_or_path)
+  if path.is_file():
+    return path
+  shipped = SHIPPED_CONFIGS / (path.name if path.suffix in (".yaml", ".yml") else f"{path.name}.yaml")
+  if path.parent == Path(".") and shipped.is_file():
+    return shipped
+  raise ConfigError(f"{name_or_path}: no such config file, and not a shipped config "
+                    f"(jaxrl-train --list-configs: {', '.join(shipped_configs())})")
 
 
 def load_config(path: str | os.PathLike | None, overrides: Sequence[str] = ()) -> RunConfig:
