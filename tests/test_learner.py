@@ -291,6 +291,28 @@ class LearnerStateTest(parameterized.TestCase):
     chex.assert_trees_all_close(eager, jitted, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_equal(jax.tree.map(np.array, state), copy)
 
+  @ALGOS
+  def test_vmap_over_seeds_equals_each_seed_alone(self, algo):
+    """Research code trains several seeds in one program: ``jax.vmap`` of init
+    and train_step over seeds gives each seed's own states and metrics."""
+    agent = make(algo=algo)
+    seeds = jnp.arange(2)
+    batches = jax.tree.map(lambda *x: np.stack(x), *(random_batch(int(seed)) for seed in seeds))
+    init, step = jax.jit(jax.vmap(lambda seed: agent.init(jax.random.PRNGKey(seed)))), jax.jit(
+        jax.vmap(agent.train_step))
+    states = init(seeds)
+    for _ in range(2):
+      states, metrics = step(states, batches)
+    chex.assert_tree_shape_prefix((states, metrics), (2,))
+    step_alone = jax.jit(agent.train_step)
+    for i, seed in enumerate(seeds):
+      alone, alone_metrics = agent.init(jax.random.PRNGKey(seed)), None
+      for _ in range(2):
+        alone, alone_metrics = step_alone(alone, random_batch(int(seed)))
+      chex.assert_trees_all_close(jax.tree.map(lambda x: x[i], (states, metrics)), (alone, alone_metrics),
+                                  rtol=2e-5, atol=1e-6)
+    assert not np.allclose(metrics["loss"][0], metrics["loss"][1])   # the seeds differ
+
   def test_dqn_loss_matches_independent_computation(self):
     for double_q, delta in [(True, 1.0), (False, 1.0), (True, None)]:
       agent = make(double_q=double_q, huber_delta=delta)
