@@ -2,8 +2,9 @@
 
 ``jaxrl-train`` / ``python scripts/train.py``: train from a YAML config.
 
-  jaxrl-train configs/cartpole_dqn.yaml [dotted.key=value ...]
+  jaxrl-train cartpole_dqn [dotted.key=value ...]    # a shipped config by name, or a YAML file
   jaxrl-train --resume runs/NAME [dotted.key=value ...]
+  jaxrl-train --list-configs                         # the shipped configs, one a line
 
 ``--resume`` continues from RUN_DIR's latest checkpoint; overrides after it
 apply on top of RUN_DIR/config.yaml (see ``resume_config`` for the stop
@@ -33,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from jaxrl.config import MAX_SEED, ConfigError, EnvConfig, RunConfig, StopConfig
-from jaxrl.config_file import apply_overrides, config_keys_help, load_config
+from jaxrl.config_file import apply_overrides, config_keys_help, find_config, load_config, shipped_configs
 from jaxrl.run_dir import RunDirError, lock_run_dir
 
 if TYPE_CHECKING:   # numpy is imported where it is used: the CLI starts without it
@@ -70,23 +71,32 @@ def main(argv: list[str] | None = None) -> int:
   launch_time = time.time()
   parser = _Parser(prog="jaxrl-train", description="Train a DQN/IQN agent with jaxrl.",
                    epilog=config_keys_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("config", nargs="?", help="YAML config file (see configs/)")
+  parser.add_argument("config", nargs="?",
+                      help="a YAML config file, or the name of a shipped config (see --list-configs)")
   parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. agent.learning_rate=1e-3")
   parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+  parser.add_argument("--list-configs", action="store_true",
+                      help="list the shipped configs (name and description) and exit")
   args = parser.parse_args(argv)
+  if args.list_configs:
+    configs = shipped_configs()
+    width = max(map(len, configs))
+    print("\n".join(f"{name:<{width}}  {description}" for name, description in configs.items()))
+    return 0
   if args.resume is not None:
     run_dir = Path(args.resume)
     config_path, overrides = run_dir / "config.yaml", [a for a in [args.config, *args.overrides] if a]
     if not config_path.is_file():
       return _fail(f"--resume: {run_dir} is not a run directory (no config.yaml)")
   elif args.config is None:
-    parser.error("a config file is required")
+    parser.error("a config (a YAML file or a shipped config's name: --list-configs) is required")
   else:
-    config_path, overrides = Path(args.config), args.overrides
+    overrides = args.overrides
   try:
     if args.resume is not None:
       cfg = resume_config(load_config(config_path), overrides)
     else:
+      config_path = find_config(args.config)
       cfg = load_config(config_path, overrides)
   except ConfigError as e:
     return _fail(str(e))
@@ -212,8 +222,9 @@ def evaluate_main(argv: list[str] | None = None) -> int:
     parser.error(f"--epsilon must be in [0, 1], got {args.epsilon}")
   if not 0 <= args.seed <= MAX_SEED:
     parser.error(f"--seed must be in [0, 2**32 - 1], got {args.seed}")
-  if args.video is not None and importlib.util.find_spec("imageio") is None:
-    return _fail("--video needs imageio: pip install -e '.[video]'", prog)
+  missing = [name for name in ("imageio", "pygame") if importlib.util.find_spec(name) is None]
+  if args.video is not None and missing:   # pygame renders classic control
+    return _fail(f"--video needs {missing[0]}: pip install -e '.[video]'", prog)
   from jaxrl.actor import evaluate  # pylint: disable=import-outside-toplevel
   from jaxrl.checkpoint import CheckpointError  # pylint: disable=import-outside-toplevel
   from jaxrl.envs import AGENT_ID, EnvError, has_time_limit, make_env_set  # pylint: disable=import-outside-toplevel

@@ -128,9 +128,15 @@ def _override(tree: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
 SHIPPED_CONFIGS = Path(__file__).resolve().parent / "configs"   # the configs that travel with the package
 
 
-def shipped_configs() -> list[str]:
-  """The names of the shipped configs (``cartpole_dqn``, ...), sorted."""
-  return sorted(path.stem for path in SHIPPED_CONFIGS.glob("*.yaml"))
+def shipped_configs() -> dict[str, str]:
+  """The shipped configs' names (``cartpole_dqn``, ...), sorted, each with
+  its description: the first comment line of its file."""
+  configs = {}
+  for path in sorted(SHIPPED_CONFIGS.glob("*.yaml")):
+    with open(path, encoding="utf-8") as f:
+      comments = (line[1:].strip() for line in f if line.startswith("#"))
+      configs[path.stem] = next(comments, "")
+  return configs
 
 
 def find_config(name_or_path: str | os.PathLike) -> Path:

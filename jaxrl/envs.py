@@ -552,6 +552,9 @@ def _parallel_env_builder(env_id: str) -> Callable[..., Any] | None:
   try:
     module = importlib.import_module(module_name)
   except Exception as e:  # pylint: disable=broad-except  # A user's module may raise anything.
+    missing = e.name.partition(".")[0] if isinstance(e, ModuleNotFoundError) and e.name else None
+    if missing in ("mpe2", "pettingzoo"):
+      raise EnvError(f"env.id: {env_id!r} needs the {missing} package: pip install -e '.[mpe]'") from None
     raise EnvError(f"env.id: {env_id!r} is no registered gymnasium id, and importing "
                     f"{module_name!r} failed: {type(e).__name__}: {e}") from None
   if colon and function in gym.registry:  # "module:EnvId", registered by importing module.
