@@ -22,7 +22,7 @@ import struct
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from rich import console as rich_console
@@ -149,6 +149,10 @@ class MetricsLogger:
   tensorboardX's FileWriter, whose queue and writer thread cost a record
   more than the rest of ``log``.
 
+  ``scalars_to``, if given, is called with ``(env_steps, {tag: value})`` of
+  each record that has a curve, the scalars of its TensorBoard event (the
+  run's W&B run: ``wandb_log.WandbRun.log``).
+
   ``time`` is seconds since ``launch_time``. With ``resume=True`` it
   continues from the last record kept instead, so that ``time`` counts the
   seconds the run has been running, across restarts, and stays monotonic.
@@ -162,8 +166,10 @@ class MetricsLogger:
 
   def __init__(self, run_dir: str | os.PathLike, launch_time: float, resume: bool = False,
                config: dict[str, Any] | None = None, agent_ids: tuple[str, ...] = (),
-               resume_env_steps: int | None = None, flush_seconds: float = 1.0):
+               resume_env_steps: int | None = None, flush_seconds: float = 1.0,
+               scalars_to: Callable[[int, dict[str, float]], None] | None = None):
     self.run_dir = Path(run_dir)
+    self._scalars_to = scalars_to
     self.run_dir.mkdir(parents=True, exist_ok=True)
     self.path = self.run_dir / METRICS_FILE
     self._launch_time = launch_time
@@ -237,23 +243,30 @@ class MetricsLogger:
   def _add_tensorboard(self, line: dict[str, Any]) -> None:
     """One event per record, holding its scalars: a quarter of the cost of
     an event per scalar, which an episode-per-record run pays per episode."""
+    scalars = self._scalars(line)
+    if scalars:
+      values = [Summary.Value(tag=tag, simple_value=value) for tag, value in scalars.items()]
+      self._add_event(step=line["env_steps"], summary=Summary(value=values))
+      if self._scalars_to is not None:
+        self._scalars_to(line["env_steps"], scalars)
+
+  def _scalars(self, line: dict[str, Any]) -> dict[str, float]:
+    """A record's curves, tag -> value (see the class); takes in its ``episode_return``."""
     owner = line.get("agent_id", line.get("learner_id"))
     suffix = f"/{owner}" if self._several_agents and owner is not None else ""
-    values = []
+    scalars = {}
     for key, value in line.items():
       if key in _NOT_CURVES or not _is_number(value):
         continue
       base, _, agent = key.partition("/")
       if agent and not self._several_agents:
         continue   # eval_return/<agent_id> of the one agent: eval_return itself
-      tag = TB_TAGS.get(base, f"misc/{base}") + (f"/{agent}" if agent else suffix)
-      values.append(Summary.Value(tag=tag, simple_value=value))
+      scalars[TB_TAGS.get(base, f"misc/{base}") + (f"/{agent}" if agent else suffix)] = value
     if _is_number(line.get("episode_return")):
       recent = self._returns[owner]
       recent.append(line["episode_return"])
-      values.append(Summary.Value(tag=RECENT_RETURN_TAG + suffix, simple_value=sum(recent) / len(recent)))
-    if values:
-      self._add_event(step=line["env_steps"], summary=Summary(value=values))
+      scalars[RECENT_RETURN_TAG + suffix] = sum(recent) / len(recent)
+    return scalars
 
   def flush_if_due(self) -> None:
     """``flush`` if the oldest waiting record is ``flush_seconds`` old."""

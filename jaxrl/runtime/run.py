@@ -22,6 +22,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from jaxrl import wandb_log
 from jaxrl.config import RunConfig
 from jaxrl.config_file import config_to_dict, save_config
 from jaxrl.envs import LearnerSpace
@@ -89,7 +90,9 @@ def preflight(cfg: RunConfig) -> dict[str, LearnerSpace]:
   ``shm.SharedMemoryError``); returns the learners' spaces, which the run
   passes down rather than making the environment again. Sets this process's
   JAX up as the supervisor's. Removes the shared-memory segments of killed
-  runs first (``shm.remove_dead_segments``), with a line on stderr."""
+  runs first (``shm.remove_dead_segments``), with a line on stderr. With
+  ``wandb.project`` set, a missing wandb package is a ``ConfigError``."""
+  wandb_log.check_installed(cfg.wandb)
   removed = remove_dead_segments()
   if removed:
     pids = sorted({segment_pid(name) for name in removed})
@@ -117,8 +120,10 @@ class Run:
     save_config(cfg, run_dir / "config.yaml")
     counters = resume.counters if resume else {}
     agent_ids = tuple(a for space in spaces.values() for a in space.agent_ids)
+    self.wandb = wandb_log.start(cfg, run_dir)   # None without wandb.project
     self.logger = MetricsLogger(run_dir, launch_time, resume=resume is not None, config=config_to_dict(cfg),
-                                agent_ids=agent_ids, resume_env_steps=counters.get("env_steps"))
+                                agent_ids=agent_ids, resume_env_steps=counters.get("env_steps"),
+                                scalars_to=None if self.wandb is None else self.wandb.log)
     self.progress = ProgressDisplay(cfg.runtime.progress, stop_env_steps=cfg.stop.env_steps,
                                     stop_seconds=cfg.stop.seconds)
     self.env_steps = counters.get("env_steps", 0)
@@ -207,7 +212,8 @@ class Run:
 
   def finish(self, extra: dict) -> dict:
     """Writes the summary (and, if that fails, says so in one line) and the
-    learning curve; closes the logger and the evaluator's environments."""
+    learning curve, and gives both to W&B; closes the logger and the
+    evaluator's environments."""
     self.progress.close()
     self.evaluator.close()
     summary = {"eval_return": self.eval_return, "env_steps": int(self.env_steps),
@@ -227,6 +233,8 @@ class Run:
     except OSError as e:
       self._write_error(f"summary: {type(e).__name__}: {e}")
       summary.setdefault("error", self.error)
+    if self.wandb is not None:
+      self.wandb.finish()
     return summary
 
   def _write_error(self, reason: str) -> None:
