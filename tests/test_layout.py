@@ -61,7 +61,7 @@ def test_an_actor_process_imports_no_logger_tensorboard_or_plotting(backend):
   module and what the actor builds."""
   loaded = importing([backend, "jaxrl.runtime.acting", "jaxrl.runtime.builders", "jaxrl.actor",
                       "jaxrl.learner", "jaxrl.replay", "jaxrl.shm"])
-  assert not {m for m in loaded if m == "jaxrl.logger" or top(m) in {"tensorboardX", "matplotlib"}}
+  assert not {m for m in loaded if m == "jaxrl.logger" or top(m) in {"tensorboardX", "matplotlib", "wandb"}}
 
 
 def test_only_the_ray_backend_imports_ray():

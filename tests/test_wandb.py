@@ -83,39 +83,48 @@ def _items(items) -> dict:
   return out
 
 
-def _history(records) -> dict[str, dict[int, object]]:
-  """tag -> {W&B step: value} of the records' history rows."""
-  curves: dict[str, dict[int, object]] = {}
-  for history in _of_kind(records, "history"):
-    row = _items(history.item)
+def _rows(records) -> list[dict]:
+  """The history rows of the records, in order."""
+  return [_items(history.item) for history in _of_kind(records, "history")]
+
+
+def _history(records) -> dict[str, list[tuple[int, object]]]:
+  """tag -> [(env_steps, value)] of the records' history rows, in order."""
+  curves: dict[str, list[tuple[int, object]]] = {}
+  for row in _rows(records):
     for tag, value in row.items():
-      if not tag.startswith("_"):
-        curves.setdefault(tag, {})[row["_step"]] = value
+      if not tag.startswith("_") and tag != wandb_log.STEP_KEY:
+        curves.setdefault(tag, []).append((row[wandb_log.STEP_KEY], value))
   return curves
 
 
-def _tensorboard(event_file: Path) -> dict[str, dict[int, float]]:
-  """tag -> {step: value} of an event file's scalars; of values at one step, the last."""
-  curves: dict[str, dict[int, float]] = {}
+def _tensorboard(event_file: Path) -> dict[str, list[tuple[int, float]]]:
+  """tag -> [(step, value)] of an event file's scalars, in order."""
+  curves: dict[str, list[tuple[int, float]]] = {}
   for event in _events_of(event_file):
     for value in event.summary.value:
       if value.WhichOneof("value") == "simple_value":
-        curves.setdefault(value.tag, {})[event.step] = value.simple_value
+        curves.setdefault(value.tag, []).append((event.step, value.simple_value))
   return curves
 
 
+def _float32(value: float) -> float:
+  return struct.unpack("f", struct.pack("f", value))[0]
+
+
 def _assert_same_curves(records, event_file: Path) -> None:
-  """The W&B history holds the event file's scalars: the same tags, steps and
-  values (float32 there), and the learning curve image at the last step."""
+  """The W&B history holds the event file's scalars: every value of every
+  tag at its env steps, in order (float32 there); W&B's steps grow, never
+  below the env steps; the learning curve image is in the last row."""
+  rows = _rows(records)
+  steps = [row["_step"] for row in rows]
+  assert steps == sorted(set(steps)) and all(row["_step"] >= row[wandb_log.STEP_KEY] for row in rows)
+  assert rows[-1][wandb_log.CURVE_KEY]["_type"] == "image-file"
   history = _history(records)
-  curve = history.pop(wandb_log.CURVE_KEY)
-  assert [value["_type"] for value in curve.values()] == ["image-file"]
-  assert list(curve) == [max(step for points in history.values() for step in points)]
-  as_float32 = {tag: {step: struct.unpack("f", struct.pack("f", value))[0] for step, value in points.items()}
-                for tag, points in history.items()}
+  del history[wandb_log.CURVE_KEY]
   expected = _tensorboard(event_file)
   assert "charts/episodic_return" in expected and "losses/td_loss" in expected
-  assert as_float32 == expected
+  assert {tag: [(step, _float32(value)) for step, value in points] for tag, points in history.items()} == expected
 
 
 def _config(run) -> dict:
@@ -156,7 +165,7 @@ def test_a_run_logs_its_tensorboard_scalars_config_curve_and_summary_to_wandb(re
   assert {**_config(run), "stop": None} == {**resolved, "stop": None} and _config(run)["stop"]["env_steps"] == 600
   summary = _summary(records)
   assert summary["stopped_because"] == "env_steps" and {"eval_return", "wall_seconds", "learner_steps"} <= set(summary)
-  assert list(_history(records)[wandb_log.CURVE_KEY]) == [summary["env_steps"]]
+  assert _rows(records)[-1][wandb_log.STEP_KEY] == summary["env_steps"]
   assert list(offline_dir.glob("files/media/images/learning_curve_*.png"))
 
 
@@ -165,8 +174,7 @@ def test_a_resumed_run_continues_the_same_wandb_run(resumed_run):
   (first_run,), (second_run,) = _of_kind(first, "run"), _of_kind(second, "run")
   assert first_run.run_id == second_run.run_id == (resumed_run / wandb_log.RUN_ID_FILE).read_text().strip()
   _assert_same_curves(second, _event_files(resumed_run)[1])
-  first_steps, second_steps = (sorted({s for points in _history(r).values() for s in points}) for r in (first, second))
-  assert first_steps[-1] < second_steps[0]   # the second attempt goes on after the first's last step
+  assert _rows(first)[-1]["_step"] < _rows(second)[0]["_step"]   # the second attempt goes on after the first
   assert _config(second_run) == config_to_dict(load_config(resumed_run / "config.yaml"))
   saved = json.loads((resumed_run / logger_lib.SUMMARY_FILE).read_text())
   assert {key: _summary(second)[key] for key in saved} == saved and saved["env_steps"] >= 800
@@ -202,6 +210,9 @@ class _FakeRun:
     if len(self.logged) + 1 >= self.fail_at:
       raise ConnectionError("quota exceeded\nmore detail")
     self.logged.append((step, values))
+
+  def define_metric(self, name, step_metric):
+    pass
 
   def finish(self, exit_code):
     self.finished = True
@@ -249,4 +260,20 @@ def test_a_run_resumed_online_sends_only_the_steps_wandb_takes_and_keeps_its_id(
       logger.log({"env_steps": step, "learner_steps": step, "loss": float(step)})
   tracker.finish()
   assert (calls[0]["id"], calls[0]["resume"]) == ("abc123", "allow")
-  assert run.logged == [(step, {"losses/td_loss": float(step)}) for step in (5, 6, 7)]
+  assert run.logged == [(step, {"losses/td_loss": float(step), "env_steps": step}) for step in (5, 6, 7)]
+
+
+def test_records_of_the_same_env_steps_share_a_row_unless_a_tag_repeats(tmp_path, monkeypatch):
+  run = _FakeRun()
+  _fake_wandb(monkeypatch, run)
+  tracker = wandb_log.start(RunConfig(wandb=WandbConfig(project="p")), tmp_path)
+  with _tracked_logger(tmp_path, tracker) as logger:
+    for env_steps, record in [(10, {"episode_return": 1.0}), (10, {"episode_return": 3.0}),
+                              (10, {"loss": 0.5}), (11, {"episode_return": 5.0}), (30, {"loss": 0.25})]:
+      logger.log({"env_steps": env_steps, "learner_steps": 0, **record})
+  tracker.finish()
+  ret, mean = "charts/episodic_return", logger_lib.RECENT_RETURN_TAG
+  assert run.logged == [(10, {ret: 1.0, mean: 1.0, "env_steps": 10}),
+                        (11, {ret: 3.0, mean: 2.0, "losses/td_loss": 0.5, "env_steps": 10}),
+                        (12, {ret: 5.0, mean: 3.0, "env_steps": 11}),
+                        (30, {"losses/td_loss": 0.25, "env_steps": 30})]
