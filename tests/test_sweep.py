@@ -166,3 +166,25 @@ def test_run_names_are_the_swept_values_escaped_and_configs_are_built(tmp_path):
   assert last.run_dir == str(tmp_path / names[-1])
   assert not any(tmp_path.iterdir())   # planning makes nothing
   assert sweep.split_values("1,[2,3],{a: 4, b: 5},'x,y'") == ["1", "[2,3]", "{a: 4, b: 5}", "'x,y'"]
+
+
+@pytest.mark.filterwarnings(r"ignore:os\.fork\(\) was called:RuntimeWarning")   # the cluster's processes
+def test_with_ray_the_runs_are_tune_trials_that_report_their_records(tmp_path):
+  pytest.importorskip("ray")
+  from ray.cluster_utils import Cluster  # pylint: disable=import-outside-toplevel
+  cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "include_dashboard": False})
+  try:
+    proc = subprocess.run([*SWEEP, CARTPOLE, "--seeds", "0", "1", *TINY, "--dir", str(tmp_path),
+                           "--ray", cluster.address], capture_output=True, text=True, env=ENV, timeout=300)
+  finally:
+    cluster.shutdown()
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  for seed in (0, 1):
+    run_dir = tmp_path / "cartpole_dqn" / f"seed{seed}"
+    assert f"start cartpole_dqn/seed{seed} (ray)\n" in proc.stdout and f"done cartpole_dqn/seed{seed}: env_steps:" in proc.stdout
+    assert load_config(run_dir / "config.yaml") == load_config(CARTPOLE, [*TINY, f"seed={seed}", f"run_dir={run_dir}"])
+    assert summary_of(run_dir)["stopped_because"] == "env_steps"
+    reported = [json.loads(line) for line in (tmp_path / "tune" / f"cartpole_dqn_seed{seed}" / "result.json").open()]
+    evals = [(r["env_steps"], r["eval_return"]) for r in read_metrics(run_dir) if "eval_return" in r]
+    assert [(r["env_steps"], r["eval_return"]) for r in reported if "eval_return" in r] == evals
+    assert len(reported) == len(read_metrics(run_dir))   # every record, once
