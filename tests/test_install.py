@@ -114,6 +114,7 @@ MISSING = [
     ("mpe2", ["mpe_spread_dqn"], "mpe"),
     ("pettingzoo", ["mpe_speaker_listener_dqn"], "mpe"),
     ("ray", ["cartpole_dqn", "runtime.backend=ray"], "ray"),
+    ("wandb", ["cartpole_dqn", "wandb.project=jaxrl"], "wandb"),
     ("imageio", ["--evaluate", "nowhere", "--video", "video"], "video"),
     ("pygame", ["--evaluate", "nowhere", "--video", "video"], "video"),
 ]
