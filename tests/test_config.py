@@ -237,7 +237,7 @@ def run_configs(draw):
       run_dir=draw(st.none() | st.text(min_size=1)))
 
 
-@settings(max_examples=60)
+@settings(max_examples=60, deadline=None)
 @given(cfg=run_configs())
 @example(cfg=C.RunConfig(env=C.EnvConfig(id="1e3", kwargs={"a": "yes", "b": "1e-3", "c": "null"}),
                          run_dir="true"))
