@@ -14,7 +14,8 @@ learning file of ``scripts/benchmark.py --sections learning`` (each of its
   point), its seed the config's;
 - a benchmark file named ``<game>_<algo>_seed<S>[_<tag>].json`` is a run of
   ``<game>`` with label ``<algo>[_<tag>]``; another one's runs have the
-  file's name for game and its ``args.config``'s name for label;
+  name of its ``args.config`` for label and that config's game (the file's
+  name if the config cannot be read);
 - ``--labels`` gives the runs under each INPUT, in order, a label instead.
 
 A run's final return is its last ``eval_return``. For each game and config
@@ -33,7 +34,8 @@ Writes to ``--out`` (default: the inputs' common directory) a figure per
 game, ``<game>.png`` (the mean over seeds of the greedy evaluation return and
 of the training return, mean of the last 100 episodes, against env steps,
 each with a 95% bootstrap band, a colour per config), ``results.md`` (the
-table, also printed) and ``results.json`` (its numbers). Needs the ``plot``
+table, also printed) and ``results.json`` (its numbers, under ``rows``, with
+the inputs and the bootstrap's ``reps`` and ``seed``). Needs the ``plot``
 extra (rliable). Bad input is one line on stderr and exit status 2.
 """
 
@@ -167,21 +169,27 @@ def read_run_dir(path: Path, label: str | None = None) -> Run | None:
 
 
 def read_benchmark(path: Path, label: str | None = None) -> list[Run]:
-  """The learning runs of a ``scripts/benchmark.py --sections learning`` file.
+  """The learning runs of a ``scripts/benchmark.py --sections learning``
+  file; none, with a note, from a ``results.json`` of jaxrl-plot's own (so
+  that ``jaxrl-plot DIR/*.json`` can be run again).
 
   Raises:
     ConfigError: not such a file.
   """
   try:
-    learning = json.loads(path.read_text())["sections"]["learning"]["runs"]
+    contents = json.loads(path.read_text())
+    if isinstance(contents, dict) and contents.get("written_by") == PROG:
+      print(f"{PROG}: note: {path} is a table of {PROG}'s; left out", file=sys.stderr)
+      return []
+    learning = contents["sections"]["learning"]["runs"]
   except (OSError, ValueError, KeyError, TypeError):
     raise ConfigError(f"{path}: not a run directory, nor a benchmark file with sections.learning.runs") from None
   name = _BENCHMARK_NAME.fullmatch(path.stem)
   if name:
     game, algo = name.group("game"), name.group("algo") + (f"_{name.group('tag')}" if name.group("tag") else "")
   else:
-    config = json.loads(path.read_text()).get("args", {}).get("config")
-    game, algo = path.stem, Path(config).stem if config else path.stem
+    config = contents.get("args", {}).get("config")
+    game, algo = _env_of(config) or path.stem, Path(config).stem if config else path.stem
   runs = []
   for run in learning:
     evals = np.array([(p["env_steps"], p["eval_return"]) for p in run["curve"]], np.float64).reshape(-1, 2)
@@ -192,6 +200,14 @@ def read_benchmark(path: Path, label: str | None = None) -> list[Run]:
                       final_train_return=run.get("last100_train_return"),
                       env_steps=int(run.get("env_steps", evals[-1, 0])), finished=True, source=str(path)))
   return runs
+
+
+def _env_of(config: str | None) -> str | None:
+  """The game of the config file ``config`` (``game_of`` its env.id); None if it cannot be read."""
+  try:
+    return game_of(str(yaml.safe_load(Path(config).read_text())["env"]["id"]))
+  except (TypeError, OSError, ValueError, KeyError, yaml.YAMLError):
+    return None
 
 
 def find_runs(inputs: list[str], labels: list[str] | None = None) -> list[Run]:
@@ -432,7 +448,8 @@ def main(argv: list[str] | None = None) -> int:
   rows = table(runs, args.reps, args.seed)
   text = markdown(rows)
   _write(out / "results.md", lambda tmp: Path(tmp).write_text(text + "\n"))
-  _write(out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(rows, indent=1) + "\n"))
+  written = {"written_by": PROG, "inputs": args.inputs, "reps": args.reps, "seed": args.seed, "rows": rows}
+  _write(out / "results.json", lambda tmp: Path(tmp).write_text(json.dumps(written, indent=1) + "\n"))
   for game in sorted({r.game for r in runs}):
     fig = figure(game, [r for r in runs if r.game == game], args.reps, args.seed)
     name = re.sub(r"[^\w.+-]", "_", game)

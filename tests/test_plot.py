@@ -48,7 +48,9 @@ def test_a_sweeps_table_is_mean_and_iqm_over_seeds_with_seeded_bootstrap_interva
   out = tmp_path / "out"
   assert plot.main([str(tmp_path / "sweep"), "--out", str(out), "--reps", "5000"]) == 0
   stdout, stderr = capsys.readouterr()
-  rows = json.loads((out / "results.json").read_text())
+  written = json.loads((out / "results.json").read_text())
+  rows = written["rows"]
+  assert (written["reps"], written["seed"], written["inputs"]) == (5000, 0, [str(tmp_path / "sweep")])
   assert (out / "results.md").read_text() == stdout
   assert "1 runs have not finished" in stderr and "seed9" in stderr
 
@@ -112,13 +114,15 @@ def test_benchmark_files_group_by_game_and_algorithm_with_the_tag(tmp_path):
 
   files = [learning_file("breakout_dqn_seed0.json", [0]), learning_file("breakout_dqn_seed1.json", [1]),
            learning_file("breakout_iqn_seed0_per_dueling.json", [0]), learning_file("space_invaders_iqn_seed3.json", [3]),
-           learning_file("mpe_spread_learning.json", [0, 1, 2], config="configs/mpe_spread_dqn.yaml")]
+           learning_file("mpe_spread_learning.json", [0, 1, 2], config=str(ROOT / "configs" / "mpe_spread_dqn.yaml")),
+           learning_file("gone_learning.json", [4], config="/no/such/dir/gone_dqn.yaml")]
   runs = plot.find_runs(files)
   groups = {}
   for run in runs:
     groups.setdefault((run.game, run.label), []).append(run.seed)
   assert groups == {("breakout", "dqn"): [0, 1], ("breakout", "iqn_per_dueling"): [0],
-                    ("space_invaders", "iqn"): [3], ("mpe_spread_learning", "mpe_spread_dqn"): [0, 1, 2]}
+                    ("space_invaders", "iqn"): [3], ("mpe2.simple_spread_v3", "mpe_spread_dqn"): [0, 1, 2],
+                    ("gone_learning", "gone_dqn"): [4]}   # the config's game, else the file's name
   assert all(run.final_return == 2.0 + run.seed and run.final_train_return == 0.75 for run in runs)
   relabelled = plot.find_runs(files[:2], labels=["x", "y"])
   assert [(r.game, r.label) for r in relabelled] == [("breakout", "x"), ("breakout", "y")]
@@ -129,7 +133,7 @@ def test_the_minatar_benchmark_files_make_a_figure_per_game_and_the_table(tmp_pa
   stdout = capsys.readouterr().out
   games = {"asterix", "breakout", "freeway", "seaquest", "space_invaders"}
   assert {p.stem for p in tmp_path.glob("*.png")} == games
-  rows = json.loads((tmp_path / "results.json").read_text())
+  rows = json.loads((tmp_path / "results.json").read_text())["rows"]
   assert {(r["game"], r["config"]): r["seeds"] for r in rows if r["game"] == "asterix"} == {
       ("asterix", "dqn"): [0, 1], ("asterix", "iqn"): [0], ("asterix", "iqn_5m"): [0]}
   asterix_dqn = row_of(rows, "asterix", "dqn")
@@ -141,6 +145,9 @@ def test_the_minatar_benchmark_files_make_a_figure_per_game_and_the_table(tmp_pa
   assert asterix_dqn["reference"] == 17 and "| asterix | dqn | 2 (0, 1) | 5.0M |" in stdout
   # At the shortest asterix run's end (2M frames): the DQN runs' training returns there.
   assert asterix_dqn["at_env_steps"]["env_steps"] == min(r["env_steps"][0] for r in rows if r["game"] == "asterix")
+  # Again, with the table it wrote among the inputs (as DIR/*.json is after a first run): the same table.
+  assert plot.main([*map(str, MINATAR), str(tmp_path / "results.json"), "--out", str(tmp_path), "--reps", "200"]) == 0
+  assert capsys.readouterr().out == stdout
 
 
 @pytest.mark.parametrize("make, message", [
