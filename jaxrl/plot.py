@@ -1,7 +1,7 @@
 """``jaxrl-plot`` / ``python scripts/plot.py``: learning curves and a table of
 final returns over seeds, from run directories, sweeps and benchmark files.
 
-  jaxrl-plot INPUT [INPUT ...] [--labels L [L ...]] [--out DIR] [--reps N] [--seed S]
+  jaxrl-plot INPUT [INPUT ...] [--label L ...] [--out DIR] [--reps N] [--seed S]
 
 An INPUT is a run directory (one with config.yaml and metrics.jsonl), any
 directory holding run directories (a sweep's, searched recursively), or a
@@ -16,7 +16,8 @@ learning file of ``scripts/benchmark.py --sections learning`` (each of its
   ``<game>`` with label ``<algo>[_<tag>]``; another one's runs have the
   name of its ``args.config`` for label and that config's game (the file's
   name if the config cannot be read);
-- ``--labels`` gives the runs under each INPUT, in order, a label instead.
+- ``--label L``, once per INPUT, gives the runs under each INPUT, in order,
+  the label L instead.
 
 A run's final return is its last ``eval_return``. For each game and config
 the table has the mean and the interquartile mean (IQM) of the final
@@ -62,7 +63,8 @@ from jaxrl.sweep import STOP_CONDITIONS
 PROG = "jaxrl-plot"
 TRAIN_WINDOW = 100   # training episodes in a run directory's training-return mean, as scripts/benchmark.py's
 CURVE_POINTS = 200   # points of a mean curve over seeds
-EQUAL_STEPS_TOLERANCE = 0.001   # runs within this fraction of each other's env steps have equal lengths
+EQUAL_STEPS_TOLERANCE = 0.01   # runs within this fraction of each other's env steps have equal lengths
+                               # (a run stops at the first env step past its stop.env_steps, a few after)
 _BENCHMARK_NAME = re.compile(r"(?P<game>.+)_(?P<algo>[^_]+)_seed(?P<seed>[0-9]+)(?:_(?P<tag>.+))?")
 
 # Atari 100k's 26 games: (random, human) scores. Random: Mnih et al. 2015 (the DQN Nature paper), Extended
@@ -124,7 +126,7 @@ class Run:
     there, else that of the last point before; None if not known."""
     if self.env_steps <= env_steps * (1 + EQUAL_STEPS_TOLERANCE) or self.train is None:
       return self.final_train_return
-    upto = self.train[self.train[:, 0] <= env_steps * (1 + EQUAL_STEPS_TOLERANCE)]
+    upto = self.train[self.train[:, 0] <= env_steps]
     return float(upto[-1, 1]) if len(upto) else None
 
 
@@ -346,7 +348,8 @@ def markdown(rows: list[dict]) -> str:
     runs = f"{row['runs']} ({', '.join(map(str, row['seeds']))})"
     if row["unfinished"]:
       runs += f", {row['unfinished']} unfinished"
-    cells = [row["game"], row["config"], runs, _steps(lo) if hi <= lo * 1.001 else f"{_steps(lo)}-{_steps(hi)}",
+    steps = _steps(lo) if hi <= lo * (1 + EQUAL_STEPS_TOLERANCE) else f"{_steps(lo)}-{_steps(hi)}"
+    cells = [row["game"], row["config"], runs, steps,
              _estimate(row["mean"], row["mean_ci"]), _estimate(row["iqm"], row["iqm_ci"]),
              _number(row.get("train_return"))]
     if equal:
@@ -413,19 +416,20 @@ def _write(path: Path, write: Callable[[str], None]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = _Parser(prog=PROG, description="Learning curves (mean over seeds, 95% bootstrap bands) and a table "
-                   "of final returns (mean, IQM, 95% stratified-bootstrap CIs) of runs, sweeps and benchmark files.",
+  parser = _Parser(prog=PROG, description="Learning curves (mean over seeds, 95% bootstrap bands) and a table of final\n"
+                   "returns (mean, IQM, 95% stratified-bootstrap CIs) of runs, sweeps and benchmark files.",
                    epilog=__doc__.split("\n\n", 2)[2].replace("``", ""),
                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("inputs", nargs="+", metavar="INPUT", help="run or sweep directory, or benchmark JSON file")
-  parser.add_argument("--labels", nargs="+", metavar="L", help="a config label for the runs of each INPUT, in order")
+  parser.add_argument("--label", action="append", dest="labels", metavar="L",
+                      help="the config label of the runs of an INPUT: once per INPUT, in order")
   parser.add_argument("--out", metavar="DIR", help="where the figures and results.{md,json} go "
                       "(default: the inputs' common directory)")
   parser.add_argument("--reps", type=int, default=2000, metavar="N", help="bootstrap resamples (default 2000)")
   parser.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the bootstrap (default 0)")
   args = parser.parse_args(argv)
   if args.labels is not None and len(args.labels) != len(args.inputs):
-    parser.error(f"--labels: one per INPUT ({len(args.inputs)}), got {len(args.labels)}")
+    parser.error(f"--label: once per INPUT ({len(args.inputs)}), got {len(args.labels)}")
   if args.reps < 1:
     parser.error(f"--reps must be >= 1, got {args.reps}")
   try:

@@ -64,7 +64,8 @@ from jaxrl.run_dir import LOCK_FILE
 
 PROG = "jaxrl-sweep"
 STOP_CONDITIONS = ("env_steps", "seconds", "eval_return")   # a summary's stopped_because of a finished run
-CHECKPOINT_DIR = "checkpoints"
+CHECKPOINT_DIR = "checkpoints"   # in a run directory, holding step_<N>.ckpt (runtime.learning's and
+                                 # checkpoint's, which import JAX: the sweep does not)
 MAX_NAME_BYTES = 255     # a file name's length on common file systems
 _POLL_S = 0.2            # how often the local loop looks at its runs
 STOP_FILE = ".stop"      # in the sweep directory while a Ray sweep is interrupted: the trials stop their runs
@@ -104,7 +105,7 @@ class SweepRun:
     summary = _summary(self.run_dir)
     if summary is not None and summary.get("stopped_because") in STOP_CONDITIONS:
       return "finished"
-    if any((self.run_dir / CHECKPOINT_DIR).glob("*.ckpt")):
+    if any((self.run_dir / CHECKPOINT_DIR).glob("step_*.ckpt")):
       return "cut"
     return "lost" if (self.run_dir / METRICS_FILE).exists() else "new"
 
@@ -262,8 +263,8 @@ def _start(run: SweepRun, config_path: Path) -> subprocess.Popen:
 
 
 class _Signals:
-  """SIGINT and SIGTERM to the sweep: recorded, and passed to every run
-  going (``forward``); restored by ``restore``."""
+  """SIGINT and SIGTERM to the sweep: recorded, and passed to every run in
+  ``procs`` still going; the handlers before are put back by ``restore``."""
 
   def __init__(self):
     self.received: list[int] = []
@@ -480,8 +481,8 @@ def _locked(run_dir: Path) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = _Parser(prog=PROG, description="Run a grid of configs x seeds, each an ordinary jaxrl run, "
-                   "under one directory; the same command again skips finished runs and resumes cut ones.",
+  parser = _Parser(prog=PROG, description="Run a grid of configs x seeds, each an ordinary jaxrl run, under one\n"
+                   "directory; the same command again skips finished runs and resumes cut ones.",
                    epilog=__doc__.split("\n\n", 2)[2].replace("``", ""), formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("config", help="config file, or a shipped config's name")
   parser.add_argument("grid", nargs="*", metavar="key=v1,v2",

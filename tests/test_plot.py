@@ -79,11 +79,15 @@ def test_a_sweeps_table_is_mean_and_iqm_over_seeds_with_seeded_bootstrap_interva
   assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
 
 
-def test_one_seed_has_no_interval(tmp_path):
+def test_one_seed_has_no_interval_and_labels_can_be_given(tmp_path, capsys):
   make_run(tmp_path / "a" / "seed0", 7.0)
   (row,) = plot.table(plot.find_runs([str(tmp_path)]), reps=100, seed=0)
-  assert (row["mean"], row["iqm"], row["mean_ci"], row["iqm_ci"]) == (7.0, 7.0, None, None)
+  assert (row["config"], row["mean"], row["iqm"], row["mean_ci"], row["iqm_ci"]) == ("a", 7.0, 7.0, None, None)
   assert "| 7.0 | 7.0 |" in plot.markdown([row])
+  make_run(tmp_path / "b" / "seed0", 9.0)
+  assert plot.main([str(tmp_path / "a"), str(tmp_path / "b" / "seed0"), "--label", "dqn", "--label", "iqn"]) == 0
+  assert "| CartPole-v1 | dqn | 1 (0) | 200 | 7.0 |" in capsys.readouterr().out
+  assert (tmp_path / "results.md").exists()   # the inputs' common directory
 
 
 def test_atari_games_are_human_normalised_over_games_and_common_seeds(tmp_path):
@@ -144,7 +148,10 @@ def test_the_minatar_benchmark_files_make_a_figure_per_game_and_the_table(tmp_pa
   assert asterix_dqn["train_return"] == pytest.approx((first["last100_train_return"] + second["last100_train_return"]) / 2)
   assert asterix_dqn["reference"] == 17 and "| asterix | dqn | 2 (0, 1) | 5.0M |" in stdout
   # At the shortest asterix run's end (2M frames): the DQN runs' training returns there.
-  assert asterix_dqn["at_env_steps"]["env_steps"] == min(r["env_steps"][0] for r in rows if r["game"] == "asterix")
+  shortest = min(r["env_steps"][0] for r in rows if r["game"] == "asterix")
+  at = [[p["return_mean100"] for p in run["train_curve"] if p["env_steps"] <= shortest][-1] for run in (first, second)]
+  assert asterix_dqn["at_env_steps"] == {"env_steps": shortest, "train_return": pytest.approx(np.mean(at))}
+  assert row_of(rows, "asterix", "iqn")["at_env_steps"]["train_return"] == row_of(rows, "asterix", "iqn")["train_return"]
   # Again, with the table it wrote among the inputs (as DIR/*.json is after a first run): the same table.
   assert plot.main([*map(str, MINATAR), str(tmp_path / "results.json"), "--out", str(tmp_path), "--reps", "200"]) == 0
   assert capsys.readouterr().out == stdout
