@@ -12,8 +12,9 @@ uncompressed zip archive (ZIP64) whose members are
   extra/<name>.npy   optional arrays (e.g. the replay contents), numpy .npy
 
 Zip stores a CRC-32 per member and ``zipfile`` checks it on every read, so a
-truncated, overwritten or bit-flipped checkpoint raises ``CheckpointError``
-instead of restoring wrong numbers.
+truncated, overwritten or bit-flipped checkpoint raises
+``CorruptCheckpointError`` instead of restoring wrong numbers, and
+``newest_intact`` falls back on the newest checkpoint that reads.
 
 Atomicity: a save writes ``.step_<...>.ckpt.tmp`` in the same directory,
 fsyncs it, renames it onto the final name (``os.replace``, atomic also over a
@@ -46,7 +47,7 @@ import os
 import re
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import jax
 import numpy as np
@@ -59,6 +60,7 @@ _FORMAT = 1
 _NAME = re.compile(r"step_(\d{9,})\.ckpt")
 _TMP_SUFFIX = ".tmp"
 _EXTRA_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+T = TypeVar("T")
 
 
 class CheckpointError(ValueError):
@@ -66,8 +68,13 @@ class CheckpointError(ValueError):
   that names the path and the problem."""
 
 
-def _error(path: Path, problem: str) -> CheckpointError:
-  return CheckpointError(re.sub(r"\s*\n\s*", " ", f"{path}: {problem}"))
+class CorruptCheckpointError(CheckpointError):
+  """A checkpoint file whose bytes cannot be read back (truncated,
+  overwritten, a flipped bit): an older one may still be intact."""
+
+
+def _error(path: Path, problem: str, kind: type[CheckpointError] = CheckpointError) -> CheckpointError:
+  return kind(re.sub(r"\s*\n\s*", " ", f"{path}: {problem}"))
 
 
 def _checkpoints(directory: Path) -> dict[int, Path]:
@@ -86,6 +93,35 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
   """
   steps = _checkpoints(Path(directory))
   return steps[max(steps)] if steps else None
+
+
+def newest_intact(directory: str | os.PathLike, read: Callable[[Path], T],
+                  warn: Callable[[str], None]) -> tuple[Path, T]:
+  """Reads the newest checkpoint of ``directory`` that ``read`` (path ->
+  what it reads, e.g. by ``restore_checkpoint``) can read: (its path, what
+  ``read`` returned). Newer, corrupt ones are skipped and said in one line
+  to ``warn``; any other error (a checkpoint of another agent) is raised.
+
+  Raises:
+    CheckpointError: ``directory`` does not exist or holds no checkpoint;
+      every checkpoint in it is corrupt (the newest's error, saying so).
+  """
+  directory = Path(directory)
+  steps = _checkpoints(directory)
+  if not steps:
+    raise _error(directory, "no checkpoint in this directory")
+  corrupt: list[CorruptCheckpointError] = []
+  for step in sorted(steps, reverse=True):
+    try:
+      value = read(steps[step])
+    except CorruptCheckpointError as e:
+      corrupt.append(e)
+      continue
+    if corrupt:
+      more = f" (and {len(corrupt) - 1} more corrupt)" if len(corrupt) > 1 else ""
+      warn(f"{corrupt[0]}{more}; using the newest intact checkpoint, {steps[step]}")
+    return steps[step], value
+  raise CorruptCheckpointError(f"{corrupt[0]}; no intact checkpoint in {directory}")
 
 
 def _json_default(value: Any) -> Any:
@@ -188,7 +224,7 @@ def _reading(path: Path):
   except CheckpointError:
     raise
   except Exception as e:  # A file on disk may hold anything.
-    raise _error(path, f"corrupt checkpoint ({type(e).__name__}: {e})") from e
+    raise _error(path, f"corrupt checkpoint ({type(e).__name__}: {e})", CorruptCheckpointError) from e
 
 
 def restore_checkpoint(path: str | os.PathLike,
@@ -206,16 +242,20 @@ def restore_checkpoint(path: str | os.PathLike,
     jitted train_step does not retrace); counters and config as saved.
 
   Raises:
-    CheckpointError: no checkpoint, a corrupt one, or one whose state does
-      not fit the template.
+    CheckpointError: no checkpoint, a corrupt one (``CorruptCheckpointError``),
+      or one whose state does not fit the template.
   """
   path = _resolve(path)
   with _reading(path), zipfile.ZipFile(path) as archive:
     meta = json.loads(archive.read("meta.json"))
     if meta["format"] != _FORMAT:
       raise _error(path, f"checkpoint format {meta['format']!r}, this code reads {_FORMAT}")
-    state = serialization.from_bytes(template_state, archive.read("state.msgpack"))
+    saved = serialization.msgpack_restore(archive.read("state.msgpack"))
     counters, config = meta["counters"], meta["config"]
+  try:
+    state = serialization.from_state_dict(template_state, saved)
+  except Exception as e:  # pylint: disable=broad-except
+    raise _error(path, f"the saved state does not fit the template ({type(e).__name__}: {e})") from e
   if jax.tree.structure(state) != jax.tree.structure(template_state):
     raise _error(path, "the saved state's structure differs from the template's")
   for (key_path, saved), like in zip(jax.tree_util.tree_leaves_with_path(state),
@@ -234,7 +274,7 @@ def load_extra_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path: a checkpoint file, or a checkpoint directory (its latest is read).
 
   Raises:
-    CheckpointError: no checkpoint, or a corrupt one.
+    CheckpointError: no checkpoint, or a corrupt one (``CorruptCheckpointError``).
   """
   path = _resolve(path)
   arrays = {}

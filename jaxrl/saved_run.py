@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from jaxrl import runtime
-from jaxrl.checkpoint import CheckpointError, latest_checkpoint, restore_checkpoint
+from jaxrl.checkpoint import CheckpointError, newest_intact, restore_checkpoint
 from jaxrl.config import ConfigError, RunConfig
 from jaxrl.config_file import load_config
 from jaxrl.learner import Agent, LearnerState
+from jaxrl.runtime.learning import warn_on_stderr
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,12 +54,14 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = 
 
   Args:
     run_dir: a run directory (holding ``config.yaml`` and ``checkpoints/``).
-    checkpoint: a checkpoint file, or a directory of checkpoints (its latest
-      is read); None = the latest in ``run_dir/checkpoints``.
+    checkpoint: a checkpoint file, or a directory of checkpoints (its newest
+      intact one is read: newer, corrupt ones are said in one line on
+      stderr); None = ``run_dir/checkpoints``.
 
   Raises:
-    CheckpointError: not a run directory, no checkpoint, or an unreadable one
-      or one of another agent (one line naming the path).
+    CheckpointError: not a run directory, no checkpoint, no intact one (or
+      ``checkpoint`` corrupt) or one of another agent (one line naming the
+      path).
     ConfigError: ``config.yaml`` does not load under this version of jaxrl.
     EnvError: the run's environment cannot be made here.
   """
@@ -71,14 +74,14 @@ def load_run(run_dir: str | os.PathLike, checkpoint: str | os.PathLike | None = 
   except ConfigError as e:  # A key this version of jaxrl no longer reads, say.
     message = str(e)
     raise ConfigError(message if message.startswith(f"{config_path}:") else f"{config_path}: {message}") from None
-  path = Path(checkpoint) if checkpoint is not None else run_dir / "checkpoints"
-  if path.is_dir() or checkpoint is None:
-    latest = latest_checkpoint(path)
-    if latest is None:
-      raise CheckpointError(f"{path}: no checkpoint in this directory")
-    path = latest
   agents = runtime.make_agents(cfg)
-  states, counters, _ = restore_checkpoint(path, runtime.state_templates(agents))
+  templates = runtime.state_templates(agents)
+  if checkpoint is not None and not Path(checkpoint).is_dir():
+    path = Path(checkpoint)
+    states, counters, _ = restore_checkpoint(path, templates)
+  else:
+    path, (states, counters, _) = newest_intact(checkpoint or run_dir / "checkpoints",
+                                                lambda p: restore_checkpoint(p, templates), warn_on_stderr)
   return SavedRun(config=cfg, checkpoint=path, counters=counters,
                   learners={lid: (agent, states[lid]) for lid, agent in agents.items()},
                   agents={a: lid for lid, space in runtime.learner_spaces(cfg).items() for a in space.agent_ids})

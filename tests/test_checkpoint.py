@@ -19,8 +19,8 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import jaxrl
-from jaxrl.checkpoint import (CheckpointError, latest_checkpoint, load_extra_arrays,
-                              restore_checkpoint, save_checkpoint)
+from jaxrl.checkpoint import (CheckpointError, CorruptCheckpointError, latest_checkpoint, load_extra_arrays,
+                              newest_intact, restore_checkpoint, save_checkpoint)
 
 OBS_SHAPE, NUM_ACTIONS, BATCH = (4,), 2, 8
 COUNTERS = {"env_steps": 1200, "episodes": 7, "learner_steps": 3, "wall_seconds": 12.5}
@@ -245,6 +245,41 @@ def test_template_mismatch_raises_one_line(tmp_path, hidden_sizes, problem):
   with pytest.raises(CheckpointError, match=problem):
     restore_checkpoint(path, template)
   _assert_one_line_error(lambda: restore_checkpoint(path, template), path)
+
+
+def test_newest_intact_skips_corrupt_checkpoints_and_says_so_in_one_line(tmp_path):
+  paths = [save_checkpoint(tmp_path, _state_at(step), COUNTERS, CONFIG, keep=4) for step in (1, 2, 3, 4)]
+  paths[3].write_bytes(paths[3].read_bytes()[:100])
+  paths[2].write_bytes(b"")
+  warnings = []
+  path, (state, _, _) = newest_intact(tmp_path, lambda p: restore_checkpoint(p, _state_at(0)), warnings.append)
+  assert path == paths[1]
+  _assert_identical(state, _state_at(2))
+  (line,) = warnings
+  assert line.startswith(f"{paths[3]}: corrupt checkpoint (") and "\n" not in line
+  assert line.endswith(f" (and 1 more corrupt); using the newest intact checkpoint, {paths[1]}")
+  warnings.clear()
+  assert newest_intact(tmp_path, lambda p: p, warnings.append) == (paths[3], paths[3])
+  assert warnings == []   # only what read finds corrupt is skipped
+
+
+def test_newest_intact_raises_when_none_is_intact_or_on_another_agents_checkpoint(tmp_path):
+  paths = [save_checkpoint(tmp_path, _state_at(step), COUNTERS, CONFIG, keep=2) for step in (1, 2)]
+  for path in paths:
+    path.write_bytes(b"")
+  with pytest.raises(CorruptCheckpointError) as info:
+    newest_intact(tmp_path, lambda p: restore_checkpoint(p, _state_at(0)), print)
+  assert str(info.value).startswith(f"{paths[1]}: corrupt checkpoint")
+  assert str(info.value).endswith(f"; no intact checkpoint in {tmp_path}")
+  good = save_checkpoint(tmp_path / "other", _state_at(1), COUNTERS, CONFIG, keep=2)
+  save_checkpoint(tmp_path / "other", _state_at(2), COUNTERS, CONFIG, keep=2)
+  other_agent = _agent("dqn", (16, 8)).init(jax.random.PRNGKey(0))
+  with pytest.raises(CheckpointError, match="the template's is float32") as info:
+    newest_intact(tmp_path / "other", lambda p: restore_checkpoint(p, other_agent), print)
+  assert not isinstance(info.value, CorruptCheckpointError) and good.name not in str(info.value)
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(CheckpointError, match="no checkpoint in this directory"):
+    newest_intact(tmp_path / "empty", lambda p: p, print)
 
 
 def test_unknown_format_raises(tmp_path):
