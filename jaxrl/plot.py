@@ -434,9 +434,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.error(f"--reps must be >= 1, got {args.reps}")
   try:
     import matplotlib  # pylint: disable=import-outside-toplevel
-    import rliable  # pylint: disable=import-outside-toplevel,unused-import
+    from rliable import library  # pylint: disable=import-outside-toplevel,unused-import
   except ImportError:
     return _fail("needs matplotlib and rliable: pip install -e '.[plot]'")
+  except TypeError as e:   # arch < 8 (rliable 1.2 pins it) on pandas 3
+    return _fail(f"rliable cannot be imported ({e}): its arch < 8 needs pandas < 3: pip install 'pandas<3'")
   matplotlib.use("Agg")
   try:
     runs = find_runs(args.inputs, args.labels)

@@ -14,7 +14,7 @@ from jaxrl import plot
 from jaxrl.config_file import load_config, save_config
 from runs import ROOT
 
-pytest.importorskip("rliable")
+pytest.importorskip("rliable.library")
 MINATAR = sorted((ROOT / "benchmarks" / "minatar").glob("*_seed*.json"))
 
 
