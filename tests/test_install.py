@@ -24,7 +24,7 @@ WORKLOADS = {"mpe", "minatar", "atari", "ray", "wandb", "video", "gpu", "plot"}
 TEST_TOOLS = {"pytest", "pytest-timeout", "hypothesis", "psutil"}
 # The module each extra's requirement brings (gymnasium[classic-control]: pygame, which renders classic control).
 MODULES = {"pettingzoo": "pettingzoo", "mpe2": "mpe2", "minatar": "minatar", "ale-py": "ale_py", "ray[tune]": "ray",
-           "wandb": "wandb", "rliable": "rliable", "imageio": "imageio", "imageio-ffmpeg": "imageio_ffmpeg",
+           "wandb": "wandb", "rliable": "rliable", "pandas": "pandas", "imageio": "imageio", "imageio-ffmpeg": "imageio_ffmpeg",
            "gymnasium[classic-control]": "pygame"}
 # A tiny CartPole run: a few learner steps, one short evaluation.
 TINY = ["runtime.mode=sync", "stop.env_steps=200", "stop.eval_return=null", "replay.min_size=100",
