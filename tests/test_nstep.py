@@ -169,14 +169,22 @@ def reference_n_step(ends, rewards, n, gamma, active=None):
   return out
 
 
+def draw_steps(data, num_envs, steps, inactive=False):
+  """Random ``ends`` (0 running, 1 truncated, 2 terminated, 3 both), integer
+  ``rewards`` and ``active`` flags (all True unless ``inactive``), each
+  [steps][num_envs] lists, for ``reference_n_step``."""
+  grid = lambda values: data.draw(st.lists(st.lists(values, min_size=num_envs, max_size=num_envs),
+                                           min_size=steps, max_size=steps))
+  ends, rewards = grid(st.sampled_from([0, 0, 0, 1, 2, 3])), grid(st.integers(-3, 3))
+  active = grid(st.sampled_from([True, True, True, False])) if inactive else [[True] * num_envs] * steps
+  return ends, rewards, active
+
+
 @settings(max_examples=80, deadline=None)
 @given(data=st.data(), num_envs=st.integers(1, 4), n=st.integers(1, 4), gamma=st.floats(0.0, 1.0),
        steps=st.integers(1, 25))
 def test_n_step_matches_a_per_env_reference(data, num_envs, n, gamma, steps):
-  ends = data.draw(st.lists(st.lists(st.sampled_from([0, 0, 0, 1, 2, 3]), min_size=num_envs,
-                                     max_size=num_envs), min_size=steps, max_size=steps))
-  rewards = data.draw(st.lists(st.lists(st.integers(-3, 3), min_size=num_envs, max_size=num_envs),
-                               min_size=steps, max_size=steps))
+  ends, rewards, _ = draw_steps(data, num_envs, steps)
   acc = NStepAccumulator(num_envs, n, gamma, (2,), F32)
   expected = reference_n_step(ends, rewards, n, gamma)
   for t, (end, reward) in enumerate(zip(np.array(ends), np.array(rewards, float))):
@@ -195,12 +203,7 @@ def test_n_step_matches_a_per_env_reference(data, num_envs, n, gamma, steps):
 def test_n_step_with_inactive_steps_matches_a_per_env_reference(data, num_envs, n, gamma, steps):
   """Slots of an EnvSet: an inactive step (inputs garbage, done flags
   included) emits nothing and closes the slot's open windows unemitted."""
-  ends = data.draw(st.lists(st.lists(st.sampled_from([0, 0, 0, 1, 2, 3]), min_size=num_envs,
-                                     max_size=num_envs), min_size=steps, max_size=steps))
-  rewards = data.draw(st.lists(st.lists(st.integers(-3, 3), min_size=num_envs, max_size=num_envs),
-                               min_size=steps, max_size=steps))
-  active = data.draw(st.lists(st.lists(st.sampled_from([True, True, True, False]), min_size=num_envs,
-                                       max_size=num_envs), min_size=steps, max_size=steps))
+  ends, rewards, active = draw_steps(data, num_envs, steps, inactive=True)
   acc = NStepAccumulator(num_envs, n, gamma, (2,), F32)
   expected = reference_n_step(ends, rewards, n, gamma, active)
   for t, (end, reward, on) in enumerate(zip(np.array(ends), np.array(rewards, float), np.array(active))):
@@ -223,12 +226,7 @@ def test_priority_is_the_n_step_td_error_of_the_values_given(data, num_envs, n, 
   """With value Q(s_t, a_t) = t + 0.5 i and next_value max Q(s_{t+1}) = -3 t - i
   given at step t, a window from step s to step t gets |R + discount * next_value(t)
   - value(s)|: no bootstrap past a termination, one past a truncation."""
-  ends = data.draw(st.lists(st.lists(st.sampled_from([0, 0, 0, 1, 2, 3]), min_size=num_envs,
-                                     max_size=num_envs), min_size=steps, max_size=steps))
-  rewards = data.draw(st.lists(st.lists(st.integers(-3, 3), min_size=num_envs, max_size=num_envs),
-                               min_size=steps, max_size=steps))
-  active = data.draw(st.lists(st.lists(st.sampled_from([True, True, True, False]), min_size=num_envs,
-                                       max_size=num_envs), min_size=steps, max_size=steps))
+  ends, rewards, active = draw_steps(data, num_envs, steps, inactive=True)
   acc = NStepAccumulator(num_envs, n, gamma, (1,), F32)
   expected = reference_n_step(ends, rewards, n, gamma, active)
   envs = np.arange(num_envs)
