@@ -58,11 +58,13 @@ class RunDirLock:
 
 
 def lock_run_dir(path: str | os.PathLike) -> RunDirLock:
-  """Creates ``path`` if missing and locks it for this process's run.
+  """Creates ``path`` if missing, checks that files can be created in it,
+  and locks it for this process's run (a directory it created for a run
+  that cannot write in it is removed again).
 
   Raises:
     RunDirError: another live process holds the lock, or ``path`` cannot
-      be created or its lock file written.
+      be created or written (a read-only file system, no permission).
   """
   path = Path(path)
   created = not path.is_dir()
@@ -73,6 +75,8 @@ def lock_run_dir(path: str | os.PathLike) -> RunDirLock:
   try:
     fd = os.open(path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)   # no O_TRUNC: the holder's pid stays
   except OSError as e:
+    if created:
+      path.rmdir()
     raise RunDirError(f"run_dir: cannot write in {path} ({e.strerror})") from e
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -85,7 +89,10 @@ def lock_run_dir(path: str | os.PathLike) -> RunDirLock:
   try:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-  except OSError as e:   # a full disk
+    probe = path / f".write_test.{os.getpid()}"   # the lock file may be writable where new files are not
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT, 0o644))
+    probe.unlink()
+  except OSError as e:   # a full disk, a directory that takes no new file
     lock.release()
     raise RunDirError(f"run_dir: cannot write in {path} ({e.strerror})") from e
   return lock

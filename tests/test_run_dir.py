@@ -1,8 +1,10 @@
 """One run directory, one live run: jaxrl.run_dir's lock across processes,
 and jaxrl-train refusing a live run's directory."""
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,6 +61,42 @@ def test_a_run_dir_that_cannot_be_created_is_a_one_line_error(tmp_path):
   (tmp_path / "file").write_text("")
   with pytest.raises(RunDirError, match=rf"^run_dir: cannot create {tmp_path}/file/run \(Not a directory\)$"):
     lock_run_dir(tmp_path / "file" / "run")
+
+
+@contextlib.contextmanager
+def _no_new_files(directory):
+  """``directory`` takes no new file, though its lock file stays writable:
+  read-only for an ordinary user, immutable (chattr +i) for root."""
+  if os.geteuid() != 0:
+    directory.chmod(0o555)
+    try:
+      yield
+    finally:
+      directory.chmod(0o755)
+    return
+  if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(directory)], check=False).returncode:
+    pytest.skip("root, and this file system takes no immutable flag")
+  try:
+    yield
+  finally:
+    subprocess.run(["chattr", "-i", str(directory)], check=True)
+
+
+def test_a_run_dir_that_takes_no_new_file_is_a_one_line_error_before_anything_starts(tmp_path):
+  """Its lock file can be written (an earlier run left it), its run's files
+  cannot: jaxrl-train says so in one line, exit status 2, before the run
+  starts, and leaves the directory as it was."""
+  run_dir = tmp_path / "run"
+  run_dir.mkdir()
+  (run_dir / LOCK_FILE).write_text("")
+  with _no_new_files(run_dir):
+    reason = "Operation not permitted" if os.geteuid() == 0 else "Permission denied"
+    with pytest.raises(RunDirError, match=rf"^run_dir: cannot write in {run_dir} \({reason}\)$"):
+      lock_run_dir(run_dir)
+    proc = train_cli(CARTPOLE, f"run_dir={run_dir}", "runtime.mode=sync", "stop.env_steps=500", timeout=60)
+  assert proc.returncode == 2 and proc.stdout_text == "", proc.stderr
+  assert proc.stderr.splitlines() == [f"jaxrl-train: error: run_dir: cannot write in {run_dir} ({reason})"]
+  assert [p.name for p in run_dir.iterdir()] == [LOCK_FILE]
 
 
 def test_jaxrl_train_refuses_a_live_runs_directory(tmp_path):
