@@ -321,48 +321,61 @@ def trailing_mean(values: np.ndarray, window: int = RETURN_WINDOW) -> np.ndarray
   return (sums[end] - sums[start]) / (end - start)
 
 
-def plot_learning_curve(run_dir: str | os.PathLike, out_path: str | os.PathLike | None = None) -> Path:
-  """Plots returns against env steps and against wall time; returns the PNG path.
-
-  Training episodes are light points with their trailing mean over the last
-  ``RETURN_WINDOW`` episodes; ``eval_return`` is a line with markers; one
-  colour per ``agent_id``. Written atomically to ``out_path`` (default
-  ``run_dir/learning_curve.png``).
-  """
+def learning_curve_figure(run_dir: str | os.PathLike):
+  """The learning curve of ``run_dir``'s metrics.jsonl, a matplotlib Figure
+  of 2 x 2 axes: training returns (top; each agent's episodes as light
+  points and their trailing mean over the last ``RETURN_WINDOW``, one colour
+  per agent) and greedy evaluation returns (bottom; the team's
+  ``eval_return``, the sum over agents), against env steps (left) and wall
+  time (right)."""
   from matplotlib.figure import Figure  # Lazy: matplotlib takes ~0.5 s to import.
 
   run_dir = Path(run_dir)
-  out_path = Path(out_path) if out_path is not None else run_dir / CURVE_FILE
-  records = read_metrics(run_dir)
-  series: dict[tuple[str, Any], list[dict[str, Any]]] = collections.defaultdict(list)
-  for record in records:
-    for kind in ("episode_return", "eval_return"):
-      if record.get(kind) is not None:
-        series[kind, record.get("agent_id")].append(record)
-  agents = sorted({agent for _, agent in series}, key=str)
-  colours = {agent: f"C{i}" for i, agent in enumerate(agents)}
+  episodes: dict[Any, list[dict[str, Any]]] = collections.defaultdict(list)
+  evaluations = []
+  for record in read_metrics(run_dir):
+    if record.get("episode_return") is not None:
+      episodes[record.get("agent_id")].append(record)
+    elif record.get("eval_return") is not None:
+      evaluations.append(record)
+  agents = sorted(episodes, key=str)
+  several = len(agents) > 1 or sum(key.startswith("eval_return/") for key in (evaluations or [{}])[-1]) > 1
 
-  fig = Figure(figsize=(12, 4.5), layout="constrained")
+  fig = Figure(figsize=(12, 8), layout="constrained")
   fig.suptitle(run_dir.resolve().name)
-  axes = fig.subplots(1, 2, sharey=True)
-  for ax, x_key, x_label in zip(axes, ("env_steps", "time"), ("environment steps", "wall time (s)")):
-    ax.set_xlabel(x_label)
-    ax.grid(alpha=0.3)
-    for (kind, agent), rows in sorted(series.items(), key=lambda item: (item[0][0], str(item[0][1]))):
+  axes = fig.subplots(2, 2, sharex="col")
+  for column, (x_key, x_label) in enumerate((("env_steps", "environment steps"), ("time", "wall time (s)"))):
+    train_ax, eval_ax = axes[:, column]
+    for i, agent in enumerate(agents):
+      rows = episodes[agent]
       x = np.array([row[x_key] for row in rows], dtype=np.float64)
-      y = np.array([row[kind] for row in rows], dtype=np.float64)
-      name = "" if agent is None else f"{agent} "
-      if kind == "episode_return":
-        ax.scatter(x, y, s=4, alpha=0.25, color=colours[agent], linewidths=0)
-        ax.plot(x, trailing_mean(y), color=colours[agent], label=f"{name}return (mean of last {RETURN_WINDOW})")
+      y = np.array([row["episode_return"] for row in rows], dtype=np.float64)
+      name = f"{agent}: " if len(agents) > 1 else ""
+      train_ax.scatter(x, y, s=4, alpha=0.25, color=f"C{i}", linewidths=0,
+                       label="_nolegend_" if name else "episodes")
+      train_ax.plot(x, trailing_mean(y), color=f"C{i}", label=f"{name}mean of last {RETURN_WINDOW}")
+    if evaluations:
+      x = np.array([row[x_key] for row in evaluations], dtype=np.float64)
+      y = np.array([row["eval_return"] for row in evaluations], dtype=np.float64)
+      eval_ax.plot(x, y, marker="o", markersize=4, color="k",
+                   label="team (sum over agents)" if several else "mean of the evaluation episodes")
+    train_ax.set_ylabel("training return")
+    eval_ax.set_ylabel("greedy evaluation return")
+    eval_ax.set_xlabel(x_label)
+    for ax, present, what in ((train_ax, agents, "no training episode"), (eval_ax, evaluations, "no evaluation")):
+      ax.grid(alpha=0.3)
+      if present:
+        ax.legend(loc="best", fontsize="small")
       else:
-        team = "team " if agent is None and len(agents) > 2 else ""   # agents: each agent id, and None (eval)
-        ax.plot(x, y, marker="o", markersize=4, linestyle="--", color=colours[agent], label=f"{name}{team}eval return")
-    if not series:
-      ax.text(0.5, 0.5, "no episodes or evaluations yet", transform=ax.transAxes, ha="center", va="center")
-  axes[0].set_ylabel("return")
-  if series:
-    axes[0].legend(loc="best", fontsize="small")
+        ax.text(0.5, 0.5, f"{what} yet", transform=ax.transAxes, ha="center", va="center")
+  return fig
+
+
+def plot_learning_curve(run_dir: str | os.PathLike, out_path: str | os.PathLike | None = None) -> Path:
+  """Writes ``learning_curve_figure(run_dir)`` as a PNG, atomically, to
+  ``out_path`` (default ``run_dir/learning_curve.png``); returns its path."""
+  out_path = Path(out_path) if out_path is not None else Path(run_dir) / CURVE_FILE
+  fig = learning_curve_figure(run_dir)
   with replaced_atomically(out_path) as tmp:
     fig.savefig(tmp, format="png", dpi=100)
   return out_path
@@ -387,25 +400,73 @@ def write_summary(run_dir: str | os.PathLike, summary: dict[str, Any]) -> Path:
   return path
 
 
-class ProgressDisplay:
-  """Live terminal status of a run.
+def significant(value: float, digits: int = 4) -> str:
+  """``value`` to ``digits`` significant digits, without an exponent or
+  trailing zeros: -62.89295633957305 -> "-62.89", 475.0 -> "475",
+  0.0102 -> "0.0102"; from 10**digits on, whole and with thousands
+  separators (123,457)."""
+  if not math.isfinite(value):
+    return str(value)
+  if value == 0:
+    return "0"
+  decimals = max(digits - 1 - math.floor(math.log10(abs(value))), 0)
+  text = f"{value:,.{decimals}f}"
+  return text.rstrip("0").rstrip(".") if "." in text else text
 
-  ``update(stats)`` takes metrics records (the same dicts given to
+
+def _count(n: float) -> str:
+  """A count, short: 7,839; 99,999; 123k; 1.25M."""
+  if n < 100_000:
+    return f"{n:,.0f}"
+  if n < 999_500:   # below what rounds to 1,000k
+    return significant(n / 1e3, 3) + "k"
+  return significant(n / 1e6, 3) + "M"
+
+
+def _duration(seconds: float) -> str:
+  """45s, 20m34s, 3h05m."""
+  seconds = int(seconds)
+  if seconds < 60:
+    return f"{seconds}s"
+  if seconds < 3600:
+    return f"{seconds // 60}m{seconds % 60:02d}s"
+  return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+class ProgressDisplay:
+  """Live terminal status of a run: one line of at most about 100
+  characters, e.g.
+
+    [1m52s 37%] steps 74,392/200k  sps 663  upd/s 166.2  return 40.9  eval 247.6  eps 0.71  lag 22.7
+
+  The percentage is that of the stop condition nearest to being met, and
+  the counter beside it is that condition's: ``steps N/stop.env_steps``, or
+  the elapsed time over ``stop.seconds`` (``[7m30s/20m00s 37%]``).
+
+  ``update(*records)`` takes metrics records (the same dicts given to
   ``MetricsLogger.log``, ``time`` optional): the display keeps the latest
   value of each field per ``agent_id`` (``learner_id`` in learner records)
-  and the last ``RETURN_WINDOW`` episode returns per agent. On a terminal it is a rich progress bar with a
-  status line, redrawn by rich; when stdout is not a terminal it prints a
-  plain status line at most every ``plain_interval_s`` seconds, and once
-  more on ``close()``. ``enabled=False`` prints nothing.
+  and the last ``RETURN_WINDOW`` episode returns per agent. With several
+  agents each field is still one number: ``return`` is the team's (the sum
+  of the agents' recent returns, as ``eval`` is the team's evaluation
+  return), ``upd/s`` the learners' sum, the others their mean. Returns
+  and updates/s have 4 significant digits, epsilon and lag 3.
+
+  On a terminal it is a rich progress bar over the status line, redrawn by
+  rich; when stdout is not a terminal it prints the status line at most
+  every ``plain_interval_s`` seconds, and on ``close()`` once more if
+  anything came in since it last printed. ``note(text)`` says what the run
+  is doing before its first record (a plain line, or the status line until
+  then). ``enabled=False`` prints nothing.
   """
 
-  _FIELDS = (  # (label, field, format spec)
-      ("sps", "sps", ",.0f"),
-      ("upd/s", "updates_per_s", ",.1f"),
-      ("return", "recent_return", ".1f"),
-      ("eval", "eval_return", ".1f"),
-      ("eps", "epsilon", ".3f"),
-      ("lag", "policy_lag", ".1f"),
+  _FIELDS = (  # (label, field, format, several agents' values -> one)
+      ("sps", "sps", "{:,.0f}".format, np.mean),
+      ("upd/s", "updates_per_s", significant, np.sum),
+      ("return", "recent_return", significant, np.sum),
+      ("eval", "eval_return", significant, np.sum),
+      ("eps", "epsilon", lambda x: significant(x, 3), np.mean),
+      ("lag", "policy_lag", lambda x: significant(x, 3), np.mean),
   )
 
   def __init__(self, enabled: bool, stop_env_steps: int | None = None, stop_seconds: float | None = None,
@@ -416,13 +477,15 @@ class ProgressDisplay:
     self._plain_interval_s = plain_interval_s
     self._start = time.monotonic()
     self._last_print = -math.inf
+    self._unprinted = False   # records came in since the last plain line
+    self._seen = False        # any record came in
+    self._note: str | None = None
     self._latest: dict[str, dict[Any, Any]] = collections.defaultdict(dict)
     self._returns: dict[Any, collections.deque] = collections.defaultdict(
         lambda: collections.deque(maxlen=RETURN_WINDOW))
     self._live = None
     if enabled and sys.stdout.isatty():
-      self._bar = rich_progress.Progress(
-          rich_progress.BarColumn(), rich_progress.TaskProgressColumn(), rich_progress.TimeElapsedColumn())
+      self._bar = rich_progress.Progress(rich_progress.BarColumn())
       known = stop_env_steps is not None or stop_seconds is not None
       self._task = self._bar.add_task("", total=1.0 if known else None)
       self._live = rich_live.Live(self._renderable(), refresh_per_second=4)
@@ -436,62 +499,86 @@ class ProgressDisplay:
     times = self._latest["time"]
     return max(times.values()) if times else time.monotonic() - self._start
 
-  def _fraction(self) -> float | None:
-    """Progress towards the first stop condition to be met, in [0, 1]; None if none set."""
+  def _env_steps(self) -> int:
+    return max(self._latest["env_steps"].values(), default=0)
+
+  def _progress(self) -> tuple[str, float] | None:
+    """("env_steps" or "seconds", its fraction in [0, 1]) of the stop
+    condition nearest to being met; None if neither is set."""
     fractions = []
     if self._stop_env_steps is not None:
-      fractions.append(max(self._latest["env_steps"].values(), default=0) / self._stop_env_steps)
+      fractions.append((self._env_steps() / self._stop_env_steps, "env_steps"))
     if self._stop_seconds is not None:
-      fractions.append(self._elapsed() / self._stop_seconds)
-    return min(max(fractions), 1.0) if fractions else None
+      fractions.append((self._elapsed() / self._stop_seconds, "seconds"))
+    if not fractions:
+      return None
+    fraction, condition = max(fractions)
+    return condition, min(fraction, 1.0)
 
   def status_line(self) -> str:
-    """One line: env steps and the latest sps, updates/s, returns, epsilon, policy lag."""
-    steps = f"steps {max(self._latest['env_steps'].values(), default=0):,.0f}"
-    if self._stop_env_steps is not None:
-      steps += f"/{self._stop_env_steps:,}"
+    """One line: elapsed time and progress, env steps, and the latest sps,
+    updates/s, returns, epsilon, policy lag (or the note, before any record)."""
+    progress = self._progress()
+    clock = _duration(self._elapsed())
+    steps = f"steps {_count(self._env_steps())}"
+    if progress is None:
+      head = f"[{clock}]"
+    elif progress[0] == "seconds":
+      head = f"[{clock}/{_duration(self._stop_seconds)} {progress[1]:.0%}]"
+    else:
+      head = f"[{clock} {progress[1]:.0%}]"
+      steps += f"/{_count(self._stop_env_steps)}"
+    if self._note is not None and not self._seen:
+      return f"{head} {self._note}"
     parts = [steps]
-    for label, field, spec in self._FIELDS:
-      per_agent = {k: v for k, v in self._latest[field].items() if v is not None}
-      if len(per_agent) == 1:
-        text = format(next(iter(per_agent.values())), spec)
-      elif per_agent:
-        text = " ".join(f"{agent}:{value:{spec}}" for agent, value in sorted(per_agent.items(), key=str))
-      else:
-        text = "-"
-      parts.append(f"{label} {text}")
-    return " | ".join(parts)
+    for label, field, show, combine in self._FIELDS:
+      values = [v for v in self._latest[field].values() if v is not None]
+      parts.append(f"{label} {show(float(combine(values))) if values else '-'}")
+    return f"{head} " + "  ".join(parts)
 
-  def update(self, stats: dict[str, Any]) -> None:
-    """Takes in one metrics record; redraws (terminal) or prints if due (plain)."""
+  def note(self, text: str) -> None:
+    """Says what the run is doing before its first record: a plain line now,
+    or (terminal) the status line until the first record."""
     if not self._enabled:
       return
-    stats = _plain_record(stats)
-    agent = stats.get("agent_id", stats.get("learner_id"))   # whose values these are
-    for key, value in stats.items():
-      if key not in ("agent_id", "learner_id"):
-        self._latest[key][agent] = value
-    if stats.get("episode_return") is not None:
-      self._returns[agent].append(stats["episode_return"])
-      self._latest["recent_return"][agent] = float(np.mean(self._returns[agent]))
+    self._note = text
     if self._live is not None:
-      self._bar.update(self._task, completed=self._fraction() or 0.0)
+      self._live.update(self._renderable(), refresh=True)
+    else:
+      print(text, flush=True)
+
+  def update(self, *records: dict[str, Any]) -> None:
+    """Takes in metrics records; redraws (terminal) or prints if due (plain)."""
+    if not self._enabled or not records:
+      return
+    for stats in records:
+      stats = _plain_record(stats)
+      agent = stats.get("agent_id", stats.get("learner_id"))   # whose values these are
+      for key, value in stats.items():
+        if key not in ("agent_id", "learner_id"):
+          self._latest[key][agent] = value
+      if stats.get("episode_return") is not None:
+        self._returns[agent].append(stats["episode_return"])
+        self._latest["recent_return"][agent] = float(np.mean(self._returns[agent]))
+    self._unprinted = self._seen = True
+    if self._live is not None:
+      progress = self._progress()
+      self._bar.update(self._task, completed=0.0 if progress is None else progress[1])
       self._live.update(self._renderable())
     elif time.monotonic() - self._last_print >= self._plain_interval_s:
       self._print_plain()
 
   def _print_plain(self) -> None:
-    self._last_print = time.monotonic()
-    fraction = self._fraction()
-    head = f"[{self._elapsed():.0f}s" + ("" if fraction is None else f" {fraction:4.0%}") + "]"
-    print(f"{head} {self.status_line()}", flush=True)
+    self._last_print, self._unprinted = time.monotonic(), False
+    print(self.status_line(), flush=True)
 
   def close(self) -> None:
-    """Stops the live display (terminal) or prints a last status line (plain)."""
+    """Stops the live display (terminal), or prints a last status line if
+    records came in since the last one (plain)."""
     if not self._enabled:
       return
     self._enabled = False
     if self._live is not None:
       self._live.stop()
-    else:
+    elif self._unprinted:
       self._print_plain()

@@ -296,6 +296,32 @@ def test_plot_writes_a_png_for_runs_with_and_without_eval(tmp_path, with_eval):
   assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
 
 
+def test_learning_curve_keeps_training_and_evaluation_returns_apart(tmp_path):
+  """Training returns per agent over the team's greedy evaluation return,
+  on axes of their own, each labelled, with a legend."""
+  agents = ("agent_0", "agent_1", "agent_2")
+  with logger_lib.MetricsLogger(tmp_path, time.time(), agent_ids=agents) as log:
+    for step in range(1, 61):
+      for agent in agents:
+        log.log({"env_steps": step * 100, "learner_steps": step, "episode_return": -30.0 + step / 10,
+                 "agent_id": agent})
+      if step % 20 == 0:
+        log.log({"env_steps": step * 100, "learner_steps": step, "eval_return": -70.0 + step,
+                 **{f"eval_return/{agent}": -70.0 / 3 for agent in agents}})
+  fig = logger_lib.learning_curve_figure(tmp_path)
+  (train_steps, train_time), (eval_steps, eval_time) = np.reshape(fig.axes, (2, 2))
+  for train, evaluation, x_label in ((train_steps, eval_steps, "environment steps"),
+                                     (train_time, eval_time, "wall time (s)")):
+    assert train.get_ylabel() == "training return" and evaluation.get_ylabel() == "greedy evaluation return"
+    assert evaluation.get_xlabel() == x_label
+    assert [t.get_text() for t in train.get_legend().get_texts()] == [f"{a}: mean of last 20" for a in agents]
+    assert [t.get_text() for t in evaluation.get_legend().get_texts()] == ["team (sum over agents)"]
+    (team,) = evaluation.get_lines()
+    assert list(team.get_ydata()) == [-50.0, -30.0, -10.0]
+    assert all(min(line.get_ydata()) > -30.0 for line in train.get_lines())   # no evaluation among them
+  _assert_png(logger_lib.plot_learning_curve(tmp_path))
+
+
 def test_plot_of_a_run_with_no_episode_yet_is_still_a_png(tmp_path):
   with logger_lib.MetricsLogger(tmp_path, time.time()) as log:
     log.log({"env_steps": 0, "learner_steps": 0, "loss": 1.0})
@@ -326,19 +352,74 @@ def test_progress_display_without_a_tty_prints_plain_lines_with_every_field(caps
   display.close()
   display.close()
   lines = capsys.readouterr().out.splitlines()
-  assert len(lines) == 1
-  for text in ("steps 1,000/2,000", "50%", "sps 1,234", "upd/s 56.8", "return 19.5", "eval 150.0",
-               "eps 0.050", "lag 1.2", "12s"):
-    assert text in lines[0]
+  assert lines == ["[12s 50%] steps 1,000/2,000  sps 1,234  upd/s 56.78  return 19.5  eval 150  eps 0.05  lag 1.25"]
 
 
-def test_progress_display_shows_each_agents_return(capsys):
+def test_progress_display_takes_every_record_of_a_batch(capsys):
+  """Run.log hands over a batch of episodes at once: each counts in the recent return."""
+  display = logger_lib.ProgressDisplay(True, plain_interval_s=3600.0)
+  display.update(*({"env_steps": 10, "learner_steps": 0, "episode_return": float(r), "agent_id": 0} for r in (1, 2, 6)))
+  display.close()
+  assert "  return 3  " in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_progress_display_shows_the_team_return_of_several_agents(capsys):
   display = logger_lib.ProgressDisplay(True, stop_seconds=100.0, plain_interval_s=3600.0)
   display.update({"env_steps": 5, "learner_steps": 0, "episode_return": 3.0, "agent_id": "a", "time": 25.0})
   display.update({"env_steps": 6, "learner_steps": 0, "episode_return": 8.0, "agent_id": "b", "time": 25.0})
   display.close()
   last = capsys.readouterr().out.splitlines()[-1]
-  assert "return a:3.0 b:8.0" in last and "25%" in last and "steps 6 " in last
+  assert last.startswith("[25s/1m40s 25%] steps 6  ") and "  return 11  " in last
+
+
+def test_progress_percentage_is_of_the_condition_whose_counter_is_shown(capsys):
+  """Of stop.env_steps and stop.seconds, the nearer to being met gives both
+  the percentage and the counter beside it."""
+  display = logger_lib.ProgressDisplay(True, stop_env_steps=200_000, stop_seconds=1200.0, plain_interval_s=0.0)
+  display.update({"env_steps": 7839, "learner_steps": 0, "time": 450.0})
+  display.update({"env_steps": 150_000, "learner_steps": 0, "time": 500.0})
+  seconds_first, steps_first = capsys.readouterr().out.splitlines()
+  assert seconds_first.startswith("[7m30s/20m00s 38%] steps 7,839  ")
+  assert steps_first.startswith("[8m20s 75%] steps 150k/200k  ")
+
+
+def test_a_plain_display_prints_its_last_line_once(capsys):
+  display = logger_lib.ProgressDisplay(True, stop_env_steps=100, plain_interval_s=0.0)
+  display.update({"env_steps": 100, "learner_steps": 3, "eval_return": -62.89295633957305, "time": 3.0})
+  display.close()
+  assert capsys.readouterr().out.splitlines() == [
+      "[3s 100%] steps 100/100  sps -  upd/s -  return -  eval -62.89  eps -  lag -"]
+
+
+def test_several_agents_progress_fits_in_100_columns(capsys):
+  """MPE simple_spread's records (3 learners, 3 agents) once made a 268-column line."""
+  display = logger_lib.ProgressDisplay(True, stop_env_steps=1_000_000, plain_interval_s=3600.0)
+  for i, agent in enumerate(("agent_0", "agent_1", "agent_2")):
+    display.update({"env_steps": 987_654, "learner_steps": 2808, "learner_id": agent, "sps": 1914.36 - 100 * i,
+                    "updates_per_s": 480.61 - i, "epsilon": 0.98221600055, "time": 12_345.6})
+    display.update({"env_steps": 987_654, "learner_steps": 2808, "agent_id": agent, "episode_return": -25.77 - i,
+                    "policy_lag": 21.12, "time": 12_345.6})
+  display.update({"env_steps": 987_654, "learner_steps": 2808, "eval_return": -62.89295633957305,
+                  **{f"eval_return/agent_{i}": -20.96431877985769 for i in range(3)}, "time": 12_345.6})
+  display.close()
+  line = capsys.readouterr().out.splitlines()[-1]
+  assert line == "[3h25m 99%] steps 988k/1M  sps 1,814  upd/s 1,439  return -80.31  eval -62.89  eps 0.982  lag 21.1"
+  assert len(line) <= 100
+
+
+def test_a_note_says_what_happens_before_the_first_record(capsys, monkeypatch):
+  display = logger_lib.ProgressDisplay(True, stop_env_steps=100)
+  display.note("jaxrl: compiling the learner...")
+  assert capsys.readouterr().out == "jaxrl: compiling the learner...\n"   # at once, not at the first record
+  terminal = _Terminal()
+  monkeypatch.setattr(sys, "stdout", terminal)
+  display = logger_lib.ProgressDisplay(True, stop_env_steps=100)
+  display.note("jaxrl: compiling the learner...")
+  assert display.status_line().endswith("] jaxrl: compiling the learner...")
+  display.update({"env_steps": 50, "learner_steps": 0, "sps": 3.0})
+  assert "compiling" not in display.status_line() and "steps 50/100" in display.status_line()
+  display.close()
+  assert "compiling the learner" in terminal.getvalue()
 
 
 def test_disabled_progress_display_prints_nothing(capsys):
@@ -363,5 +444,5 @@ def test_progress_display_on_a_terminal_renders_the_status_with_rich(monkeypatch
   display.close()
   out = terminal.getvalue()
   assert "\x1b[" in out  # Live rendering (cursor control), not plain lines.
-  assert "steps 1,000" in out and "sps 321" in out and "return 4.0" in out
+  assert "steps 1,000" in out and "sps 321" in out and "return 4" in out
   assert ("50%" in out) == (stop_env_steps is not None)
