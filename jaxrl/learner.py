@@ -144,14 +144,15 @@ class Agent:
     params_key, rng = jax.random.split(key)
     inputs = (jnp.zeros((2, *self.obs_shape), jnp.float32),)   # B = 2, N = 3: no axis mix-up fits.
     if self.config.algo == "dqn":
-      expected, signature = (2, self.num_actions), "obs [B, *obs_shape] -> [B, A]"
+      expected, signature, sizes = (2, self.num_actions), "obs [B, *obs_shape] -> Q [B, A]", "B = 2"
     else:
       inputs += (jnp.zeros((2, 3), jnp.float32),)
-      expected, signature = (2, 3, self.num_actions), "(obs [B, *obs_shape], taus [B, N]) -> [B, N, A]"
+      expected, signature = (2, 3, self.num_actions), "(obs [B, *obs_shape], taus [B, N]) -> Z [B, N, A]"
+      sizes = "B = 2, N = 3"
     out, params = self.network.init_with_output(params_key, *inputs)
     if jnp.shape(out) != expected:
-      raise ValueError(f"network: expected {signature} with A = {self.num_actions} actions, "
-                       f"got output shape {jnp.shape(out)} for B = 2, N = 3")
+      raise ValueError(f"network: expected a {self.config.algo.upper()} network, {signature} with "
+                       f"A = {self.num_actions} actions; got output shape {jnp.shape(out)} for {sizes}")
     step = jnp.zeros((), jnp.int32)
     return LearnerState(params=params, target_params=params, opt_state=self.optimizer.init(params),
                         epsilon=self.epsilon_schedule(step), step=step, rng=rng)
