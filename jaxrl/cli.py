@@ -6,9 +6,10 @@
   jaxrl-train --resume runs/NAME [dotted.key=value ...]
   jaxrl-train --list-configs                         # the shipped configs, one a line
 
-``--resume`` continues from RUN_DIR's latest checkpoint; overrides after it
-apply on top of RUN_DIR/config.yaml (see ``resume_config`` for the stop
-conditions). ``--help`` lists every config key.
+``--resume`` continues from RUN_DIR's newest intact checkpoint (a corrupt
+newer one is said in one line), or from ``--checkpoint PATH``; overrides
+after it apply on top of RUN_DIR/config.yaml (see ``resume_config`` for the
+stop conditions). ``--help`` lists every config key.
 
 A bad config, environment, run directory (also one in use by a live run:
 ``jaxrl.run_dir``) or checkpoint is a one-line error on stderr with exit
@@ -26,6 +27,7 @@ import argparse
 import dataclasses
 import importlib.util
 import json
+import os
 import sys
 import time
 import warnings
@@ -74,7 +76,10 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument("config", nargs="?",
                       help="a YAML config file, or the name of a shipped config (see --list-configs)")
   parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. agent.learning_rate=1e-3")
-  parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest checkpoint")
+  parser.add_argument("--resume", metavar="RUN_DIR",
+                      help="continue the run in RUN_DIR from its newest intact checkpoint")
+  parser.add_argument("--checkpoint", metavar="PATH",
+                      help="with --resume: the checkpoint to continue from (default: the newest intact one)")
   parser.add_argument("--list-configs", action="store_true",
                       help="list the shipped configs (name and description) and exit")
   args = parser.parse_args(argv)
@@ -83,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     width = max(map(len, configs))
     print("\n".join(f"{name:<{width}}  {description}" for name, description in configs.items()))
     return 0
+  if args.checkpoint is not None and args.resume is None:
+    parser.error("--checkpoint needs --resume RUN_DIR")
   if args.resume is not None:
     run_dir = Path(args.resume)
     config_path, overrides = run_dir / "config.yaml", [a for a in [args.config, *args.overrides] if a]
@@ -109,13 +116,16 @@ def main(argv: list[str] | None = None) -> int:
   with lock:   # until the run ends; a directory made for a run that never started is removed
     if args.resume is None and (run_dir / "metrics.jsonl").exists():
       return _fail(f"run_dir: {run_dir} already holds a run (use --resume)")
-    return _train(cfg, run_dir, launch_time, args.resume is not None)
+    return _train(cfg, run_dir, launch_time, args.resume is not None, args.checkpoint)
 
 
-def _train(cfg: RunConfig, run_dir: Path, launch_time: float, resuming: bool) -> int:
-  """Checks, then trains the run in ``run_dir`` (resuming it from its latest
-  checkpoint if ``resuming``); main's exit status."""
+def _train(cfg: RunConfig, run_dir: Path, launch_time: float, resuming: bool, checkpoint: str | None = None) -> int:
+  """Checks, then trains the run in ``run_dir`` (resuming it, if
+  ``resuming``, from ``checkpoint``, default its newest intact one); main's
+  exit status."""
   cfg = dataclasses.replace(cfg, run_dir=str(run_dir))
+  if cfg.runtime.progress:   # at once: the imports, checks and compiling ahead take seconds
+    print(f"jaxrl-train: {'resuming' if resuming else 'starting'} {cfg.env.id} in {run_dir}", flush=True)
   from jaxrl import runtime  # pylint: disable=import-outside-toplevel
   from jaxrl.checkpoint import CheckpointError  # pylint: disable=import-outside-toplevel
   from jaxrl.envs import EnvError  # pylint: disable=import-outside-toplevel
@@ -124,7 +134,7 @@ def _train(cfg: RunConfig, run_dir: Path, launch_time: float, resuming: bool) ->
   try:
     try:
       spaces = runtime.preflight(cfg)
-      resume = runtime.load_resume(cfg, run_dir, spaces) if resuming else None
+      resume = runtime.load_resume(cfg, run_dir, spaces, checkpoint) if resuming else None
     except (ConfigError, EnvError, CheckpointError, SharedMemoryError) as e:
       return _fail(str(e))
     summary = runtime.train(cfg, run_dir, launch_time, resume, spaces, interrupted)
@@ -134,9 +144,11 @@ def _train(cfg: RunConfig, run_dir: Path, launch_time: float, resuming: bool) ->
     return 130
   finally:
     interrupted.restore()
-  print(f"jaxrl-train: {summary['stopped_because']}: eval_return {summary['eval_return']}, "
-        f"env_steps {summary['env_steps']}, learner_steps {summary['learner_steps']}, "
-        f"{summary['wall_seconds']:.1f}s -> {run_dir}")
+  from jaxrl.logger import significant  # pylint: disable=import-outside-toplevel
+  eval_return = summary["eval_return"]
+  print(f"jaxrl-train: {summary['stopped_because']}: eval_return "
+        f"{'-' if eval_return is None else significant(eval_return)}, env_steps {summary['env_steps']:,}, "
+        f"learner_steps {summary['learner_steps']:,}, {summary['wall_seconds']:.1f}s -> {run_dir}")
   if "error" in summary:   # a failure, or a learner killed before its final checkpoint
     print(f"jaxrl-train: error: {summary['error']}", file=sys.stderr)
     return 1
@@ -158,6 +170,12 @@ def video_frame(frame) -> np.ndarray:
   return frame.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else frame
 
 
+# gymnasium's checks of a render that video_frame and the 30 fps default take care of: MinAtar declares no
+# render_fps and renders float frames.
+_RENDER_WARNINGS = (r".*No render fps was declared",
+                    r".*RGB-array rendering should return a numpy array with dtype uint8")
+
+
 def _record_episode(env_cfg: EnvConfig, agent, params, directory: Path, epsilon: float, seed: int,
                     max_steps: int | None) -> Path:
   """Writes a video of one episode of ``agent`` acting ``epsilon``-greedily
@@ -169,21 +187,25 @@ def _record_episode(env_cfg: EnvConfig, agent, params, directory: Path, epsilon:
   import imageio  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   from jaxrl.envs import EnvError, make_video_env  # pylint: disable=import-outside-toplevel
-  env = make_video_env(env_cfg)
-  try:
-    obs, _ = env.reset(seed=seed)
-    frames = [env.render()]
-    if frames[0] is None:
-      raise EnvError(f"env.id: {env_cfg.id!r} renders no rgb_array frames")
-    act, key, done = jax.jit(agent.act), jax.random.PRNGKey(seed), False
-    while not done:
-      key, act_key = jax.random.split(key)
-      obs, _, terminated, truncated, _ = env.step(int(act(params, obs[None], epsilon, act_key)[0]))
-      frames.append(env.render())
-      done = terminated or truncated or (max_steps is not None and len(frames) > max_steps)
-    fps = env.metadata.get("render_fps") or 30
-  finally:
-    env.close()
+  os.environ.setdefault("SDL_VIDEODRIVER", "dummy")   # pygame renders off screen: no display, no XDG_RUNTIME_DIR
+  with warnings.catch_warnings():
+    for message in _RENDER_WARNINGS:
+      warnings.filterwarnings("ignore", message, UserWarning)
+    env = make_video_env(env_cfg)
+    try:
+      obs, _ = env.reset(seed=seed)
+      frames = [env.render()]
+      if frames[0] is None:
+        raise EnvError(f"env.id: {env_cfg.id!r} renders no rgb_array frames")
+      act, key, done = jax.jit(agent.act), jax.random.PRNGKey(seed), False
+      while not done:
+        key, act_key = jax.random.split(key)
+        obs, _, terminated, truncated, _ = env.step(int(act(params, obs[None], epsilon, act_key)[0]))
+        frames.append(env.render())
+        done = terminated or truncated or (max_steps is not None and len(frames) > max_steps)
+      fps = env.metadata.get("render_fps") or 30
+    finally:
+      env.close()
   frames = [video_frame(frame) for frame in frames]
   directory.mkdir(parents=True, exist_ok=True)
   if importlib.util.find_spec("imageio_ffmpeg") is not None:
@@ -234,7 +256,8 @@ def evaluate_main(argv: list[str] | None = None) -> int:
   except (ConfigError, CheckpointError, EnvError) as e:
     return _fail(str(e), prog)
   if args.video is not None and list(run.agents) != [AGENT_ID]:
-    return _fail("--video: only runs of a gymnasium environment (one agent) can be recorded", prog)
+    return _fail(f"--video records gymnasium and Atari environments only; {run.config.env.id} is a PettingZoo "
+                 "environment", prog)
   episodes = args.episodes or run.config.eval.episodes
   env_set = make_env_set(run.config.env, run.config.agents, episodes)
   max_steps = None if has_time_limit(env_set) else run.config.eval.max_episode_steps

@@ -7,16 +7,18 @@ import json
 import re
 import subprocess
 import sys
+import warnings
 
 import chex
 import jax
+import numpy as np
 import pytest
 
 import jaxrl
-from jaxrl import cli
-from jaxrl.checkpoint import CheckpointError, latest_checkpoint, restore_checkpoint
+from jaxrl import cli, runtime
+from jaxrl.checkpoint import CheckpointError, latest_checkpoint, restore_checkpoint, save_checkpoint
 from jaxrl.config import ConfigError, RunConfig
-from jaxrl.config_file import load_config
+from jaxrl.config_file import load_config, save_config
 from runs import CARTPOLE, ENV, ROOT, train_cli
 
 EVALUATE = [sys.executable, str(ROOT / "scripts" / "evaluate.py")]
@@ -147,6 +149,51 @@ def test_video_writes_the_first_episode(run_dir, tmp_path, capsys, monkeypatch, 
   assert result["video"] == str(path)
   assert path.stat().st_size > 1000
   assert [p.name for p in (tmp_path / "video").iterdir()] == [path.name]
+
+
+def test_video_prints_nothing_but_its_json_line(run_dir, tmp_path):
+  """No pygame "XDG_RUNTIME_DIR is invalid" line from rendering CartPole,
+  whatever the environment lacks (a server has no display nor runtime dir)."""
+  env = {k: v for k, v in ENV.items() if k not in ("XDG_RUNTIME_DIR", "SDL_VIDEODRIVER", "DISPLAY")}
+  proc = subprocess.run(EVALUATE + [str(run_dir), "--episodes", "1", "--video", str(tmp_path / "video")],
+                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=300, check=False)
+  assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+  assert json.loads(proc.stdout)["video"] == str(tmp_path / "video" / "episode.mp4")
+
+
+def zero_states(agents):
+  """Learner id -> a state of zeros of its agent's shapes (no computation)."""
+  return jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), runtime.state_templates(agents))
+
+
+def test_a_minatar_video_raises_no_render_warnings(tmp_path):
+  """MinAtar declares no render fps and renders float frames, which the
+  video takes care of: gymnasium's warnings about them are not shown."""
+  pytest.importorskip("minatar")
+  cfg = load_config(ROOT / "configs" / "minatar_dqn.yaml")
+  agents = runtime.make_agents(cfg)
+  (agent,), (state,) = agents.values(), zero_states(agents).values()
+  params = state.params
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    path = cli._record_episode(cfg.env, agent, params, tmp_path, 0.0, 0, max_steps=5)
+  assert path.stat().st_size > 0
+  assert [str(w.message) for w in caught if "gymnasium" in w.filename] == []
+
+
+def test_video_of_a_pettingzoo_run_is_refused_in_one_line(tmp_path, capsys):
+  pytest.importorskip("mpe2")
+  cfg = load_config(ROOT / "configs" / "mpe_spread_dqn.yaml")
+  run_dir = tmp_path / "run"
+  run_dir.mkdir()
+  save_config(cfg, run_dir / "config.yaml")
+  save_checkpoint(run_dir / "checkpoints", zero_states(runtime.make_agents(cfg)),
+                  {"env_steps": 0, "episodes": 0, "learner_steps": 0}, {}, keep=1)
+  code, out, err = evaluate(capsys, run_dir, "--episodes", 1, "--video", tmp_path / "video")
+  assert (code, out) == (2, [])
+  assert err == ["jaxrl-evaluate: error: --video records gymnasium and Atari environments only; "
+                 "mpe2.simple_spread_v3 is a PettingZoo environment"]
+  assert not (tmp_path / "video").exists()
 
 
 def test_video_without_imageio_names_the_extra(run_dir, tmp_path, capsys, monkeypatch):

@@ -37,7 +37,7 @@ FULL_ACTION_SET = 6   # the -v0 ids
 CAPACITY = 256        # the replay of the short runs: 300 env steps wrap around it
 TINY = ["runtime.mode=sync", "runtime.progress=false", "stop.env_steps=300", "replay.min_size=64",
         f"replay.capacity={CAPACITY}", "learner.batch_size=32", "agent.hidden_sizes=[32]",
-        "eval.interval=0", "stop.eval_return=null", "checkpoint.replay=true"]
+        "eval.interval=0", "eval.at_end=false", "stop.eval_return=null", "checkpoint.replay=true"]
 
 
 def env_id(game: str, version: str = "v1") -> str:
@@ -283,7 +283,7 @@ def test_breakout_learns_better_than_random(tmp_path):
   proc = train_cli(MINATAR_DQN, f"run_dir={run_dir}", "runtime.mode=sync", "runtime.progress=false", "seed=0",
                    "stop.env_steps=20100", "replay.min_size=1000", "agent.learning_rate=1e-3",
                    "agent.epsilon_decay_steps=2500", "agent.target_update_period=250", "eval.interval=4800",
-                   "eval.episodes=10", timeout=300)
+                   "eval.episodes=10", "eval.at_end=false", timeout=300)
   assert proc.returncode == 0, proc.stderr
   evaluations = [r for r in records(run_dir) if "eval_return" in r]
   assert [r["eval_learner_steps"] for r in evaluations] == [4800]

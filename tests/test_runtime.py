@@ -90,9 +90,11 @@ def test_async_run_reports_progress_and_leaks_nothing(tmp_path, start_method):
   learner = [r for r in records if "loss" in r]
   assert learner and all(r["updates_per_s"] > 0 and r["sps"] >= 0 for r in learner[1:])
   assert max(r["learner_steps"] for r in records) > 0
-  # One evaluation per eval.interval learner steps, though the params evaluated may be older.
-  evals = [r["learner_steps"] // cfg.eval.interval for r in records if "eval_return" in r]
+  # One evaluation per eval.interval learner steps, though the params evaluated may be older;
+  # the last record is the run's final evaluation (eval.at_end), of its final checkpoint.
+  evals = [r["learner_steps"] // cfg.eval.interval for r in records[:-1] if "eval_return" in r]
   assert evals and len(set(evals)) == len(evals), evals
+  assert "eval_return" in records[-1]
   assert not segments_of(proc.pid)
 
 

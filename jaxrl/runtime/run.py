@@ -6,7 +6,8 @@ directory, counters, stop conditions, evaluation and summary; ``train``
 builds the Run and hands it to the backend of ``runtime.backend`` and
 ``runtime.mode`` (sync: ``runtime.sync``; async, local or Ray:
 ``runtime.supervisor``), which runs the acting and learning loops and
-returns when the run stops.
+returns when the run stops; the run then ends with an evaluation of its
+final checkpoint, the same for every backend.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from jaxrl.config import RunConfig
 from jaxrl.config_file import config_to_dict, save_config
 from jaxrl.envs import LearnerSpace
 from jaxrl.logger import MetricsLogger, ProgressDisplay, plot_learning_curve, write_summary
-from jaxrl.runtime.builders import (check_replays, configure_jax, learner_spaces, make_agents, make_env_set, seed,
-                                    state_templates)
-from jaxrl.runtime.learning import CHECKPOINT_DIR, replay_contents
+from jaxrl.runtime.builders import (check_replays, configure_jax, describe_error, learner_spaces, make_agents,
+                                    make_env_set, seed, state_templates)
+from jaxrl.runtime.learning import CHECKPOINT_DIR, replay_contents, warn_on_stderr
 from jaxrl.shm import remove_dead_segments, segment_pid
 
 ERRORS_FILE = "errors.log"
@@ -61,27 +62,35 @@ class Resume:
     return contents
 
 
-def load_resume(cfg: RunConfig, run_dir: str | os.PathLike,
-                spaces: dict[str, LearnerSpace] | None = None) -> Resume:
-  """Checks that ``run_dir``'s latest checkpoint restores into ``cfg``'s
-  learners (of ``spaces``, made here when not given).
+def load_resume(cfg: RunConfig, run_dir: str | os.PathLike, spaces: dict[str, LearnerSpace] | None = None,
+                checkpoint: str | os.PathLike | None = None) -> Resume:
+  """Checks that ``checkpoint`` (default: ``run_dir``'s newest intact
+  checkpoint; newer, corrupt ones are said in one line on stderr) restores
+  into ``cfg``'s learners (of ``spaces``, made here when not given).
 
   Sets this process's JAX up as the supervisor's first (``configure_jax``):
   reading a checkpoint must not start JAX with its defaults (on a GPU host,
   the GPU with its default preallocation).
 
   Raises:
-    CheckpointError: no checkpoint, a corrupt one, or one of another agent.
+    CheckpointError: no checkpoint, no intact one (or ``checkpoint``
+      corrupt), or one of another agent.
   """
   configure_jax("supervisor", cfg.runtime.compilation_cache)
   from jaxrl import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
+  templates = state_templates(make_agents(cfg, spaces))
+
+  def read(path: Path) -> Resume:
+    _, counters, _ = ckpt.restore_checkpoint(path, templates)
+    return Resume(path, {k: int(counters[k]) for k in ("env_steps", "episodes", "learner_steps")},
+                  replay_contents(ckpt.load_extra_arrays(path)))
+
+  if checkpoint is not None:
+    return read(Path(checkpoint))
   directory = Path(run_dir) / CHECKPOINT_DIR
-  path = ckpt.latest_checkpoint(directory)
-  if path is None:
+  if ckpt.latest_checkpoint(directory) is None:
     raise ckpt.CheckpointError(f"{directory}: no checkpoint to resume from")
-  _, counters, _ = ckpt.restore_checkpoint(path, state_templates(make_agents(cfg, spaces)))
-  return Resume(path, {k: int(counters[k]) for k in ("env_steps", "episodes", "learner_steps")},
-                replay_contents(ckpt.load_extra_arrays(path)))
+  return ckpt.newest_intact(directory, read, warn_on_stderr)[1]
 
 
 def preflight(cfg: RunConfig) -> dict[str, LearnerSpace]:
@@ -130,6 +139,7 @@ class Run:
     self.episodes = counters.get("episodes", 0)
     self.learner_steps = counters.get("learner_steps", 0)
     self.eval_return: float | None = None
+    self.evaluated_at: int | None = None   # the run's learner steps at its last evaluation logged
     self.stopped_because: str | None = None
     self.error: str | None = None
     self.actor_restarts = 0
@@ -143,13 +153,12 @@ class Run:
         counters["env_steps"], counters["episodes"], counters["learner_steps"])
 
   def log(self, *records: dict) -> None:
-    """Logs ``records`` at the run's counters; the display shows the last.
+    """Logs ``records`` at the run's counters, and shows them on the display.
     A write that fails (a full disk) is the run's error, said in one line."""
     counters = {"env_steps": int(self.env_steps), "learner_steps": int(self.learner_steps)}
     with self._metrics_written():
       logged = [self.logger.log({**counters, **record}) for record in records]
-      if logged:
-        self.progress.update(logged[-1])
+      self.progress.update(*logged)
 
   def flush_metrics_if_due(self) -> None:
     """Writes the records waiting for a second or more (``MetricsLogger.flush_if_due``)."""
@@ -185,9 +194,33 @@ class Run:
     the next evaluation from the run's learner steps now: an evaluation that
     took longer than an interval is followed by one an interval later, so
     that each interval's records hold one evaluation at most."""
-    self.eval_return = record["eval_return"]
+    self.eval_return, self.evaluated_at = record["eval_return"], self.learner_steps
     self.evaluator.schedule(self.learner_steps)
     self.log(record)
+
+  def evaluate_at_end(self, should_stop: Callable[[], bool], **extra) -> None:
+    """The run's last evaluation (``eval.at_end``), of its final
+    checkpoint's params, once it has stopped at ``stop.env_steps`` or
+    ``stop.seconds``: not after a signal (the run must stop within seconds,
+    and an evaluation can take minutes), an error, or ``stop.eval_return``
+    (the evaluation that met it was the last), nor a second time at the
+    same learner step. ``should_stop`` (a signal meanwhile) abandons it; a
+    failure is the run's error. ``extra`` goes into its record."""
+    if (not self.cfg.eval.at_end or self.error is not None or self.evaluated_at == self.learner_steps
+        or self.stopped_because not in ("env_steps", "seconds")):
+      return
+    from jaxrl import checkpoint as ckpt  # pylint: disable=import-outside-toplevel
+    try:
+      states, _, _ = ckpt.restore_checkpoint(self.run_dir / CHECKPOINT_DIR, state_templates(self.agents))
+      record = self.evaluator({lid: state.params for lid, state in states.items()},
+                              sum(int(state.step) for state in states.values()), self.learner_steps, should_stop)
+    except Exception as e:  # pylint: disable=broad-except
+      reason, trace = describe_error(e)
+      self.error = f"evaluation: {reason}"
+      self.fail("evaluation", reason, trace)
+      return
+    if record is not None:
+      self.log_evaluation({**record, **extra})
 
   def fail(self, process: str, reason: str, trace: str | None = None) -> None:
     """Records a failure: one line on stderr, the traceback in errors.log."""
@@ -246,25 +279,31 @@ class Run:
 
 class Evaluator:
   """Greedy evaluation every ``eval.interval`` learner steps (summed over
-  learners) on ``eval.episodes`` env copies of its own. An env without a
-  time limit of its own has its evaluation episodes cut at
-  ``eval.max_episode_steps``."""
+  learners) on ``eval.episodes`` env copies of its own, made at once when
+  there are periodic evaluations and at the first evaluation otherwise (the
+  run's last, ``eval.at_end``). An env without a time limit of its own has
+  its evaluation episodes cut at ``eval.max_episode_steps``."""
 
   def __init__(self, cfg: RunConfig, agents: dict, learner_steps: int):
-    from jaxrl.envs import has_time_limit  # pylint: disable=import-outside-toplevel
     self.cfg, self.agents = cfg, agents
-    self.envs = make_env_set(cfg.env, cfg.agents, cfg.eval.episodes) if cfg.eval.interval > 0 else None
-    self.max_steps = None if self.envs is None or has_time_limit(self.envs) else cfg.eval.max_episode_steps
+    self.envs = self.max_steps = None
+    if cfg.eval.interval > 0:
+      self._make_envs()
     self.schedule(learner_steps)
+
+  def _make_envs(self) -> None:
+    from jaxrl.envs import has_time_limit  # pylint: disable=import-outside-toplevel
+    self.envs = make_env_set(self.cfg.env, self.cfg.agents, self.cfg.eval.episodes)
+    self.max_steps = None if has_time_limit(self.envs) else self.cfg.eval.max_episode_steps
 
   def schedule(self, learner_steps: int) -> None:
     """The next evaluation is due at the first multiple of ``eval.interval``
     after ``learner_steps`` (the run's, when the last one was logged)."""
-    if self.envs is not None:
+    if self.cfg.eval.interval > 0:
       self.next_step = (learner_steps // self.cfg.eval.interval + 1) * self.cfg.eval.interval
 
   def due(self, learner_steps: int) -> bool:
-    return self.envs is not None and learner_steps >= self.next_step
+    return self.cfg.eval.interval > 0 and learner_steps >= self.next_step
 
   def __call__(self, params: dict, params_step: int, learner_steps: int,
                should_stop: Callable[[], bool] = lambda: False) -> dict[str, float] | None:
@@ -274,6 +313,8 @@ class Evaluator:
     ``eval_capped``, the episodes cut at the step cap, and
     ``eval_learner_steps``; None if ``should_stop()`` abandoned it."""
     from jaxrl.actor import evaluate  # pylint: disable=import-outside-toplevel
+    if self.envs is None:
+      self._make_envs()
     result = evaluate(self.agents, params, self.envs, self.cfg.eval.epsilon,
                       seed=seed(self.cfg, 3, learner_steps), max_steps=self.max_steps, should_stop=should_stop)
     if result is None:
@@ -325,6 +366,17 @@ class Interrupted:
       signal.signal(s, handler)
 
 
+def _starting(cfg: RunConfig, spaces: dict[str, LearnerSpace]) -> str:
+  """What a run does before its first record, in one line."""
+  def count(n: int, what: str) -> str:
+    return f"{n} {what}{'s' if n > 1 else ''}"
+  backend = ", ray" if cfg.runtime.backend == "ray" else ""
+  learners = count(len(spaces), "learner")
+  return (f"jaxrl: {learners} and {count(cfg.actors.num, 'actor')} x {cfg.actors.envs_per_actor} envs "
+          f"({cfg.runtime.mode}{backend}): compiling the {learners.partition(' ')[2]}, "
+          f"filling replay to {cfg.replay.min_size:,}...")
+
+
 def train(cfg: RunConfig, run_dir: str | os.PathLike, launch_time: float | None = None,
           resume: Resume | None = None, spaces: dict[str, LearnerSpace] | None = None,
           interrupted: Interrupted | None = None) -> dict:
@@ -333,11 +385,13 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, launch_time: float | None 
   Runs ``preflight`` first unless its ``spaces`` are given: a run that
   cannot start fails before it writes anything. With ``resume`` (from
   ``load_resume``), the learner state, counters, metrics.jsonl and (if
-  saved) replay continue from the checkpoint. A SIGINT/SIGTERM (from
-  ``interrupted``'s installation on, made here when not given) stops the run
-  with a final checkpoint and summary; a second one raises KeyboardInterrupt
-  after killing the children and unlinking the segments, without a final
-  checkpoint or summary.
+  saved) replay continue from the checkpoint. Once the backend has
+  stopped, the run ends with an evaluation of its final checkpoint
+  (``Run.evaluate_at_end``). A SIGINT/SIGTERM (from ``interrupted``'s
+  installation on, made here when not given) stops the run with a final
+  checkpoint and summary, without that evaluation; a second one raises
+  KeyboardInterrupt after killing the children and unlinking the segments,
+  without a final checkpoint or summary.
   """
   launch_time = time.time() if launch_time is None else launch_time
   owned = interrupted is None
@@ -345,11 +399,13 @@ def train(cfg: RunConfig, run_dir: str | os.PathLike, launch_time: float | None 
   try:
     spaces = spaces or preflight(cfg)
     run = Run(cfg, Path(run_dir), launch_time, resume, spaces)
+    run.progress.note(_starting(cfg, spaces))
     try:
       extra = _backend(cfg).run(cfg, run, interrupted, resume)
     except OSError as e:   # the run's own files: a full disk, say
       run.error, run.stopped_because, extra = f"{type(e).__name__}: {e}", "error", {}
       run.fail("supervisor", run.error)
+    run.evaluate_at_end(lambda: interrupted.signum is not None, **extra)
   finally:
     if owned:
       interrupted.restore()
