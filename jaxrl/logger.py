@@ -518,6 +518,8 @@ class ProgressDisplay:
   def status_line(self) -> str:
     """One line: elapsed time and progress, env steps, and the latest sps,
     updates/s, returns, epsilon, policy lag (or the note, before any record)."""
+    if self._note is not None and not self._seen:
+      return self._note
     progress = self._progress()
     clock = _duration(self._elapsed())
     steps = f"steps {_count(self._env_steps())}"
@@ -528,8 +530,6 @@ class ProgressDisplay:
     else:
       head = f"[{clock} {progress[1]:.0%}]"
       steps += f"/{_count(self._stop_env_steps)}"
-    if self._note is not None and not self._seen:
-      return f"{head} {self._note}"
     parts = [steps]
     for label, field, show, combine in self._FIELDS:
       values = [v for v in self._latest[field].values() if v is not None]
