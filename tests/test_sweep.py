@@ -68,7 +68,8 @@ def test_a_grid_is_ordinary_runs_two_at_once_and_a_second_sweep_starts_nothing(t
 def test_ctrl_c_cuts_the_runs_and_the_same_command_resumes_them(tmp_path):
   """SIGINT to the sweep reaches its run, which checkpoints and exits; no
   process is left; the same command resumes the run (its records go on)."""
-  command = [*SWEEP, CARTPOLE, "--dir", str(tmp_path), "runtime.mode=sync", "stop.env_steps=1500",
+  # Long enough (6,000 env steps) that the run cannot end before the SIGINT sent at its first record.
+  command = [*SWEEP, CARTPOLE, "--dir", str(tmp_path), "runtime.mode=sync", "stop.env_steps=6000",
              "stop.eval_return=null", "replay.min_size=64", "learner.batch_size=32", "eval.interval=50",
              "eval.episodes=1", "runtime.progress=false"]
   run_dir = tmp_path / "cartpole_dqn" / "seed0"
