@@ -76,7 +76,7 @@ def test_a_signal_writes_a_final_checkpoint_and_leaves_nothing(tmp_path, signum)
   assert_final_checkpoint(run_dir, signum.name)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_a_signal_to_the_whole_process_group_is_handled_by_the_supervisor(tmp_path, signum):
   """Ctrl-C in a terminal, or scancel / systemd / docker stop (SIGTERM to every
   process of the group): the children ignore it and the supervisor stops the run."""
@@ -91,7 +91,7 @@ def test_a_signal_to_the_whole_process_group_is_handled_by_the_supervisor(tmp_pa
 
 
 @pytest.mark.parametrize("signum, children", [(signal.SIGINT, 0), (signal.SIGINT, 1), (signal.SIGTERM, 2),
-                                               (signal.SIGINT, 3)],
+                                               pytest.param(signal.SIGINT, 3, marks=pytest.mark.slow)],
                          ids=["sigint-before-the-learner", "sigint-starting-actor-0", "sigterm-starting-actor-1",
                               "sigint-all-started"])
 def test_a_group_signal_at_any_point_of_startup_stops_the_run_cleanly(tmp_path, signum, children):

@@ -82,6 +82,7 @@ def test_cartpole_learns_through_ray(tmp_path, cluster):
   assert len(actor_starts(run_dir)) == 1
 
 
+@pytest.mark.slow   # resume is the same code in every backend; the default run resumes local runs
 def test_resume_of_a_ray_run_continues_its_counters(tmp_path, cluster):
   run_dir = tmp_path / "run"
   first = train_cli(CARTPOLE, f"run_dir={run_dir}", *joined(cluster), *SHORT, "stop.env_steps=3000", timeout=180)
@@ -95,6 +96,7 @@ def test_resume_of_a_ray_run_continues_its_counters(tmp_path, cluster):
   assert len(actor_starts(run_dir)) == 2   # one actor in each life of the run
 
 
+@pytest.mark.slow   # the default run has several agents locally and one through Ray
 def test_several_agents_through_ray(tmp_path, cluster):
   run_dir = tmp_path / "run"
   proc = train_cli(SPREAD, f"run_dir={run_dir}", *joined(cluster), *SHORT, "stop.env_steps=4000",
@@ -225,7 +227,9 @@ sys.stdin.read()
   assert not segments_of(proc.pid)
 
 
-@pytest.mark.parametrize("signum, to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)],
+# The Ctrl-C variant is slow-only: the default run has a Ctrl-C to the group while Ray starts.
+@pytest.mark.parametrize("signum, to_group", [pytest.param(signal.SIGINT, True, marks=pytest.mark.slow),
+                                              (signal.SIGTERM, False)],
                          ids=["ctrl-c to the process group", "SIGTERM to the driver"])
 def test_a_signal_stops_the_run_and_every_ray_process_it_started(tmp_path, signum, to_group):
   """A terminal's Ctrl-C reaches the whole process group; a SIGTERM to the
