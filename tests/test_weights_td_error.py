@@ -8,26 +8,16 @@ import pytest
 
 import jaxrl
 
-OBS_SHAPE, NUM_ACTIONS, BATCH = (4,), 3, 16
-
-
-def make(**overrides):
-  cfg = jaxrl.AgentConfig(**{"hidden_sizes": (16, 16), "num_tau_samples": 4, "num_tau_prime_samples": 5,
-                             "num_quantile_samples": 6, "quantile_embedding_dim": 8, **overrides})
-  return jaxrl.make_agent(cfg, OBS_SHAPE, NUM_ACTIONS)
+from test_learner import BATCH, NUM_ACTIONS, make, random_batch
 
 
 def weighted_batch(seed=0, size=BATCH):
-  """Random transitions with ~10% padding rows and weights in [0.1, 2] (none equal)."""
-  rng = np.random.default_rng(seed)
-  return jaxrl.Transition(
-      obs=rng.normal(size=(size, *OBS_SHAPE)).astype(np.float32),
-      action=rng.integers(0, NUM_ACTIONS, size).astype(np.int32),
-      reward=rng.normal(size=size).astype(np.float32),
-      discount=(0.99 * (rng.random(size) > 0.2)).astype(np.float32),
-      next_obs=rng.normal(size=(size, *OBS_SHAPE)).astype(np.float32),
-      valid=np.r_[0.0, 1.0, (rng.random(size - 2) > 0.1)].astype(np.float32),
-      weight=rng.uniform(0.1, 2.0, size).astype(np.float32))
+  """``random_batch`` with a padding row and a valid one first, and weights in [0.1, 2] (none equal)."""
+  batch = random_batch(seed, size)
+  valid = batch.valid.copy()
+  valid[:2] = 0.0, 1.0
+  weight = np.random.default_rng([seed, 1]).uniform(0.1, 2.0, size).astype(np.float32)
+  return batch._replace(valid=valid, weight=weight)
 
 
 def a_state(agent):
