@@ -532,7 +532,10 @@ class ProgressDisplay:
       steps += f"/{_count(self._stop_env_steps)}"
     parts = [steps]
     for label, field, show, combine in self._FIELDS:
-      values = [v for v in self._latest[field].values() if v is not None]
+      if field == "recent_return":   # the mean of each agent's recent episodes, taken when shown
+        values = [float(np.mean(returns)) for returns in self._returns.values()]
+      else:
+        values = [v for v in self._latest[field].values() if v is not None]
       parts.append(f"{label} {show(float(combine(values))) if values else '-'}")
     return f"{head} " + "  ".join(parts)
 
@@ -559,7 +562,6 @@ class ProgressDisplay:
           self._latest[key][agent] = value
       if stats.get("episode_return") is not None:
         self._returns[agent].append(stats["episode_return"])
-        self._latest["recent_return"][agent] = float(np.mean(self._returns[agent]))
     self._unprinted = self._seen = True
     if self._live is not None:
       progress = self._progress()
