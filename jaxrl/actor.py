@@ -231,7 +231,9 @@ class _LearnerSlots:
       inactive, accumulator_active = (~active).nonzero()[0], active
     transitions = None if self._accumulator is None else self._transitions(step, accumulator_active)
     self.obs = next_obs
-    self._lag_sum += learner_step - self.policy_step
+    # The learner's newest step is at least that of the params it published: a
+    # step read before them (Ray's driver reads it, then the newest snapshot) is stale.
+    self._lag_sum += max(learner_step - self.policy_step, 0)
     self.returns += reward
     if len(inactive):  # Out of their episodes: the next ones start after this step.
       self.returns[inactive] = 0.0

@@ -224,6 +224,19 @@ def test_episodes_exclude_the_autoreset_step_and_average_the_policy_lag():
   assert truncated > 0
 
 
+def test_a_learner_step_older_than_the_policy_counts_as_no_lag():
+  """A newest learner step read before the params arrived (Ray's driver reads
+  it, then the newest snapshot) is stale: the lag is never negative."""
+  agent, params = make("dqn")
+  actor = Actor({AGENT_ID: agent}, cartpole_envs(4, max_episode_steps=12), seed=0)
+  actor.set_policy(AGENT_ID, params, 0.5, step=50)
+  _, episodes = run(actor, 60, learner_step=lambda t: 40 + t)   # behind the policy until t = 10
+  lags = [episode.policy_lag for _, episode in episodes]
+  assert lags and min(lags) >= 0 and max(lags) > 0
+  first = min(episodes, key=lambda e: e[0])[1]
+  assert first.policy_lag == pytest.approx(0.0)
+
+
 def test_env_steps_count_real_transitions_not_the_autoreset_steps():
   """An env whose episode ended spends its next step on gymnasium's no-op
   autoreset: that step is no env step, and makes no transition either."""

@@ -21,7 +21,7 @@ from runs import ROOT
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 EXTRAS = PROJECT["optional-dependencies"]
 WORKLOADS = {"mpe", "minatar", "atari", "ray", "wandb", "video", "gpu", "plot"}
-TEST_TOOLS = {"pytest", "pytest-timeout", "hypothesis", "psutil"}
+TEST_TOOLS = {"pytest", "pytest-timeout", "pytest-xdist", "hypothesis", "psutil"}
 # The module each extra's requirement brings (gymnasium[classic-control]: pygame, which renders classic control).
 MODULES = {"pettingzoo": "pettingzoo", "mpe2": "mpe2", "minatar": "minatar", "ale-py": "ale_py", "ray[tune]": "ray",
            "wandb": "wandb", "rliable": "rliable", "pandas": "pandas", "imageio": "imageio", "imageio-ffmpeg": "imageio_ffmpeg",
