@@ -121,11 +121,7 @@ class _LearnerSlots:
   the acting values (``NStepAccumulator.step``'s ``priority``): Q(obs) of
   each step is taken once, after the env step that gives obs, where it
   serves both the finished transitions' bootstrap and the next actions; only
-  a new policy in between makes a second pass. IQN's TD error is, as its
-  learner's ``td_error``, the mean absolute pairwise error of the K quantile
-  samples Q is the mean of, at the action taken and at the greedy next one:
-  the mean of |Q| alone would rank a fresh transition below the learner's
-  priorities (2.5x below at the median on MinAtar Seaquest).
+  a new policy in between makes a second pass.
   """
 
   def __init__(self, agent, space: LearnerSpace, obs: np.ndarray, rng: np.random.Generator, n_step: int,
@@ -137,10 +133,7 @@ class _LearnerSlots:
     self.num_actions = space.num_actions
     # DQN with the built-in MLP acts in numpy; IQN, the conv torso and a user's network in JAX.
     numpy_path = agent.config.algo == "dqn" and len(space.obs_shape) == 1 and agent.builtin_network
-    # IQN's priorities take its K quantile samples, not just their mean.
-    self._quantiles = collect and priorities and agent.config.algo == "iqn"
-    self._jax_q_values = None if numpy_path else jax.jit(agent.quantile_values if self._quantiles
-                                                         else agent.q_values)
+    self._jax_q_values = None if numpy_path else jax.jit(agent.q_values)
     self._frames = FrameStream(num_slots) if collect and space.frame_stacked else None
     self._obs_ref = None if self._frames is None else self._frames.push(obs)  # int64 [S]
     self._accumulator = None
@@ -150,8 +143,7 @@ class _LearnerSlots:
     self._clip_rewards, self._terminal_on_life_loss = clip_rewards, terminal_on_life_loss
     self._priorities = collect and priorities
     self._q = None      # float [S, A]: Q(obs) under the current policy, if taken already
-    self._z = None      # float [S, K, A]: with IQN's priorities, the K quantile samples Q is the mean of
-    self._value = None  # float [S] (IQN [S, K]): Q(obs, action) of this step's actions (with priorities)
+    self._value = None  # float [S]: Q(obs, action) of this step's actions (with priorities)
     self._slots = np.arange(num_slots)
     self._rng = rng
     # Exploration draws, float [D, S] uniforms and int [D, S] random actions,
@@ -199,22 +191,20 @@ class _LearnerSlots:
       self._draw = 0
     draw = self._draw
     self._draw += 1
-    q, z = self._q_values(self.obs) if self._q is None else (self._q, self._z)
+    q = self._q_values(self.obs) if self._q is None else self._q
     self._action = q.argmax(axis=1)
     if self._explores[draw]:
       self._action = np.where(self._explore[draw], self._random_actions[draw], self._action)
     if self._priorities:
-      self._value = (q if z is None else z)[self._slots, ..., self._action]
+      self._value = q[self._slots, self._action]
     return self._action
 
-  def _q_values(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """Q(obs) float32 [S, A] under the current policy; and with IQN's
-    priorities the quantile samples [S, K, A] it is the mean of (else None)."""
+  def _q_values(self, obs: np.ndarray) -> np.ndarray:
+    """Q(obs) float32 [S, A] under the current policy."""
     if self._jax_q_values is None:
-      return numpy_q_values(self.params, obs), None
+      return numpy_q_values(self.params, obs)
     key = self._rng.integers(0, 2**32, 2, np.uint32)  # A raw jax.random key.
-    values = np.asarray(self._jax_q_values(self.params, obs, key))
-    return (values.mean(axis=1), values) if self._quantiles else (values, None)
+    return np.asarray(self._jax_q_values(self.params, obs, key))
 
   def record(self, step: SlotStep, learner_step: int, steps: int,
              episodes: list[Episode]) -> dict[str, np.ndarray] | None:
@@ -253,9 +243,8 @@ class _LearnerSlots:
     cut = step.life_lost if self._terminal_on_life_loss else None
     next_value = None
     if self._priorities:  # The next actions' Q, and the bootstrap of what ends here.
-      self._q, self._z = self._q_values(step.obs)
-      best = self._q.argmax(axis=1)
-      next_value = (self._q if self._z is None else self._z)[self._slots, ..., best]
+      self._q = self._q_values(step.obs)
+      next_value = self._q.max(axis=1)
     if self._frames is None:
       return self._accumulator.step(self.obs, self._action, reward, step.terminated, step.truncated, step.obs,
                                     self.policy_step, active, cut, self._value, next_value)

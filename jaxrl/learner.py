@@ -111,24 +111,14 @@ class Agent:
     IQN averages K = num_quantile_samples quantile values drawn with ``key``
     (required for IQN, ignored by DQN).
     """
-    if self.config.algo == "dqn":
-      obs = jnp.asarray(obs)
-      chex.assert_rank(obs, 1 + len(self.obs_shape))
-      return self.network.apply(params, obs)
-    return jnp.mean(self.quantile_values(params, obs, key), axis=1)
-
-  def quantile_values(self, params: Params, obs: chex.Array, key: chex.PRNGKey | None) -> chex.Array:
-    """IQN's Z(obs, tau) float32 [B, K, A] for obs [B, *obs_shape], at K =
-    num_quantile_samples fractions tau per observation drawn with ``key``:
-    the samples whose mean over K is ``q_values``."""
-    if self.config.algo != "iqn":
-      raise ValueError(f"quantile_values is IQN's; this agent's algo is {self.config.algo!r}")
     obs = jnp.asarray(obs)
     chex.assert_rank(obs, 1 + len(self.obs_shape))
+    if self.config.algo == "dqn":
+      return self.network.apply(params, obs)
     if key is None:
       raise ValueError("IQN q_values needs a PRNG key to sample quantile fractions")
     taus = self._taus(key, obs.shape[0], self.config.num_quantile_samples)
-    return self.network.apply(params, obs, taus)
+    return jnp.mean(self.network.apply(params, obs, taus), axis=1)
 
   def act(self, params: Params, obs: chex.Array, epsilon: chex.Numeric, key: chex.PRNGKey) -> chex.Array:
     """Epsilon-greedy actions int32 [B] for obs [B, *obs_shape].

@@ -53,7 +53,7 @@ class NStepAccumulator:
     self._obs = np.zeros((n * e, *obs_shape), self.obs_dtype)
     self._action = np.zeros(n * e, np.int32)
     self._policy_step = np.zeros(n * e, np.int64)
-    self._value = None  # float32 [n * e, *value's trailing shape], from the first value given
+    self._value = np.full(n * e, np.nan, np.float32)
     self._reward = np.zeros((n, e), np.float64)  # [t % n, i]
     self._row = 0  # Step count mod n.
     # Env i's state s: 0 <= s < n windows open, or s = n when this step is
@@ -107,10 +107,7 @@ class NStepAccumulator:
         transition gets ``priority``, its n-step TD error under the actor's
         values (Ape-X): ``|reward + discount * max_a Q(next_obs, a) -
         Q(obs, action)|``, float32 [N] (a terminal's ``discount`` is 0: no
-        bootstrap; a truncation's is not). Or float [E, K]: K quantile
-        samples of each (IQN: Z(obs, tau_i)[action] and Z(next_obs,
-        tau_j)[a*]); the priority is then the mean over the K x K pairs of
-        |reward + discount * next_value_j - value_i|, as IQN's ``td_error``.
+        bootstrap; a truncation's is not).
 
     Returns:
       A dict with the keys of ``jaxrl.replay.FIELDS``: obs and next_obs
@@ -125,9 +122,6 @@ class NStepAccumulator:
     self._action[ring] = action
     self._policy_step[ring] = policy_step
     if value is not None:
-      value = np.asarray(value, np.float32)
-      if self._value is None or self._value.shape[1:] != value.shape[1:]:
-        self._value = np.full((self.n_step * num_envs, *value.shape[1:]), np.nan, np.float32)
       self._value[ring] = value
     self._reward[row] = reward
     terminated = np.asarray(terminated, bool)
@@ -166,22 +160,11 @@ class NStepAccumulator:
         "next_obs": np.asarray(next_obs, self.obs_dtype).take(env, axis=0),
         "policy_step": self._policy_step.take(flat),
     }
-    if next_value is not None:
-      out["priority"] = self._td_error(np.asarray(next_value, np.float32), env, flat, reward, discount)
-    self._row = (row + 1) % self.n_step
-    return out
-
-  def _td_error(self, next_value: np.ndarray, env: np.ndarray, flat: np.ndarray, reward: np.ndarray,
-                discount: np.ndarray) -> np.ndarray:
-    """|reward + discount * next_value - value| float32 [N] of the windows
-    (flat ring index, env) emitted; for values with K quantile samples
-    each, its mean over the K x K pairs."""
-    if next_value.ndim == 1:  # In place: one new array.
-      td = next_value.take(env)
+    if next_value is not None:  # In place: float32 [N], one new array.
+      td = np.asarray(next_value, np.float32).take(env)
       td *= discount
       td += reward
       td -= self._value.take(flat)
-      return np.abs(td, out=td)
-    target = next_value.take(env, axis=0) * discount[:, None] + reward[:, None]      # [N, K']
-    pairs = target[:, None, :] - self._value.take(flat, axis=0)[:, :, None]         # [N, K, K']
-    return np.abs(pairs, out=pairs).mean(axis=(1, 2), dtype=np.float32)
+      out["priority"] = np.abs(td, out=td)
+    self._row = (row + 1) % self.n_step
+    return out

@@ -9,7 +9,6 @@ import functools
 import gymnasium as gym
 from hypothesis import example, given, settings, strategies as st
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -152,30 +151,6 @@ def test_priorities_are_the_n_step_td_errors_under_the_acting_values(n_step):
   assert (t["discount"] == 0).any()   # terminated
   assert (t["discount"] > 0.9 ** n_step + 1e-6).any() or n_step == 1   # truncated, its windows cut short
   np.testing.assert_allclose(t["priority"], want, rtol=1e-4, atol=1e-5)
-
-
-def test_iqn_priorities_are_mean_pairwise_td_errors_of_the_acting_quantiles():
-  """IQN's first priorities are what its learner's ``td_error`` measures: the
-  mean over K x K pairs of |R + discount * Z(next_obs, tau_j)[a*] - Z(obs,
-  tau_i)[action]|, a* greedy for the mean over j. Checked with taus fixed
-  (one draw for every row and call), so that Z is a function of obs alone."""
-  agent, params = make("iqn")
-  agent = jaxrl.make_agent(agent.config, agent.obs_shape, agent.num_actions)   # patched below: not the cached one
-  taus = jax.random.uniform(jax.random.PRNGKey(7), (agent.config.num_quantile_samples,))
-  fixed = lambda p, obs, key=None: agent.network.apply(p, obs, jnp.broadcast_to(taus, (obs.shape[0], len(taus))))
-  agent.quantile_values = fixed
-  actor = Actor({AGENT_ID: agent}, cartpole_envs(8, max_episode_steps=20), seed=0, n_step=3, gamma=0.9,
-                priorities=True)
-  params = jax.tree.map(lambda x: 3.0 * x, params)   # quantiles spread across the targets: |mean| != mean |.|
-  actor.set_policy(AGENT_ID, params, 0.3, step=0)
-  t = run(actor, 60)[0][AGENT_ID]
-  rows = np.arange(len(t["action"]))
-  z, next_z = (np.asarray(fixed(params, jnp.asarray(t[key]))) for key in ("obs", "next_obs"))
-  target = t["reward"][:, None] + t["discount"][:, None] * next_z[rows, :, next_z.mean(1).argmax(1)]   # [N, K]
-  want = np.abs(target[:, None, :] - z[rows, :, t["action"]][:, :, None]).mean(axis=(1, 2))
-  assert (t["discount"] == 0).any() and (t["discount"] > 0).any()
-  np.testing.assert_allclose(t["priority"], want, rtol=1e-4, atol=1e-5)
-  assert (t["priority"] > np.abs(target.mean(1) - z[rows, :, t["action"]].mean(1)) + 1e-3).mean() > 0.5
 
 
 @pytest.mark.parametrize("algo", ["dqn", "iqn"])
