@@ -908,7 +908,7 @@ def _train_to_the_end(args, run_dir: str, seed: int) -> None:
     cmd = _train_cmd(args.config, run_dir, f"seed={seed}", f"runtime.mode={args.mode}", "checkpoint.replay=true")
   subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
   if not done():
-    raise subprocess.CalledProcessError(1, cmd, "stopped before its stop.env_steps; run it again to resume")
+    raise subprocess.CalledProcessError(1, cmd, stderr="its run stopped before its stop.env_steps")
 
 
 MINATAR_REFERENCE_SETTINGS = ("agent.double_q=false", "replay.n_step=1", "replay.samples_per_insert=32",
@@ -1033,8 +1033,17 @@ def main():
   cfg = load_config(args.config)
   results: dict[str, Any] = {"args": vars(args), "sections": {}}
   for name in args.sections:
-    with concurrent.futures.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
-      results["sections"][name] = pool.submit(_run_section, name, cfg, args).result()
+    try:
+      with concurrent.futures.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
+        results["sections"][name] = pool.submit(_run_section, name, cfg, args).result()
+    except (KeyboardInterrupt, subprocess.CalledProcessError) as e:   # a Ctrl-C, or a run stopped short by one
+      if isinstance(e, KeyboardInterrupt):
+        why = "interrupted"
+      else:
+        why = e.stderr or f"a training run exited with status {e.returncode}"
+      resume = " (the same command resumes its --run-dir)" if args.run_dir else ""
+      print(f"benchmark.py: section {name}: {why}{resume}", file=sys.stderr)
+      sys.exit(130 if isinstance(e, KeyboardInterrupt) else 1)
     print(f"\n== {name}")
     _print_table(results["sections"][name]["figures"])
   figures = {f["key"]: f for s in results["sections"].values() for f in s["figures"]}
