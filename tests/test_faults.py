@@ -428,6 +428,7 @@ def test_dict_observations_are_a_one_line_error(tmp_path):
   assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow   # the default run resumes after signals and with replay; this adds a SIGKILL's records
 def test_resume_after_a_crash_drops_the_records_past_the_checkpoint(tmp_path):
   """A run killed whole (SIGKILL to its group) after records past its last
   checkpoint; resumed, its metrics.jsonl never has env_steps go backwards."""

@@ -107,6 +107,7 @@ def test_several_agents_through_ray(tmp_path, cluster):
   assert summary_of(run_dir)["env_steps"] >= 4000
 
 
+@pytest.mark.slow   # the default run restarts a Ray actor whose node goes away, and a killed local one
 def test_a_killed_ray_actor_process_is_restarted_and_the_run_goes_on(tmp_path, cluster):
   run_dir = tmp_path / "run"
   proc = start_cli(CARTPOLE, f"run_dir={run_dir}", *joined(cluster), *SHORT, "stop.env_steps=10_000_000",
@@ -227,9 +228,9 @@ sys.stdin.read()
   assert not segments_of(proc.pid)
 
 
-# The Ctrl-C variant is slow-only: the default run has a Ctrl-C to the group while Ray starts.
+# Slow-only: the default run has Ctrl-Cs to the group while Ray starts and while an actor waits for a node.
 @pytest.mark.parametrize("signum, to_group", [pytest.param(signal.SIGINT, True, marks=pytest.mark.slow),
-                                              (signal.SIGTERM, False)],
+                                              pytest.param(signal.SIGTERM, False, marks=pytest.mark.slow)],
                          ids=["ctrl-c to the process group", "SIGTERM to the driver"])
 def test_a_signal_stops_the_run_and_every_ray_process_it_started(tmp_path, signum, to_group):
   """A terminal's Ctrl-C reaches the whole process group; a SIGTERM to the
