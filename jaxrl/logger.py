@@ -480,9 +480,8 @@ class ProgressDisplay:
     self._unprinted = False   # records came in since the last plain line
     self._seen = False        # any record came in
     self._note: str | None = None
+    # field -> agent -> its latest value; "recent_return": its last RETURN_WINDOW episode returns.
     self._latest: dict[str, dict[Any, Any]] = collections.defaultdict(dict)
-    self._returns: dict[Any, collections.deque] = collections.defaultdict(
-        lambda: collections.deque(maxlen=RETURN_WINDOW))
     self._live = None
     if enabled and sys.stdout.isatty():
       self._bar = rich_progress.Progress(rich_progress.BarColumn())
@@ -532,10 +531,8 @@ class ProgressDisplay:
       steps += f"/{_count(self._stop_env_steps)}"
     parts = [steps]
     for label, field, show, combine in self._FIELDS:
-      if field == "recent_return":   # the mean of each agent's recent episodes, taken when shown
-        values = [float(np.mean(returns)) for returns in self._returns.values()]
-      else:
-        values = [v for v in self._latest[field].values() if v is not None]
+      # np.mean: recent_return's values are each agent's recent episodes, averaged when shown.
+      values = [float(np.mean(v)) for v in self._latest[field].values() if v is not None]
       parts.append(f"{label} {show(float(combine(values))) if values else '-'}")
     return f"{head} " + "  ".join(parts)
 
@@ -561,7 +558,8 @@ class ProgressDisplay:
         if key not in ("agent_id", "learner_id"):
           self._latest[key][agent] = value
       if stats.get("episode_return") is not None:
-        self._returns[agent].append(stats["episode_return"])
+        recent = self._latest["recent_return"]
+        recent.setdefault(agent, collections.deque(maxlen=RETURN_WINDOW)).append(stats["episode_return"])
     self._unprinted = self._seen = True
     if self._live is not None:
       progress = self._progress()

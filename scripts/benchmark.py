@@ -1036,14 +1036,10 @@ def main():
     try:
       with concurrent.futures.ProcessPoolExecutor(1, mp_context=mp.get_context("spawn")) as pool:
         results["sections"][name] = pool.submit(_run_section, name, cfg, args).result()
-    except (KeyboardInterrupt, subprocess.CalledProcessError) as e:   # a Ctrl-C, or a run stopped short by one
-      if isinstance(e, KeyboardInterrupt):
-        why = "interrupted"
-      else:
-        why = e.stderr or f"a training run exited with status {e.returncode}"
-      resume = " (the same command resumes its --run-dir)" if args.run_dir else ""
-      print(f"benchmark.py: section {name}: {why}{resume}", file=sys.stderr)
-      sys.exit(130 if isinstance(e, KeyboardInterrupt) else 1)
+    except KeyboardInterrupt:
+      _stopped_short(name, "interrupted", args, 130)
+    except subprocess.CalledProcessError as e:   # a run stopped short, by a Ctrl-C or an error
+      _stopped_short(name, e.stderr or f"a training run exited with status {e.returncode}", args, 1)
     print(f"\n== {name}")
     _print_table(results["sections"][name]["figures"])
   figures = {f["key"]: f for s in results["sections"].values() for f in s["figures"]}
@@ -1058,6 +1054,13 @@ def main():
   with open(args.out, "w") as f:
     json.dump(results, f, indent=2)
   print(f"\nwrote {args.out}")
+
+
+def _stopped_short(section: str, why: str, args, status: int) -> None:
+  """Exits with ``status`` after one line on stderr: why ``section`` stopped short."""
+  resume = " (the same command resumes its --run-dir)" if args.run_dir else ""
+  print(f"benchmark.py: section {section}: {why}{resume}", file=sys.stderr)
+  sys.exit(status)
 
 
 def _cpu_model() -> str:

@@ -64,8 +64,7 @@ def test_pong_iqn_trains_through_the_cli_in_sync_mode_with_the_actors_priorities
   run_dir = tmp_path / "pong_iqn"
   proc = train_cli(ATARI_IQN, f"run_dir={run_dir}", "stop.env_steps=1200", "runtime.mode=sync", *TINY,
                    "agent.num_tau_samples=8", "agent.num_tau_prime_samples=8", "agent.num_quantile_samples=8",
-                   "replay.prioritized=true",
-                   "agent.dueling=true", timeout=400)
+                   "replay.prioritized=true", "agent.dueling=true", timeout=400)
   _, extra = assert_trained(proc, run_dir, 1200)
   priority = extra["replay.agent_0.priority"]
   assert np.isfinite(priority).mean() > 0.9 and (priority[np.isfinite(priority)] >= 0).all()
