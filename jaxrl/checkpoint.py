@@ -51,7 +51,7 @@ from typing import Any, Callable, TypeVar
 
 import jax
 import numpy as np
-from flax import serialization
+from flax import serialization, traverse_util
 
 from jaxrl.config import check, check_positive_int
 from jaxrl.learner import LearnerState
@@ -256,6 +256,13 @@ def restore_checkpoint(path: str | os.PathLike,
     state = serialization.from_state_dict(template_state, saved)
   except Exception as e:  # pylint: disable=broad-except
     raise _error(path, f"the saved state does not fit the template ({type(e).__name__}: {e})") from e
+  # from_state_dict ignores saved entries the template lacks: a network with a
+  # layer fewer would load, every shape matching, and act without that layer.
+  extra = (set(traverse_util.flatten_dict(saved, sep="/"))
+           - set(traverse_util.flatten_dict(serialization.to_state_dict(template_state), sep="/")))
+  if extra:
+    raise _error(path, f"the saved state has {len(extra)} entries the template lacks, e.g. "
+                       f"{min(extra, key=lambda p: (len(p), p))} (saved by another network or config)")
   if jax.tree.structure(state) != jax.tree.structure(template_state):
     raise _error(path, "the saved state's structure differs from the template's")
   for (key_path, saved), like in zip(jax.tree_util.tree_leaves_with_path(state),

@@ -246,19 +246,22 @@ class IQNNetwork(nn.Module):
   phi(tau)_j = ReLU(sum_i cos(pi * i * tau) w_ij + b_j), i = f..f+E-1 with
   f = first_frequency (0 as in the paper, 1 as in Dopamine) and E =
   embedding_dim; the torso output psi(obs) [B, D] is multiplied elementwise
-  with phi [B, N, D], then ReLU dense layers of ``hidden_sizes`` (None: one
-  of width D) and the linear output layer follow; with ``dueling`` the
-  ``DuelingHead`` in its place, per quantile: Z(obs, tau)_a = V(obs, tau) +
-  A(obs, tau)_a - mean_a' A(obs, tau)_a'.
+  with phi [B, N, D], then ReLU dense layers of ``hidden_sizes`` and the
+  linear output layer follow; with ``dueling`` the ``DuelingHead`` in its
+  place, per quantile: Z(obs, tau)_a = V(obs, tau) + A(obs, tau)_a -
+  mean_a' A(obs, tau)_a'.
 
-  The MLP and MinAtar torsos end in their dense layers and take the default
-  (None); for Atari the torso is the Nature convs alone (D = 3136) and
-  ``hidden_sizes = (512,)``, Dopamine's ImplicitQuantileNetwork.
+  Either way the network is as deep as DQN's on the same torso. The MLP and
+  MinAtar torsos end in their dense layers and take the default (): phi
+  multiplies the last hidden layer, which feeds the output layer. (A further
+  dense layer after the product held MinAtar Seaquest and Asterix back:
+  benchmarks/README.md.) For Atari the torso is the Nature convs alone (D =
+  3136) and ``hidden_sizes = (512,)``, Dopamine's ImplicitQuantileNetwork.
   """
   torso: nn.Module
   num_actions: int
   embedding_dim: int
-  hidden_sizes: Sequence[int] | None = None
+  hidden_sizes: Sequence[int] = ()
   first_frequency: int = 0
   kernel_init: Initializer = DEFAULT_INIT
   dueling: bool = False
@@ -272,7 +275,7 @@ class IQNNetwork(nn.Module):
     cos = jnp.cos(jnp.pi * taus[:, :, None] * i[None, None, :])               # [B, N, E]
     phi = nn.relu(dense(width)(cos))                                         # [B, N, D]
     x = psi[:, None, :] * phi                                                # [B, N, D]
-    for hidden in (width,) if self.hidden_sizes is None else self.hidden_sizes:
+    for hidden in self.hidden_sizes:
       x = nn.relu(dense(hidden)(x))
     return _output_layer(self.num_actions, self.dueling, self.kernel_init)(x)  # [B, N, A]
 

@@ -238,7 +238,8 @@ def test_flipped_bit_raises_one_line(tmp_path, target):
 
 
 @pytest.mark.parametrize("hidden_sizes, problem", [((16, 16, 8), "keys do not match"),
-                                                   ((16, 8), "the template's is float32")])
+                                                   ((16, 8), "the template's is float32"),
+                                                   ((16,), "entries the template lacks, e.g. params/params/torso/")])
 def test_template_mismatch_raises_one_line(tmp_path, hidden_sizes, problem):
   path = save_checkpoint(tmp_path, _state_at(4), COUNTERS, CONFIG, keep=1)
   template = _agent("dqn", hidden_sizes).init(jax.random.PRNGKey(0))

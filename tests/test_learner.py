@@ -419,8 +419,8 @@ class LearnerStateTest(parameterized.TestCase):
     greedy = agent.act(state.params, obs, 0.0, key)
     self.assertEqual(greedy.dtype, jnp.int32)
     self.assertEqual(greedy.shape, (3000,))
-    q = agent.q_values(state.params, obs[:1], jax.random.split(key, 3)[0])
-    self.assertTrue(np.all(greedy == np.argmax(q)))
+    q = agent.q_values(state.params, obs, jax.random.split(key, 3)[0])   # IQN: each row's own taus
+    np.testing.assert_array_equal(greedy, np.argmax(q, axis=-1))
     counts = np.bincount(np.asarray(agent.act(state.params, obs, 1.0, key)), minlength=NUM_ACTIONS)
     np.testing.assert_allclose(counts / 3000, 1 / NUM_ACTIONS, atol=0.04)  # uniform over ALL actions
     half = np.asarray(agent.act(state.params, obs, 0.5, key))

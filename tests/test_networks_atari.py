@@ -104,8 +104,9 @@ class TorsoTest(parameterized.TestCase):
     self.assertEqual(torso.init_with_output(jax.random.PRNGKey(0), jnp.zeros((2, *shape)))[0].shape, (2, 8))
 
   @parameterized.parameters(4, 10)
-  def test_minatar_keeps_its_conv_torso_and_params_layout(self, channels):
-    """Saved MinAtar runs load: one 3x3 conv of 16 (its params as flax.linen.Conv's), dense, head."""
+  def test_minatar_conv_torso_and_params_layout(self, channels):
+    """One 3x3 conv of 16 (its params as flax.linen.Conv's), dense, head; IQN's tau embedding
+    multiplies the dense layer, which feeds its output layer: as deep as DQN's network."""
     for algo in ("dqn", "iqn"):
       agent = jaxrl.make_agent(jaxrl.AgentConfig(algo=algo, hidden_sizes=(128,)), (10, 10, channels), NUM_ACTIONS,
                                obs_range=(0, 1))
@@ -114,8 +115,8 @@ class TorsoTest(parameterized.TestCase):
           "Im2colConv_0": {"kernel": (3, 3, channels, 16), "bias": (16,)},
           "MLPTorso_0": {"Dense_0": {"kernel": (8 * 8 * 16, 128), "bias": (128,)}}})
       head = ({"Dense_0": {"kernel": (128, NUM_ACTIONS), "bias": (NUM_ACTIONS,)}} if algo == "dqn" else
-              {"Dense_0": {"kernel": (64, 128), "bias": (128,)}, "Dense_1": {"kernel": (128, 128), "bias": (128,)},
-               "Dense_2": {"kernel": (128, NUM_ACTIONS), "bias": (NUM_ACTIONS,)}})
+              {"Dense_0": {"kernel": (64, 128), "bias": (128,)},
+               "Dense_1": {"kernel": (128, NUM_ACTIONS), "bias": (NUM_ACTIONS,)}})
       self.assertEqual({k: v for k, v in shapes(params).items() if k != "torso"}, head)
 
 
