@@ -38,46 +38,73 @@ from jaxrl.nstep import NStepAccumulator
 Dense = tuple[np.ndarray, np.ndarray]  # (kernel float32 [in, out], bias float32 [out])
 
 
-def mlp_params(params: Any) -> tuple[Dense, ...]:
-  """A numpy copy of the params (numpy or jax tree) of a ``networks.QNetwork``
-  with an ``MLPTorso``: its Dense layers in call order, the torso's
-  (``params["params"]["torso"]["Dense_<i>"]``) then the output layer
-  (``params["params"]["Dense_0"]``), shapes [D, H1], [H1, H2], ..., [H, A].
+class DuelingStreams(NamedTuple):
+  """A dueling head in numpy: each stream's Dense layers in call order, ReLU
+  between them; value [.., 1] and advantage [.., A] at the end."""
+  value: tuple[Dense, ...]
+  advantage: tuple[Dense, ...]
 
-  A dueling network's head (``params["params"]["head"]``: ``value`` [H, 1],
-  ``advantage`` [H, A]) is linear in its input, and becomes the one output
-  layer it equals: Q = x @ (w_v + W_a - mean_a W_a) + (b_v + b_a - mean_a
-  b_a), folded in float64."""
+
+def mlp_params(params: Any) -> tuple[Dense | DuelingStreams, ...]:
+  """A numpy copy of the params (numpy or jax tree) of a ``networks.QNetwork``
+  with an ``MLPTorso``: its layers in call order, the torso's
+  (``params["params"]["torso"]["Dense_<i>"]``, none for a torso without
+  layers) then the head: the output layer (``params["params"]["Dense_0"]``),
+  shapes [D, H1], [H1, H2], ..., [H, A], or for a dueling network
+  (``params["params"]["head"]``) ``DuelingStreams``: ``value_hidden`` and
+  ``value``, ``advantage_hidden`` and ``advantage`` (no hidden layers if
+  the streams are linear)."""
+  def dense(layer) -> Dense:
+    return np.array(layer["kernel"], np.float32), np.array(layer["bias"], np.float32)
+
   def dense_layers(tree) -> tuple[Dense, ...]:
     names = sorted((name for name in tree if name.startswith("Dense_")), key=lambda s: int(s[6:]))
-    return tuple((np.array(tree[name]["kernel"], np.float32), np.array(tree[name]["bias"], np.float32))
-                 for name in names)
+    return tuple(dense(tree[name]) for name in names)
+
+  def stream(head, name: str) -> tuple[Dense, ...]:
+    return tuple(dense(head[key]) for key in (f"{name}_hidden", name) if key in head)
   tree = params["params"]
+  torso = dense_layers(tree.get("torso", {}))
   if "head" not in tree:
-    return dense_layers(tree["torso"]) + dense_layers(tree)
-  value, advantage = tree["head"]["value"], tree["head"]["advantage"]
-  w_v, b_v, w_a, b_a = (np.asarray(x, np.float64) for x in (value["kernel"], value["bias"], advantage["kernel"],
-                                                             advantage["bias"]))
-  kernel = w_v + w_a - w_a.mean(axis=1, keepdims=True)  # [H, 1] + [H, A] - [H, 1]
-  bias = b_v + b_a - b_a.mean()                         # [1] + [A] - []
-  return dense_layers(tree["torso"]) + ((kernel.astype(np.float32), bias.astype(np.float32)),)
+    return torso + dense_layers(tree)
+  return torso + (DuelingStreams(stream(tree["head"], "value"), stream(tree["head"], "advantage")),)
 
 
-def numpy_q_values(layers: tuple[Dense, ...], obs: np.ndarray) -> np.ndarray:
+def _relu_dense(x: np.ndarray, layer: Dense) -> np.ndarray:
+  """ReLU(x @ kernel + bias), in place on the one new array."""
+  w, b = layer
+  x = x @ w
+  x += b
+  np.maximum(x, 0.0, out=x)
+  return x
+
+
+def _dense_stack(x: np.ndarray, layers: tuple[Dense, ...]) -> np.ndarray:
+  """ReLU dense layers, then the last one linear."""
+  *hidden, (kernel, bias) = layers
+  for layer in hidden:
+    x = _relu_dense(x, layer)
+  return x @ kernel + bias
+
+
+def numpy_q_values(layers: tuple[Dense | DuelingStreams, ...], obs: np.ndarray) -> np.ndarray:
   """Q(obs) float32 [B, A] of a ``networks.QNetwork`` with an ``MLPTorso``
   (dueling or not), in numpy: ReLU dense layers, then the linear output
-  layer (a dueling head folded into one by ``mlp_params``).
+  layer, or for ``DuelingStreams`` V + A - mean_a A.
 
   Args:
     layers: ``mlp_params`` of the network's params.
     obs: [B, D] observations.
   """
-  *hidden, (kernel, bias) = layers
+  *torso, head = layers
   x = np.asarray(obs, np.float32)
-  for w, b in hidden:  # In place: one new array a layer, not three.
-    x = x @ w
-    x += b
-    np.maximum(x, 0.0, out=x)
+  for layer in torso:
+    x = _relu_dense(x, layer)
+  if isinstance(head, DuelingStreams):
+    value = _dense_stack(x, head.value)                # [B, 1]
+    advantage = _dense_stack(x, head.advantage)        # [B, A]
+    return value + advantage - advantage.mean(axis=1, keepdims=True)
+  kernel, bias = head
   return x @ kernel + bias
 
 

@@ -93,8 +93,9 @@ class AgentConfig:
       ``next_obs``) padded by 4 pixels (edge replication) and cropped back
       at a random offset, independently per sample, inside ``train_step``
       (DrQ; Kostrikov et al. 2020).
-    dueling: the dueling head (Wang et al. 2016): Q = V + A - mean(A), for
-      DQN and IQN (per quantile) on every torso.
+    dueling: the dueling head (Wang et al. 2016): Q = V + A - mean(A), on
+      every torso; for DQN each stream has its own copy of the last hidden
+      layer, for IQN (per quantile) both are linear on it.
   """
 
   algo: str = "dqn"

@@ -196,45 +196,56 @@ def make_torso(obs_shape: Sequence[int], hidden_sizes: Sequence[int],
 class DuelingHead(nn.Module):
   """The dueling head (Wang et al. 2016, eq. 9): features [..., D] ->
   Q [..., num_actions] = V + A - mean_a A, with V [..., 1] and A [..., num_actions]
-  linear streams on the shared features (params ``value`` and ``advantage``).
+  its two streams (params ``value`` and ``advantage``). With ``hidden`` > 0
+  each stream first has its own ReLU dense layer of that width
+  (``value_hidden``, ``advantage_hidden``), as in Wang et al.; with 0 both
+  are linear on the shared features, as in Dopamine's Rainbow.
 
   Subtracting A's mean over actions makes V and A identifiable: Q - mean_a Q
   is A - mean_a A, and V moves every action's Q alike.
   """
   num_actions: int
   kernel_init: Initializer = DEFAULT_INIT
+  hidden: int = 0
 
   @nn.compact
   def __call__(self, x):
-    value = nn.Dense(1, kernel_init=self.kernel_init, name="value")(x)                        # [..., 1]
-    advantage = nn.Dense(self.num_actions, kernel_init=self.kernel_init, name="advantage")(x)  # [..., A]
+    def stream(name: str, width: int):
+      h = x
+      if self.hidden:
+        h = nn.relu(nn.Dense(self.hidden, kernel_init=self.kernel_init, name=f"{name}_hidden")(x))
+      return nn.Dense(width, kernel_init=self.kernel_init, name=name)(h)
+    value = stream("value", 1)                        # [..., 1]
+    advantage = stream("advantage", self.num_actions)  # [..., A]
     return value + advantage - jnp.mean(advantage, axis=-1, keepdims=True)
 
 
-def _output_layer(num_actions: int, dueling: bool, kernel_init: Initializer) -> nn.Module:
-  """The last layer of a Q or IQN network: linear, or ``DuelingHead``.
+def _output_layer(num_actions: int, dueling: bool, kernel_init: Initializer, dueling_hidden: int = 0) -> nn.Module:
+  """The last layer of a Q or IQN network: linear, or ``DuelingHead`` (its
+  streams' hidden width ``dueling_hidden``).
 
   Called inside a compact ``__call__``: the linear one is that module's next
   ``Dense_<i>``, so networks without dueling keep the params layout they
   always had; the dueling one is ``head`` (``head/value``, ``head/advantage``).
   """
   if dueling:
-    return DuelingHead(num_actions, kernel_init, name="head")
+    return DuelingHead(num_actions, kernel_init, dueling_hidden, name="head")
   return nn.Dense(num_actions, kernel_init=kernel_init)
 
 
 class QNetwork(nn.Module):
   """Q(obs): [B, *obs_shape] -> float32 [B, num_actions]: the torso, then a
   linear layer, or with ``dueling`` the ``DuelingHead`` on the torso's
-  features."""
+  features (its streams' hidden width ``dueling_hidden``)."""
   torso: nn.Module
   num_actions: int
   kernel_init: Initializer = DEFAULT_INIT
   dueling: bool = False
+  dueling_hidden: int = 0
 
   @nn.compact
   def __call__(self, obs):
-    return _output_layer(self.num_actions, self.dueling, self.kernel_init)(self.torso(obs))
+    return _output_layer(self.num_actions, self.dueling, self.kernel_init, self.dueling_hidden)(self.torso(obs))
 
 
 class IQNNetwork(nn.Module):
@@ -292,20 +303,26 @@ def make_network(algo: str, obs_shape: Sequence[int], num_actions: int, hidden_s
   i = 1..E) multiplied into it, then ``hidden_sizes`` and the output, every
   kernel from ``IQN_ATARI_INIT``.
 
-  ``dueling``: the output layer is the ``DuelingHead`` (its value and
-  advantage streams linear on the last hidden layer; per quantile for
-  IQN), on every torso; without it the params are laid out as they always
-  were.
+  ``dueling``: the output layer is the ``DuelingHead``, on every torso;
+  without it the params are laid out as they always were. For DQN the last
+  of ``hidden_sizes`` leaves the torso and each stream has its own hidden
+  layer of that width, as in Wang et al.; for IQN (per quantile) both
+  streams are linear on the last hidden layer, as in Dopamine, since
+  separate streams would move the tau product onto the conv features
+  (5.5x the cost of an update on MinAtar; benchmarks/README.md).
   """
   hidden_sizes = tuple(hidden_sizes)
+  dueling_hidden = 0
+  if algo == "dqn" and dueling and hidden_sizes:
+    hidden_sizes, dueling_hidden = hidden_sizes[:-1], hidden_sizes[-1]
   if is_nature_shape(obs_shape):
     obs_range = None if obs_range is None else tuple(map(float, obs_range))
     if algo == "dqn":
       return QNetwork(NatureConvTorso(hidden_sizes, obs_range, DQN_ATARI_INIT), num_actions, DQN_ATARI_INIT,
-                      dueling=dueling)
+                      dueling=dueling, dueling_hidden=dueling_hidden)
     return IQNNetwork(NatureConvTorso((), obs_range, IQN_ATARI_INIT), num_actions, embedding_dim,
                       hidden_sizes=hidden_sizes, first_frequency=1, kernel_init=IQN_ATARI_INIT, dueling=dueling)
   torso = make_torso(obs_shape, hidden_sizes, obs_range)
   if algo == "dqn":
-    return QNetwork(torso, num_actions, dueling=dueling)
+    return QNetwork(torso, num_actions, dueling=dueling, dueling_hidden=dueling_hidden)
   return IQNNetwork(torso, num_actions, embedding_dim, dueling=dueling)

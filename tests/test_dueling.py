@@ -1,6 +1,7 @@
 """The dueling head (Wang et al. 2016; ``agent.dueling``): Q = V + A - mean_a A,
-for DQN and IQN (per quantile) on the MLP, MinAtar and Nature torsos; and the
-actor's numpy path for dueling MLP DQN."""
+for DQN (each stream with its own hidden layer) and IQN (per quantile,
+linear streams) on the MLP, MinAtar and Nature torsos; and the actor's
+numpy path for dueling MLP DQN."""
 
 import chex
 import jax
@@ -76,10 +77,17 @@ def test_the_value_stream_shifts_every_action_alike(algo, torso):
                              rtol=1e-5, atol=1e-5)
 
 
+def shapes(tree) -> dict[str, tuple[int, ...]]:
+  return {jax.tree_util.keystr(path): leaf.shape for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 @pytest.mark.parametrize("algo, torso", CASES)
 def test_without_dueling_the_params_keep_their_layout(algo, torso):
   """The output layer stays the module's last Dense_<i> (saved runs load);
-  dueling replaces it with head/value [H, 1] and head/advantage [H, A]."""
+  dueling replaces it with head/value [W, 1] and head/advantage [W, A].
+  For DQN the torso's last hidden layer [H, W] moves into each stream
+  (head/value_hidden, head/advantage_hidden, as in Wang et al.); IQN's
+  streams are linear on it (W = H)."""
   args = inputs(algo, torso)
   plain = network(algo, torso, dueling=False).init(jax.random.PRNGKey(1), *args)["params"]
   dueling = network(algo, torso).init(jax.random.PRNGKey(1), *args)["params"]
@@ -87,11 +95,20 @@ def test_without_dueling_the_params_keep_their_layout(algo, torso):
   last = f"Dense_{sum(name.startswith('Dense_') for name in plain) - 1}"
   width, actions = plain[last]["kernel"].shape
   assert actions == NUM_ACTIONS
-  assert {k: v.shape for k, v in dueling["head"]["value"].items()} == {"kernel": (width, 1), "bias": (1,)}
-  assert {k: v.shape for k, v in dueling["head"]["advantage"].items()} == {"kernel": (width, NUM_ACTIONS),
-                                                                             "bias": (NUM_ACTIONS,)}
-  without_head = {k: v for k, v in dueling.items() if k != "head"}
-  chex.assert_trees_all_equal_shapes({k: v for k, v in plain.items() if k != last}, without_head)
+  head = dueling["head"]
+  assert shapes(head["value"]) == {"['kernel']": (width, 1), "['bias']": (1,)}
+  assert shapes(head["advantage"]) == {"['kernel']": (width, NUM_ACTIONS), "['bias']": (NUM_ACTIONS,)}
+  plain_rest = shapes({k: v for k, v in plain.items() if k != last})
+  dueling_rest = shapes({k: v for k, v in dueling.items() if k != "head"})
+  if algo == "iqn":
+    assert set(head) == {"value", "advantage"} and dueling_rest == plain_rest
+    return
+  assert set(head) == {"value", "advantage", "value_hidden", "advantage_hidden"}
+  moved = {path: shape for path, shape in plain_rest.items() if path not in dueling_rest}
+  assert {k: v for k, v in plain_rest.items() if k in dueling_rest} == dueling_rest   # the rest is untouched
+  assert sorted(moved.values()) == sorted(shapes(head["value_hidden"]).values()) \
+      == sorted(shapes(head["advantage_hidden"]).values())
+  assert shapes(head["value_hidden"])["['kernel']"][1] == width
 
 
 def test_the_agent_builds_the_dueling_network_from_its_config():
@@ -121,13 +138,15 @@ def test_train_step_with_dueling_trains_every_stream(algo, torso):
   trained, first = step(state, b)
   chex.assert_tree_all_finite((trained, first))
   assert first["td_error"].shape == (8,)
-  for name in ("value", "advantage"):   # both streams move
+  for name in state.params["params"]["head"]:   # both streams move, and their hidden layers
     for leaf_before, leaf_after in zip(jax.tree.leaves(state.params["params"]["head"][name]),
                                        jax.tree.leaves(trained.params["params"]["head"][name])):
       assert not np.allclose(leaf_before, leaf_after)
-  for _ in range(100):
+  losses = []
+  for _ in range(200):   # the mean of the last 50: a target update makes one step's loss jump
     trained, metrics = step(trained, b)
-  assert float(metrics["loss"]) < 0.5 * float(first["loss"])
+    losses.append(float(metrics["loss"]))
+  assert np.mean(losses[-50:]) < 0.5 * float(first["loss"])
   assert agent.act(trained.params, b.obs, 0.0, jax.random.PRNGKey(1)).shape == (8,)
 
 
@@ -145,6 +164,11 @@ def test_numpy_q_values_match_the_dueling_flax_network(hidden_sizes, obs_dim, nu
   got = numpy_q_values(mlp_params(params), obs)
   assert got.dtype == np.float32 and got.shape == (7, num_actions)
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+  # Linear streams on the torso (a network without hidden layers, built directly).
+  linear = networks.make_network("dqn", (obs_dim,), num_actions, (), dueling=True)
+  params = jax.tree.map(lambda x: x + 0.1, linear.init(jax.random.PRNGKey(seed), obs))
+  np.testing.assert_allclose(numpy_q_values(mlp_params(params), obs), np.asarray(linear.apply(params, obs)),
+                             rtol=1e-5, atol=1e-5)
 
 
 def test_a_dueling_mlp_dqn_actor_acts_in_numpy_with_the_greedy_actions_of_q_values():
