@@ -17,7 +17,7 @@ from runs import ROOT
 pytest.importorskip("rliable.library")
 # Committed benchmark files that later runs do not change: DQN's, and IQN's
 # with its earlier, deeper head.
-MINATAR = sorted([*(ROOT / "benchmarks" / "minatar").glob("*_dqn_seed*.json"),
+MINATAR = sorted([*(ROOT / "benchmarks" / "minatar").glob("*_dqn_seed[0-9].json"),   # plain DQN, no tags
                   *(ROOT / "benchmarks" / "minatar" / "iqn_deeper_head").glob("*_seed*.json")])
 
 
