@@ -96,16 +96,15 @@ def numpy_q_values(layers: tuple[Dense | DuelingStreams, ...], obs: np.ndarray) 
     layers: ``mlp_params`` of the network's params.
     obs: [B, D] observations.
   """
-  *torso, head = layers
   x = np.asarray(obs, np.float32)
+  *torso, head = layers
+  if not isinstance(head, DuelingStreams):
+    return _dense_stack(x, layers)
   for layer in torso:
     x = _relu_dense(x, layer)
-  if isinstance(head, DuelingStreams):
-    value = _dense_stack(x, head.value)                # [B, 1]
-    advantage = _dense_stack(x, head.advantage)        # [B, A]
-    return value + advantage - advantage.mean(axis=1, keepdims=True)
-  kernel, bias = head
-  return x @ kernel + bias
+  value = _dense_stack(x, head.value)                # [B, 1]
+  advantage = _dense_stack(x, head.advantage)        # [B, A]
+  return value + advantage - advantage.mean(axis=1, keepdims=True)
 
 
 # --- Acting ------------------------------------------------------------------
