@@ -94,8 +94,9 @@ class AgentConfig:
       at a random offset, independently per sample, inside ``train_step``
       (DrQ; Kostrikov et al. 2020).
     dueling: the dueling head (Wang et al. 2016): Q = V + A - mean(A), on
-      every torso; for DQN each stream has its own copy of the last hidden
-      layer, for IQN (per quantile) both are linear on it.
+      every torso, each stream with its own copy of the last hidden layer
+      (IQN: per quantile, multiplied by the tau embedding; on the Nature
+      torso IQN's streams are linear on its last hidden layer).
   """
 
   algo: str = "dqn"

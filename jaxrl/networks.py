@@ -209,11 +209,16 @@ class DuelingHead(nn.Module):
   hidden: int = 0
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, phi=None):
+    """x [..., D] -> Q [..., A]; IQN's separate streams pass ``phi``, the tau
+    embedding [B, N, hidden] each stream's hidden layer is multiplied by
+    (x [B, D] -> [B, N, A])."""
     def stream(name: str, width: int):
       h = x
       if self.hidden:
         h = nn.relu(nn.Dense(self.hidden, kernel_init=self.kernel_init, name=f"{name}_hidden")(x))
+      if phi is not None:
+        h = h[:, None, :] * phi
       return nn.Dense(width, kernel_init=self.kernel_init, name=name)(h)
     value = stream("value", 1)                        # [..., 1]
     advantage = stream("advantage", self.num_actions)  # [..., A]
@@ -260,7 +265,9 @@ class IQNNetwork(nn.Module):
   with phi [B, N, D], then ReLU dense layers of ``hidden_sizes`` and the
   linear output layer follow; with ``dueling`` the ``DuelingHead`` in its
   place, per quantile: Z(obs, tau)_a = V(obs, tau) + A(obs, tau)_a -
-  mean_a' A(obs, tau)_a'.
+  mean_a' A(obs, tau)_a'. With ``dueling_hidden`` the torso's last hidden
+  layer is the streams' own (``make_network``): phi has their width and
+  multiplies each stream's hidden features in place of psi's.
 
   Either way the network is as deep as DQN's on the same torso. The MLP and
   MinAtar torsos end in their dense layers and take the default (): phi
@@ -276,15 +283,18 @@ class IQNNetwork(nn.Module):
   first_frequency: int = 0
   kernel_init: Initializer = DEFAULT_INIT
   dueling: bool = False
+  dueling_hidden: int = 0
 
   @nn.compact
   def __call__(self, obs, taus):
     dense = lambda width: nn.Dense(width, kernel_init=self.kernel_init)
     psi = self.torso(obs)                                                    # [B, D]
-    width = psi.shape[-1]
+    width = self.dueling_hidden or psi.shape[-1]
     i = jnp.arange(self.first_frequency, self.first_frequency + self.embedding_dim, dtype=jnp.float32)  # [E]
     cos = jnp.cos(jnp.pi * taus[:, :, None] * i[None, None, :])               # [B, N, E]
     phi = nn.relu(dense(width)(cos))                                         # [B, N, D]
+    if self.dueling_hidden:   # Each stream's own hidden layer [B, D], times phi.
+      return DuelingHead(self.num_actions, self.kernel_init, self.dueling_hidden, name="head")(psi, phi)
     x = psi[:, None, :] * phi                                                # [B, N, D]
     for hidden in self.hidden_sizes:
       x = nn.relu(dense(hidden)(x))
@@ -304,16 +314,17 @@ def make_network(algo: str, obs_shape: Sequence[int], num_actions: int, hidden_s
   kernel from ``IQN_ATARI_INIT``.
 
   ``dueling``: the output layer is the ``DuelingHead``, on every torso;
-  without it the params are laid out as they always were. For DQN the last
-  of ``hidden_sizes`` leaves the torso and each stream has its own hidden
-  layer of that width, as in Wang et al.; for IQN (per quantile) both
-  streams are linear on the last hidden layer, as in Dopamine, since
-  separate streams would move the tau product onto the conv features
-  (5.5x the cost of an update on MinAtar; benchmarks/README.md).
+  without it the params are laid out as they always were. The last of
+  ``hidden_sizes`` leaves the torso and each stream has its own hidden
+  layer of that width, as in Wang et al.; for IQN each stream's hidden
+  layer is multiplied by the tau embedding (1.3x the cost of an update on
+  MinAtar; benchmarks/README.md). IQN on the Nature torso keeps linear
+  streams on its last hidden layer, as in Dopamine: that layer runs on
+  B x N rows after the tau product, and a copy per stream would double it.
   """
   hidden_sizes = tuple(hidden_sizes)
   dueling_hidden = 0
-  if algo == "dqn" and dueling and hidden_sizes:
+  if dueling and hidden_sizes and (algo == "dqn" or not is_nature_shape(obs_shape)):
     hidden_sizes, dueling_hidden = hidden_sizes[:-1], hidden_sizes[-1]
   if is_nature_shape(obs_shape):
     obs_range = None if obs_range is None else tuple(map(float, obs_range))
@@ -325,4 +336,4 @@ def make_network(algo: str, obs_shape: Sequence[int], num_actions: int, hidden_s
   torso = make_torso(obs_shape, hidden_sizes, obs_range)
   if algo == "dqn":
     return QNetwork(torso, num_actions, dueling=dueling, dueling_hidden=dueling_hidden)
-  return IQNNetwork(torso, num_actions, embedding_dim, dueling=dueling)
+  return IQNNetwork(torso, num_actions, embedding_dim, dueling=dueling, dueling_hidden=dueling_hidden)

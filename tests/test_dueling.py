@@ -1,7 +1,7 @@
 """The dueling head (Wang et al. 2016; ``agent.dueling``): Q = V + A - mean_a A,
-for DQN (each stream with its own hidden layer) and IQN (per quantile,
-linear streams) on the MLP, MinAtar and Nature torsos; and the actor's
-numpy path for dueling MLP DQN."""
+for DQN and IQN (per quantile) on the MLP, MinAtar and Nature torsos, each
+stream with its own hidden layer (IQN on the Nature torso: linear streams);
+and the actor's numpy path for dueling MLP DQN."""
 
 import chex
 import jax
@@ -85,9 +85,10 @@ def shapes(tree) -> dict[str, tuple[int, ...]]:
 def test_without_dueling_the_params_keep_their_layout(algo, torso):
   """The output layer stays the module's last Dense_<i> (saved runs load);
   dueling replaces it with head/value [W, 1] and head/advantage [W, A].
-  For DQN the torso's last hidden layer [H, W] moves into each stream
-  (head/value_hidden, head/advantage_hidden, as in Wang et al.); IQN's
-  streams are linear on it (W = H)."""
+  The torso's last hidden layer [H, W] moves into each stream
+  (head/value_hidden, head/advantage_hidden, as in Wang et al.), for IQN
+  with the tau embedding's width unchanged; IQN's streams on the Nature
+  torso are linear on its last hidden layer (W = H)."""
   args = inputs(algo, torso)
   plain = network(algo, torso, dueling=False).init(jax.random.PRNGKey(1), *args)["params"]
   dueling = network(algo, torso).init(jax.random.PRNGKey(1), *args)["params"]
@@ -100,7 +101,7 @@ def test_without_dueling_the_params_keep_their_layout(algo, torso):
   assert shapes(head["advantage"]) == {"['kernel']": (width, NUM_ACTIONS), "['bias']": (NUM_ACTIONS,)}
   plain_rest = shapes({k: v for k, v in plain.items() if k != last})
   dueling_rest = shapes({k: v for k, v in dueling.items() if k != "head"})
-  if algo == "iqn":
+  if algo == "iqn" and torso == "nature":
     assert set(head) == {"value", "advantage"} and dueling_rest == plain_rest
     return
   assert set(head) == {"value", "advantage", "value_hidden", "advantage_hidden"}
@@ -109,6 +110,25 @@ def test_without_dueling_the_params_keep_their_layout(algo, torso):
   assert sorted(moved.values()) == sorted(shapes(head["value_hidden"]).values()) \
       == sorted(shapes(head["advantage_hidden"]).values())
   assert shapes(head["value_hidden"])["['kernel']"][1] == width
+
+
+def test_iqn_streams_multiply_their_own_hidden_layer_by_the_tau_embedding():
+  """Against numpy: phi = relu(cos(pi i tau) W + b), i = 0..E-1; each stream
+  s has h_s = relu(psi W_s_hidden + b) (psi: the MLP torso without its last
+  layer, here the observation itself) and outputs (h_s * phi) W_s + b."""
+  net, (obs, taus) = network("iqn", "mlp"), inputs("iqn", "mlp")
+  params = net.init(jax.random.PRNGKey(3), obs, taus)["params"]
+  p = jax.tree.map(lambda x: np.asarray(x, np.float64), params)
+  relu = lambda x: np.maximum(x, 0.0)
+  dense = lambda x, layer: x @ layer["kernel"] + layer["bias"]
+  cos = np.cos(np.pi * taus[..., None] * np.arange(8))                       # [B, N, E]
+  phi = relu(dense(cos, p["Dense_0"]))                                      # [B, N, 16]
+  head = p["head"]
+  stream = lambda name: dense(relu(dense(obs, head[f"{name}_hidden"]))[:, None, :] * phi, head[name])
+  value, advantage = stream("value"), stream("advantage")
+  expected = value + advantage - advantage.mean(-1, keepdims=True)
+  np.testing.assert_allclose(np.asarray(net.apply({"params": params}, obs, taus)), expected, rtol=1e-4, atol=1e-5)
+  assert np.ptp(expected, axis=1).max() > 1e-4   # the quantiles differ across taus
 
 
 def test_the_agent_builds_the_dueling_network_from_its_config():
