@@ -283,11 +283,9 @@ class FrameStackReplay(SharedReplay):
     arrays = self._arrays
     _, obs_cells, next_cells = self._stacks(rows, versions)
     fields = {key: arrays[key][rows] for key in _TRANSITION_FIELDS}
-    obs, next_obs = arrays["frame"][obs_cells], arrays["frame"][next_cells]  # [K, S, H, W]
+    fields["obs"], fields["next_obs"] = _stacked(arrays["frame"], obs_cells), _stacked(arrays["frame"], next_cells)
     valid = self._servable(rows, versions)  # Unchanged after the copy.
     arrays["samples"][0] += len(rows)
-    fields["obs"] = np.ascontiguousarray(np.moveaxis(obs, 1, -1))
-    fields["next_obs"] = np.ascontiguousarray(np.moveaxis(next_obs, 1, -1))
     if not valid.all():
       for value in fields.values():
         value[~valid] = 0
@@ -311,6 +309,18 @@ class FrameStackReplay(SharedReplay):
     for key in ("frame_count", "write_count", "samples", *PRIORITY_FIELDS[1:]):
       contents[key] = arrays[key].copy()
     return contents
+
+
+def _stacked(frames: np.ndarray, cells: np.ndarray) -> np.ndarray:
+  """The stacks of ``cells`` [K, S] (oldest first) of ``frames`` [C, H, W]:
+  [K, H, W, S]. One frame slot at a time, each gathered straight into its
+  strided place: a gather [K, S, H, W] then a contiguous moveaxis copies
+  the frames twice and is 3x slower (the learner's sample of 128 stacks of
+  84x84x4 spent 70% of its time in that copy)."""
+  stacks = np.empty((len(cells), *frames.shape[1:], cells.shape[1]), frames.dtype)
+  for slot in range(cells.shape[1]):
+    stacks[..., slot] = frames[cells[:, slot]]
+  return stacks
 
 
 class FrameStackWriter(ReplayWriter):

@@ -53,7 +53,7 @@ actor, replay, agent and learner settings:
   conv         the fused DQN train_step of the MinAtar network, batch 32, C = 4 and 10:
                ``networks.Im2colConv`` against ``flax.linen.Conv``, timed in turn.
   nature       the train_step of the Atari networks (Nature torso, 84x84x4 uint8), DQN
-               and IQN (N = N' = 64, K = 32), batch 32, jitted alone and fused 4 to a
+               and IQN (N = N' = 64, K = 32), batch 32 (and 256 on a GPU), jitted alone and fused 4 to a
                ``lax.scan``: ``networks.Im2colConv`` against ``flax.linen.Conv``; and
                DQN's with ``augment: random_shift``; timed in turn.
   minatar      (not run by default) frames/s of the whole system (``scripts/train.py``, async,
@@ -350,13 +350,22 @@ def _blocking_train_step(agent, batches: jaxrl.Transition, fused: bool) -> tuple
 def bench_nature(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-argument
   """The train_step of the Atari networks (``networks.make_network`` on
   84x84x4 uint8 frames: the Nature torso, dense 512; IQN with Dopamine's N
-  = N' = 64, K = 32) at batch 32, with ``Im2colConv`` and with
-  ``flax.linen.Conv``: jitted alone, and fused 4 to a ``lax.scan`` as the
-  runtime runs it (``learner.updates_per_call``); and DQN's with ``augment:
-  random_shift``. Timed in turn."""
+  = N' = 64, K = 32) at batch 32 (and 256 on an accelerator), with
+  ``Im2colConv`` and with ``flax.linen.Conv``: jitted alone, and fused 4 to a
+  ``lax.scan`` as the runtime runs it (``learner.updates_per_call``); and
+  DQN's with ``augment: random_shift``. Timed in turn. Keys at batch 256 end
+  in ``_b256``."""
   runtime.configure_jax("learner")
+  figures = []
+  for size in (32,) if jax.default_backend() == "cpu" else (32, 256):
+    figures += _nature_figures(size, args)
+  return {"figures": figures}
+
+
+def _nature_figures(size: int, args) -> list[dict]:
+  """``bench_nature``'s figures at batch ``size``."""
   rng = np.random.default_rng(0)
-  shape, actions, size = (84, 84, 4), 6, 32
+  shape, actions, key = (84, 84, 4), 6, "" if size == 32 else f"_b{size}"
   frames = lambda: rng.integers(0, 256, (NATURE_FUSED, size, *shape), dtype=np.uint8)
   batches = jax.device_put(jaxrl.Transition(
       obs=frames(), action=rng.integers(0, actions, (NATURE_FUSED, size)).astype(np.int32),
@@ -382,18 +391,18 @@ def bench_nature(cfg: RunConfig, args) -> dict:  # pylint: disable=unused-argume
              for name, repeats in _interleaved_rates(variants, 1, args).items()}
     label = f"Atari {algo.upper()} train_step, batch {size}"
     for suffix, how in (("", "jitted alone"), ("_fused", f"fused x{NATURE_FUSED}")):
-      ours = _figure(f"nature_{algo}_im2col{suffix}", f"{label}, {how}: Im2colConv", "updates/s",
+      ours = _figure(f"nature_{algo}_im2col{suffix}{key}", f"{label}, {how}: Im2colConv", "updates/s",
                      rates[f"im2col{suffix}"])
-      xla = _figure(f"nature_{algo}_flax{suffix}", f"{label}, {how}: flax.linen.Conv", "updates/s",
+      xla = _figure(f"nature_{algo}_flax{suffix}{key}", f"{label}, {how}: flax.linen.Conv", "updates/s",
                     rates[f"flax{suffix}"])
-      figures += [ours, xla, _ratio(f"nature_{algo}_speedup{suffix}", "  im2col / flax", ours["median"],
+      figures += [ours, xla, _ratio(f"nature_{algo}_speedup{suffix}{key}", "  im2col / flax", ours["median"],
                                     xla["median"])]
     if algo == "dqn":
-      shifted = _figure("nature_dqn_augment", f"{label}, jitted alone: Im2colConv, random_shift", "updates/s",
+      shifted = _figure(f"nature_dqn_augment{key}", f"{label}, jitted alone: Im2colConv, random_shift", "updates/s",
                         rates["augment"])
-      figures += [shifted, _ratio("nature_dqn_augment_cost", "  with random_shift / without", shifted["median"],
-                                  figures[0]["median"])]
-  return {"figures": figures}
+      figures += [shifted, _ratio(f"nature_dqn_augment_cost{key}", "  with random_shift / without",
+                                  shifted["median"], figures[0]["median"])]
+  return figures
 
 
 def bench_learner(cfg: RunConfig, args) -> dict:
