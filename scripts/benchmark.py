@@ -53,9 +53,9 @@ actor, replay, agent and learner settings:
   conv         the fused DQN train_step of the MinAtar network, batch 32, C = 4 and 10:
                ``networks.Im2colConv`` against ``flax.linen.Conv``, timed in turn.
   nature       the train_step of the Atari networks (Nature torso, 84x84x4 uint8), DQN
-               and IQN (N = N' = 64, K = 32), batch 32 (and 256 on a GPU), jitted alone and fused 4 to a
-               ``lax.scan``: ``networks.Im2colConv`` against ``flax.linen.Conv``; and
-               DQN's with ``augment: random_shift``; timed in turn.
+               and IQN (N = N' = 64, K = 32), batch 32 (and 256 on a GPU), jitted alone
+               and fused 4 to a ``lax.scan``: ``networks.Im2colConv`` against
+               ``flax.linen.Conv``; and DQN's with ``augment: random_shift``; timed in turn.
   minatar      (not run by default) frames/s of the whole system (``scripts/train.py``, async,
                eval off) on a MinAtar config (``--config`` if it is one, else
                configs/minatar_dqn.yaml) at the settings of MinAtar's reference
