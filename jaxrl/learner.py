@@ -166,6 +166,27 @@ class Agent:
 
   # --- The learner step -----------------------------------------------------
 
+  def _bootstrap_nets(self, params: Params, target_params: Params, value_fn, selector_fn):
+    """(value_fn(target_params), selector_fn(selector net)) under stop_gradient:
+    the target net's values on next_obs and the output that picks a*, of
+    the online net with ``double_q``, else of the target net.
+
+    With a hard copy every step (``target_update_period`` 1, ``target_tau``
+    1, as DrQ's), every state that init and train_step make has
+    ``target_params == params``: a ``lax.cond`` on that equality then calls
+    both functions with the same params, so XLA computes the torso on
+    ``next_obs`` once instead of twice; other states take the other branch.
+    """
+    cfg = self.config
+    params = jax.lax.stop_gradient(params)
+    if not cfg.double_q:
+      return value_fn(target_params), selector_fn(target_params)
+    if not (cfg.target_update_period == 1 and cfg.target_tau == 1.0):
+      return value_fn(target_params), selector_fn(params)
+    same = jax.tree.reduce(jnp.logical_and, jax.tree.map(lambda a, b: jnp.all(a == b), params, target_params))
+    return jax.lax.cond(same, lambda: (value_fn(target_params), selector_fn(target_params)),
+                        lambda: (value_fn(target_params), selector_fn(params)))
+
   def _loss(self, params: Params, target_params: Params, batch: Transition, key: chex.PRNGKey):
     """The loss, and (the masked mean of Q(obs, action), td_error [B]).
 
@@ -194,8 +215,8 @@ class Agent:
     size = action.shape[0]
     if cfg.algo == "dqn":
       q_tm1 = self.network.apply(params, batch.obs)
-      q_t_value = self.network.apply(target_params, batch.next_obs)
-      q_t_selector = self.network.apply(params, batch.next_obs) if cfg.double_q else q_t_value
+      next_q = lambda net_params: self.network.apply(net_params, batch.next_obs)
+      q_t_value, q_t_selector = self._bootstrap_nets(params, target_params, next_q, next_q)
       td = jax.vmap(losses.dqn_td)(q_tm1, action, reward, discount, q_t_value, q_t_selector)   # [B]
       per_sample = losses.td_loss(td, cfg.huber_delta)
       abs_td = jnp.abs(td)
@@ -204,11 +225,11 @@ class Agent:
       tau_key, tau_prime_key, selector_key = jax.random.split(key, 3)
       tau_tm1 = self._taus(tau_key, size, cfg.num_tau_samples)
       z_tm1 = self.network.apply(params, batch.obs, tau_tm1)
-      z_t_value = self.network.apply(target_params, batch.next_obs,
-                                     self._taus(tau_prime_key, size, cfg.num_tau_prime_samples))
-      selector_params = params if cfg.double_q else target_params
-      z_t_selector = self.network.apply(selector_params, batch.next_obs,
-                                        self._taus(selector_key, size, cfg.num_quantile_samples))
+      tau_t_value = self._taus(tau_prime_key, size, cfg.num_tau_prime_samples)
+      tau_t_selector = self._taus(selector_key, size, cfg.num_quantile_samples)
+      z_t_value, z_t_selector = self._bootstrap_nets(
+          params, target_params, lambda net_params: self.network.apply(net_params, batch.next_obs, tau_t_value),
+          lambda net_params: self.network.apply(net_params, batch.next_obs, tau_t_selector))
       per_sample = jax.vmap(losses.iqn_loss, in_axes=(0, 0, 0, 0, 0, 0, 0, None))(
           z_tm1, tau_tm1, action, reward, discount, z_t_value, z_t_selector, cfg.kappa)
       u = jax.vmap(losses.iqn_td)(z_tm1, action, reward, discount, z_t_value, z_t_selector)   # [B, N, N']

@@ -385,8 +385,13 @@ def _nature_figures(size: int, args) -> list[dict]:
     for fused, (name, agent) in itertools.product((False, True), agents.items()):
       variants[name + "_fused" * fused] = _blocking_train_step(agent, batches, fused)
     if algo == "dqn":
-      augmented = jaxrl.make_agent(dataclasses.replace(config, augment="random_shift"), shape, actions, network=im2col)
-      variants["augment"] = _blocking_train_step(augmented, batches, False)
+      augmented = dataclasses.replace(config, augment="random_shift")
+      variants["augment"] = _blocking_train_step(jaxrl.make_agent(augmented, shape, actions, network=im2col),
+                                                 batches, False)
+      for period in (1, 2):   # atari100k_drq's learner: dueling, the target copied every step (or every other)
+        drq = dataclasses.replace(augmented, dueling=True, target_update_period=period, max_grad_norm=None)
+        variants[f"drq_period{period}"] = _blocking_train_step(
+            jaxrl.make_agent(drq, shape, actions, obs_range=(0, 255)), batches, False)
     rates = {name: [rate * (NATURE_FUSED if name.endswith("_fused") else 1) for rate in repeats]
              for name, repeats in _interleaved_rates(variants, 1, args).items()}
     label = f"Atari {algo.upper()} train_step, batch {size}"
@@ -400,8 +405,14 @@ def _nature_figures(size: int, args) -> list[dict]:
     if algo == "dqn":
       shifted = _figure(f"nature_dqn_augment{key}", f"{label}, jitted alone: Im2colConv, random_shift", "updates/s",
                         rates["augment"])
+      drq, every_other = (_figure(f"nature_drq_period{period}{key}", f"{label}, jitted alone: atari100k_drq's "
+                                  f"learner, target copied every {'' if period == 1 else '2nd '}step",
+                                  "updates/s", rates[f"drq_period{period}"]) for period in (1, 2))
       figures += [shifted, _ratio(f"nature_dqn_augment_cost{key}", "  with random_shift / without",
-                                  shifted["median"], figures[0]["median"])]
+                                  shifted["median"], figures[0]["median"]),
+                  drq, every_other, _ratio(f"nature_drq_shared_next_obs{key}",
+                                           "  every step (one next_obs pass) / every 2nd", drq["median"],
+                                           every_other["median"])]
   return figures
 
 

@@ -313,24 +313,28 @@ class LearnerStateTest(parameterized.TestCase):
                                   rtol=2e-5, atol=1e-6)
     assert not np.allclose(metrics["loss"][0], metrics["loss"][1])   # the seeds differ
 
-  def test_dqn_loss_matches_independent_computation(self):
-    for double_q, delta in [(True, 1.0), (False, 1.0), (True, None)]:
-      agent = make(double_q=double_q, huber_delta=delta)
-      state, _ = run_steps(agent, agent.init(jax.random.PRNGKey(0)), 2)
-      state = state.replace(target_params=agent.init(jax.random.PRNGKey(7)).params)
-      b = random_batch(11)
-      _, metrics = agent.train_step(state, b)
+  # Period 1 with a hard copy (DrQ's) shares the torso on next_obs while the
+  # target equals the online net; a state whose target differs still gets it.
+  @parameterized.parameters((True, 1.0, 500), (False, 1.0, 500), (True, None, 500), (True, 1.0, 1), (False, 1.0, 1))
+  def test_dqn_loss_matches_independent_computation(self, double_q, delta, period):
+    agent = make(double_q=double_q, huber_delta=delta, target_update_period=period)
+    trained, _ = run_steps(agent, agent.init(jax.random.PRNGKey(0)), 2)
+    other_target = trained.replace(target_params=agent.init(jax.random.PRNGKey(7)).params)
+    b = random_batch(11)
+    for state in (trained, other_target):
+      _, metrics = jax.jit(agent.train_step)(state, b)
       np.testing.assert_allclose(metrics["loss"], expected_loss(agent, state, b), rtol=1e-5)
 
-  @parameterized.parameters((True, 1.0), (False, 1.0), (True, 2.0), (False, 0.5))
-  def test_iqn_loss_matches_independent_computation(self, double_q, kappa):
-    agent = make(algo="iqn", double_q=double_q, kappa=kappa)   # N = 4, N' = 5, K = 6
-    state, _ = run_steps(agent, agent.init(jax.random.PRNGKey(0)), 2)
-    state = state.replace(target_params=agent.init(jax.random.PRNGKey(7)).params)
+  @parameterized.parameters((True, 1.0, 500), (False, 1.0, 500), (True, 2.0, 500), (False, 0.5, 500), (True, 1.0, 1))
+  def test_iqn_loss_matches_independent_computation(self, double_q, kappa, period):
+    agent = make(algo="iqn", double_q=double_q, kappa=kappa, target_update_period=period)   # N = 4, N' = 5, K = 6
+    trained, _ = run_steps(agent, agent.init(jax.random.PRNGKey(0)), 2)
+    other_target = trained.replace(target_params=agent.init(jax.random.PRNGKey(7)).params)
     b = random_batch(11)
     self.assertGreater(np.sum(b.valid * b.discount), 0.0)
-    _, metrics = jax.jit(agent.train_step)(state, b)
-    np.testing.assert_allclose(metrics["loss"], expected_loss(agent, state, b), rtol=1e-5)
+    for state in (trained, other_target):
+      _, metrics = jax.jit(agent.train_step)(state, b)
+      np.testing.assert_allclose(metrics["loss"], expected_loss(agent, state, b), rtol=1e-5)
 
   # A valid row with an action outside [0, A) must not train silently.
   @parameterized.product(algo=("dqn", "iqn"), bad_action=(NUM_ACTIONS, 7, -1))
