@@ -321,8 +321,9 @@ class LearnerStateTest(parameterized.TestCase):
     trained, _ = run_steps(agent, agent.init(jax.random.PRNGKey(0)), 2)
     other_target = trained.replace(target_params=agent.init(jax.random.PRNGKey(7)).params)
     b = random_batch(11)
+    step = jax.jit(agent.train_step)   # compiled once for both states
     for state in (trained, other_target):
-      _, metrics = jax.jit(agent.train_step)(state, b)
+      _, metrics = step(state, b)
       np.testing.assert_allclose(metrics["loss"], expected_loss(agent, state, b), rtol=1e-5)
 
   @parameterized.parameters((True, 1.0, 500), (False, 1.0, 500), (True, 2.0, 500), (False, 0.5, 500), (True, 1.0, 1))
@@ -332,8 +333,9 @@ class LearnerStateTest(parameterized.TestCase):
     other_target = trained.replace(target_params=agent.init(jax.random.PRNGKey(7)).params)
     b = random_batch(11)
     self.assertGreater(np.sum(b.valid * b.discount), 0.0)
+    step = jax.jit(agent.train_step)   # compiled once for both states
     for state in (trained, other_target):
-      _, metrics = jax.jit(agent.train_step)(state, b)
+      _, metrics = step(state, b)
       np.testing.assert_allclose(metrics["loss"], expected_loss(agent, state, b), rtol=1e-5)
 
   # A valid row with an action outside [0, A) must not train silently.
