@@ -5,7 +5,8 @@
 #
 # Trains into runs/atari100k/GAME_sSEED (resuming it, with its saved replay, if it is there
 # and unfinished), then writes benchmarks/atari100k/GAME_sSEED.json: the evaluation's JSON line
-# and the run's summary.
+# and the run's summary, and keeps the run's config, metrics and summary in benchmarks/atari100k/curves/GAME_sSEED
+# (what jaxrl-plot draws from, should runs/ be lost).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 GAME="$1"; SEED="${2:-0}"
@@ -22,6 +23,8 @@ if ! grep -q '"stopped_because": "env_steps"' "$RUN/summary.json"; then
   echo "$RUN stopped before its 100k steps; run this again to resume it" >&2
   exit 1
 fi
+KEPT="benchmarks/atari100k/curves/${GAME}_s${SEED}"
+mkdir -p "$KEPT" && cp "$RUN/config.yaml" "$RUN/metrics.jsonl" "$RUN/summary.json" "$KEPT/"
 EVAL=$(python scripts/evaluate.py "$RUN" --episodes 100 --epsilon 0.001)
 python - "$RUN" "$EVAL" "benchmarks/atari100k/${GAME}_s${SEED}.json" <<'PY'
 import json, sys
